@@ -1,0 +1,39 @@
+"""autotune: find the fastest way to train a model under a memory budget.
+
+Public API::
+
+    from autotune import Recipe, load_space, load_task, run_trial, TrialLimits
+    recipe = Recipe.load("best_recipe.yaml")
+"""
+
+from autotune.errors import ConfigError, UserError
+from autotune.recipe import Recipe
+from autotune.space import SearchSpace, load_space
+from autotune.units import parse_bytes, parse_duration
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Recipe",
+    "SearchSpace",
+    "TrialLimits",
+    "UserError",
+    "load_space",
+    "load_task",
+    "parse_bytes",
+    "parse_duration",
+    "run_trial",
+]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy: importing autotune must not import torch
+    if name in ("run_trial", "TrialLimits"):
+        from autotune import train
+
+        return getattr(train, name)
+    if name == "load_task":
+        from autotune.tasks import load_task
+
+        return load_task
+    raise AttributeError(f"module 'autotune' has no attribute {name!r}")

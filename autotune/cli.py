@@ -1,0 +1,310 @@
+"""The ``autotune`` command: the only module that parses arguments and prints.
+
+A user mistake (``UserError``) prints one paragraph and exits with code 2; Ctrl-C exits 130
+after saying where the results measured so far are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autotune import objective
+from autotune.errors import UserError
+from autotune.recipe import BASELINE_NOTE, Recipe, baseline_recipe
+from autotune.units import format_bytes, format_duration, parse_bytes, parse_duration
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_TRIALS = 12
+DEFAULT_TIME_BUDGET = "8m"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"autotune: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\nautotune: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autotune",
+        description=(
+            "Find the training recipe (precision, batch size, accumulation, pruning, warmup, "
+            "optimizer, learning rate, parallelism) that reaches a model's target accuracy in "
+            "the least training time without exceeding a memory budget. Short real trials run "
+            "as Ray Tune trials; Optuna proposes the next recipe."
+        ),
+        epilog="Example: autotune search --model bert --budget 16GB",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_search(sub)
+    _add_train(sub)
+    return parser
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="bert",
+        help="task to tune: a built-in (bert, mnist) or your own as package.module:function "
+        "returning an autotune.tasks.Task (default: bert)",
+    )
+    p.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        help="keyword argument for the task's factory, repeatable (e.g. size=small for bert)",
+    )
+    p.add_argument("--target", type=float, default=None,
+                   help="validation metric value to reach (default: the task's own target)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the sampler and every trial's weights and data order (default 0)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="device for training (default: a GPU where there is one, else the CPU)")
+
+
+def _add_search(sub: Any) -> None:
+    p = sub.add_parser(
+        "search", help="search for the fastest recipe (the main command)",
+        description=(
+            "Run short real training trials, proposed by Optuna and run by Ray Tune, and report "
+            "the recipe with the shortest time-to-accuracy (training seconds to reach the "
+            "target metric) whose peak memory fits the budget. The baseline recipe ("
+            + BASELINE_NOTE + ") is always the first trial; every speedup is measured against "
+            "it. Writes every trial to the results directory as it ends, and the best recipe "
+            "to best_recipe.yaml."
+        ),
+        epilog="Example: autotune search --model bert --budget 16GB --trials 12 --time-budget 8m",
+    )
+    _add_task_args(p)
+    p.add_argument("--budget", default=None,
+                   help="peak memory one device may use, e.g. 16GB (10^9), 16GiB (2^30), 512MiB; "
+                   "a trial that exceeds it is infeasible (default: no limit)")
+    p.add_argument("--space", default=None,
+                   help="search-space YAML (default: search_spaces/<model>.yaml shipped with "
+                   "autotune)")
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                   help=f"most trials to run, the baseline included (default {DEFAULT_TRIALS})")
+    p.add_argument("--time-budget", default=DEFAULT_TIME_BUDGET,
+                   help="no trial starts after this much search time: 300, 90s, 5m, 1h "
+                   f"(default {DEFAULT_TIME_BUDGET}; running trials finish)")
+    p.add_argument("--max-trial-time", default=None,
+                   help="training-time limit of one trial, e.g. 60s (default: the task's)")
+    p.add_argument("--output", default=None,
+                   help="where to write the best recipe (default: <results-dir>/best_recipe.yaml)")
+    p.add_argument("--results-dir", default=None,
+                   help="directory for every trial's recipe and measurements "
+                   "(default: autotune_runs/<model>-<date>-<time>/)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address to run on (default: start Ray on this machine)")
+    p.set_defaults(func=cmd_search)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train", help="train once with a recipe file and report its time-to-accuracy",
+        description=(
+            "Apply a recipe (a best_recipe.yaml written by a search, or a plain recipe file) "
+            "through the same code path as a search trial, and compare the time-to-accuracy "
+            "measured now with the one the file claims."
+        ),
+        epilog="Example: autotune train --recipe autotune_runs/bert-.../best_recipe.yaml "
+        "--model bert",
+    )
+    p.add_argument("--recipe", required=True, help="recipe YAML file")
+    _add_task_args(p)
+    p.add_argument("--budget", default=None, help="peak memory limit, e.g. 16GB (default: none)")
+    p.add_argument("--max-trial-time", default=None,
+                   help="training-time limit, e.g. 120s (default: the task's)")
+    p.set_defaults(func=cmd_train)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def _task_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--task-option must be KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _load_task(args: argparse.Namespace) -> Any:
+    from autotune.tasks import load_task
+    from autotune.train import pick_device
+
+    device = pick_device(args.device)
+    print(f"loading task {args.model!r} on {device.type} ...", flush=True)
+    return load_task(args.model, device.type, _task_options(args.task_option)), device
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autotune.report import (
+        best_recipe_document,
+        best_so_far,
+        device_description,
+        finished_line,
+        leaderboard,
+        started_line,
+        summarize,
+        write_yaml,
+    )
+    from autotune.search import SearchConfig, check_ray_available, run_search
+    from autotune.space import load_space, shipped_space_path
+
+    budget = parse_bytes(args.budget) if args.budget is not None else None
+    time_budget = parse_duration(args.time_budget) if args.time_budget else None
+    max_trial = parse_duration(args.max_trial_time, what="--max-trial-time") \
+        if args.max_trial_time else None
+    if args.trials < 1:
+        raise UserError(f"--trials must be >= 1, got {args.trials}")
+    space_path = Path(args.space) if args.space else shipped_space_path(args.model)
+    if args.space is None and not space_path.exists():
+        raise UserError(
+            f"no search space ships for model {args.model!r}; write one (see "
+            f"search_spaces/bert.yaml for the format) and pass it with --space PATH"
+        )
+    space = load_space(space_path)
+    check_ray_available()
+    task, device = _load_task(args)
+    target = task.target if args.target is None else args.target
+    baseline = baseline_recipe(task.default_batch_size, task.default_lr)
+    results_dir = Path(args.results_dir) if args.results_dir else (
+        Path("autotune_runs") / f"{_safe(args.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    output = Path(args.output) if args.output else results_dir / "best_recipe.yaml"
+    config = SearchConfig(
+        model=args.model, space=space, baseline=baseline, target=target,
+        max_train_seconds=max_trial or task.max_train_seconds, results_dir=results_dir,
+        budget_bytes=budget, trials=args.trials, time_budget_s=time_budget, seed=args.seed,
+        task_options=_task_options(args.task_option), device=args.device, address=args.address,
+    )
+    _print_plan(config, task, space_path, device)
+    records: list[dict[str, Any]] = []
+
+    def on_event(kind: str, record: dict[str, Any]) -> None:
+        if kind == "started":
+            print(started_line(record, config.trials), flush=True)
+        else:
+            records.append(record)
+            print(finished_line(record, config.trials, best_so_far(records)), flush=True)
+
+    try:
+        outcome = run_search(config, on_event)
+    except KeyboardInterrupt:
+        print(f"\nautotune: search interrupted; the {len(records)} finished trials are in "
+              f"{results_dir / 'trials.jsonl'}", file=sys.stderr)
+        raise
+    summary = summarize(outcome.records)
+    print(f"\nsearch finished: {len(outcome.records)} trials in "
+          f"{format_duration(outcome.wall_seconds)}; results in {results_dir}/")
+    print(leaderboard(outcome.records))
+    context = {
+        "device": device_description(str(device)),
+        "task": {"name": args.model, "metric": task.metric, "target": target,
+                 "options": config.task_options, "description": task.description},
+        "search": {"seed": args.seed, "trials_run": len(outcome.records),
+                   "budget_bytes": budget, "space": str(space_path),
+                   "max_train_seconds": config.max_train_seconds,
+                   "wall_seconds": round(outcome.wall_seconds, 1),
+                   "results_dir": str(results_dir)},
+    }
+    write_yaml(results_dir / "search.yaml", {**context, "baseline_recipe": baseline.to_dict()})
+    if summary.best is None:
+        best_metric = max((r.get("best_metric") or 0.0 for r in outcome.records), default=0.0)
+        raise UserError(
+            f"no trial reached the target {task.metric} {target} (best seen: {best_metric:.4f}). "
+            f"Every trial's measurements are in {results_dir / 'trials.jsonl'}. Lower the target "
+            f"with --target, allow longer trials with --max-trial-time, or run more --trials."
+        )
+    header = (f"# Best recipe found by: autotune search --model {args.model}"
+              f"{' --budget ' + args.budget if args.budget else ''} --seed {args.seed}\n"
+              f"# Apply it: autotune train --recipe {output} --model {args.model}\n")
+    write_yaml(output, best_recipe_document(summary, context), header)
+    best = summary.best
+    print(f"\nbest recipe (trial #{best['trial']}): {Recipe.from_dict(best['recipe']).describe()}")
+    print(f"  time-to-accuracy {best['tta_seconds']:.1f}s to {task.metric} >= {target}, "
+          f"peak memory {format_bytes(best.get('peak_memory_bytes'))}")
+    baseline_rec = summary.baseline or {}
+    base_tta = baseline_rec.get("tta_seconds")
+    base_text = f"{base_tta:.1f}s" if base_tta else f"not reached ({baseline_rec.get('status')})"
+    print(f"  baseline time-to-accuracy {base_text}; speedup {summary.speedup_text()}")
+    print(f"wrote {output}")
+    return 0
+
+
+def _print_plan(config: Any, task: Any, space_path: Path, device: Any) -> None:
+    budget = format_bytes(config.budget_bytes) if config.budget_bytes else "none"
+    time_budget = format_duration(config.time_budget_s) if config.time_budget_s else "none"
+    print(f"task {config.model}: {task.description}")
+    print(f"target {task.metric} >= {config.target}; trial limit "
+          f"{format_duration(config.max_train_seconds)} of training; device {device.type}; "
+          f"memory budget {budget}")
+    print(f"space {space_path}: {config.space.size_hint()}")
+    print(f"up to {config.trials} trials, no new trial after {time_budget}; results in "
+          f"{config.results_dir}/", flush=True)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from autotune.train import TrialLimits, run_trial
+
+    recipe = Recipe.load(args.recipe)
+    claimed = None
+    try:
+        doc = yaml.safe_load(Path(args.recipe).read_text())
+        claimed = (doc.get("measured") or {}).get("tta_seconds") if isinstance(doc, dict) else None
+    except (OSError, yaml.YAMLError):
+        claimed = None
+    task, device = _load_task(args)
+    limits = TrialLimits.for_task(
+        task, target=args.target, seed=args.seed,
+        max_train_seconds=parse_duration(args.max_trial_time, what="--max-trial-time")
+        if args.max_trial_time else None,
+        budget_bytes=parse_bytes(args.budget) if args.budget else None,
+    )
+    print(f"training {args.model} with {recipe.describe()} to {task.metric} >= {limits.target}")
+
+    def progress(point: dict[str, Any]) -> None:
+        if not point.get("done"):
+            print(f"  {point['train_seconds']:6.1f}s  {task.metric} {point['last_metric']:.4f}",
+                  flush=True)
+
+    result = run_trial(task, recipe, limits, report=progress, device=str(device))
+    if result.status != objective.REACHED:
+        print(f"no time-to-accuracy: {result.status}: {result.message}")
+        return 1
+    print(f"time-to-accuracy {result.tta_seconds:.1f}s (peak memory "
+          f"{format_bytes(result.peak_memory_bytes)}, {result.steps} steps)")
+    if claimed:
+        print(f"the recipe file claims {claimed:.1f}s: ratio measured/claimed "
+              f"{result.tta_seconds / claimed:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

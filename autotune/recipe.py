@@ -1,0 +1,268 @@
+"""The recipe: one complete setting of every training knob, as plain data.
+
+A ``Recipe`` is frozen and holds only str/int/float/bool values, so it round-trips exactly
+through YAML (``Recipe.from_yaml(r.to_yaml()) == r``) and through the flat parameter dicts that
+a searcher proposes. It knows nothing of torch: ``autotune.train`` applies it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotune.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "linear", "cosine")
+PARALLELISMS = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
+ZERO_MODES = ("zero1", "zero2", "zero3")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every knob of a training run. Defaults are the baseline recipe's values."""
+
+    precision: str = "fp32"
+    """Compute precision: ``fp32``; ``bf16`` or ``fp16`` autocast (fp16 adds a grad scaler)."""
+    batch_size: int = 32
+    """Micro-batch size per device: examples in one forward/backward pass."""
+    accumulation_steps: int = 1
+    """Micro-batches whose gradients are summed before one optimizer step."""
+    prune_ratio: float = 0.0
+    """Fraction of each weight matrix zeroed by magnitude pruning, held at zero in training."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear learning-rate warmup from 0 to ``lr``."""
+    schedule: str = "constant"
+    """After warmup: ``constant``, or ``linear``/``cosine`` decay to 10% of ``lr`` at
+    ``decay_steps`` optimizer steps, constant after."""
+    decay_steps: int = 2000
+    """Optimizer step at which a decaying schedule reaches its final value."""
+    optimizer: str = "adamw"
+    """``sgd`` (with ``momentum``), ``adam`` or ``adamw``."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """Weight decay (decoupled for AdamW, L2 for SGD and Adam)."""
+    momentum: float = 0.9
+    """SGD momentum; ignored by Adam and AdamW."""
+    parallelism: str = "single"
+    """``single`` (one device); ``ddp``, ``fsdp``, ``zero1``-``zero3`` run several workers."""
+    workers: int = 1
+    """Devices (processes) one training run uses; 1 for ``single``."""
+    offload: bool = False
+    """Offload optimizer state (and ZeRO-3 parameters) to CPU memory; ZeRO modes only."""
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("recipe", problems)
+
+    # -- validation -------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Every rule this recipe breaks, one line each (empty when valid)."""
+        values = dataclasses.asdict(self)
+        coerced, type_problems = _coerce(values)
+        if type_problems:
+            return type_problems
+        for key, value in coerced.items():  # an int given for a float knob: store a float
+            if type(value) is not type(values[key]):
+                object.__setattr__(self, key, value)
+        return recipe_problems(coerced)
+
+    # -- conversions ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every knob, in field order."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "recipe") -> Recipe:
+        """Build a recipe from knob values; every problem (unknown key, wrong type, broken rule)
+        is reported at once in one ``ConfigError`` naming ``source``."""
+        known = {f.name for f in fields(cls)}
+        problems = [
+            f"unknown knob {k!r}; known knobs: {', '.join(sorted(known))}"
+            for k in data
+            if k not in known
+        ]
+        values = {k: v for k, v in data.items() if k in known}
+        coerced, type_problems = _coerce(values)
+        problems += type_problems
+        if not type_problems:
+            merged = {**dataclasses.asdict(cls()), **coerced}
+            problems += recipe_problems(merged)
+        if problems:
+            raise ConfigError(source, problems)
+        return cls(**coerced)
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some knobs changed (validated)."""
+        return Recipe.from_dict({**self.to_dict(), **changes})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "recipe") -> Recipe:
+        data = yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise ConfigError(source, [f"expected a mapping of knob: value, got {data!r}"])
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Load a recipe file: either a plain recipe, or a ``best_recipe.yaml`` written by a
+        search (whose knobs are under its ``recipe:`` key)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(str(path), ["file not found"]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+        if isinstance(data, Mapping) and isinstance(data.get("recipe"), Mapping):
+            data = data["recipe"]
+        if not isinstance(data, Mapping):
+            raise ConfigError(str(path), [f"expected a mapping of knob: value, got {data!r}"])
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    def describe(self) -> str:
+        """Compact one-line form for progress tables: only what differs from the baseline."""
+        base = Recipe()
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("precision", "batch_size", "optimizer", "lr") or value != getattr(
+                base, f.name
+            ):
+                if f.name == "momentum" and self.optimizer != "sgd":
+                    continue
+                if f.name == "decay_steps" and self.schedule == "constant":
+                    continue
+                parts.append(f"{_SHORT.get(f.name, f.name)}={_fmt(value)}")
+        return " ".join(parts)
+
+
+_SHORT = {
+    "precision": "prec",
+    "batch_size": "bs",
+    "accumulation_steps": "accum",
+    "prune_ratio": "prune",
+    "warmup_steps": "warmup",
+    "optimizer": "opt",
+    "weight_decay": "wd",
+    "parallelism": "par",
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def knob_types() -> dict[str, type]:
+    """Python type of every knob (``int``, ``float``, ``str``, ``bool``)."""
+    hints = {"str": str, "int": int, "float": float, "bool": bool}
+    return {f.name: hints[str(f.type)] for f in fields(Recipe)}
+
+
+def _coerce(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Check each value's type; ints are accepted for floats, and numeric strings such as
+    ``1e-4`` (which YAML 1.1 reads as a string) for numbers."""
+    types = knob_types()
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in values.items():
+        ok, converted = coerce_value(types[key], value)
+        if ok:
+            out[key] = converted
+        else:
+            problems.append(
+                f"{key}: expected {types[key].__name__}, got {value!r} ({type(value).__name__})"
+            )
+    return out, problems
+
+
+def coerce_value(kind: type, value: Any) -> tuple[bool, Any]:
+    """``(True, value as kind)`` when ``value`` is a valid ``kind``, else ``(False, value)``."""
+    if kind is bool:
+        return (True, value) if isinstance(value, bool) else (False, value)
+    if isinstance(value, bool):
+        return False, value
+    if kind is int:
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return False, value
+    if kind is float:
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    return (True, value) if isinstance(value, str) else (False, value)
+
+
+def recipe_problems(r: Mapping[str, Any]) -> list[str]:
+    """The rules between knobs, as messages that state the rule and echo the value."""
+    p: list[str] = []
+
+    def choice(key: str, allowed: tuple[str, ...]) -> None:
+        if r[key] not in allowed:
+            p.append(f"{key}: must be one of {', '.join(allowed)}; got {r[key]!r}")
+
+    choice("precision", PRECISIONS)
+    choice("optimizer", OPTIMIZERS)
+    choice("schedule", SCHEDULES)
+    choice("parallelism", PARALLELISMS)
+    for key in ("batch_size", "accumulation_steps", "workers", "decay_steps"):
+        if r[key] < 1:
+            p.append(f"{key}: must be >= 1; got {r[key]!r}")
+    if r["warmup_steps"] < 0:
+        p.append(f"warmup_steps: must be >= 0; got {r['warmup_steps']!r}")
+    if not 0.0 <= r["prune_ratio"] < 1.0:
+        p.append(f"prune_ratio: must satisfy 0 <= prune_ratio < 1; got {r['prune_ratio']!r}")
+    if not (math.isfinite(r["lr"]) and r["lr"] > 0):
+        p.append(f"lr: must be a positive finite number; got {r['lr']!r}")
+    if not r["weight_decay"] >= 0:
+        p.append(f"weight_decay: must be >= 0; got {r['weight_decay']!r}")
+    if not 0.0 <= r["momentum"] < 1.0:
+        p.append(f"momentum: must satisfy 0 <= momentum < 1; got {r['momentum']!r}")
+    if r["parallelism"] == "single" and r["workers"] != 1:
+        p.append(
+            f"workers: parallelism 'single' runs on one device, so workers must be 1; got "
+            f"{r['workers']!r} (choose ddp, fsdp or a zero mode for several workers)"
+        )
+    if r["offload"] and r["parallelism"] not in ZERO_MODES:
+        p.append(
+            f"offload: CPU offload applies only to the ZeRO modes ({', '.join(ZERO_MODES)}); "
+            f"got parallelism {r['parallelism']!r}"
+        )
+    return p
+
+
+BASELINE_NOTE = (
+    "fp32, the task's default batch size and learning rate, AdamW, constant learning rate, "
+    "no warmup, no accumulation, no pruning, one device"
+)
+
+
+def baseline_recipe(batch_size: int, lr: float) -> Recipe:
+    """The plain recipe a careful user writes first; every speedup is measured against it."""
+    return Recipe(batch_size=batch_size, lr=lr)

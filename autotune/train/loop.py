@@ -1,0 +1,346 @@
+"""One trial: train a task's model with a recipe until the target metric or the time limit.
+
+``run_trial(task, recipe, limits, report)`` is an ordinary function: it runs the same way in a
+Ray Tune worker, in ``autotune train``, and in a unit test. It never raises for what a recipe
+does to a run (out of memory, NaN loss, over budget): those end in a ``TrialResult`` with the
+matching status, so a search records them and goes on.
+
+The time-to-accuracy clock counts training only: forward, backward and optimizer steps,
+including data slicing. It is paused for evaluations (which are measured separately) and does
+not include model building or data loading. On a GPU the clock synchronises the device before
+each reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autotune import objective
+from autotune.memory import is_out_of_memory, read_peak, reset_peak
+from autotune.recipe import Recipe
+from autotune.tasks import Task, accuracy
+from autotune.train import knobs
+
+ReportFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrialLimits:
+    """What bounds one trial, independent of the recipe."""
+
+    max_train_seconds: float
+    """Training-clock limit: a trial that has not reached the target by then stops."""
+    eval_every_seconds: float
+    """Training seconds between evaluations (the resolution of time-to-accuracy)."""
+    target: float
+    """Validation metric value to reach."""
+    budget_bytes: int | None = None
+    """Peak memory allowed on one device; a run whose measured peak exceeds it is infeasible."""
+    seed: int = 0
+    """Seeds the model's initial weights and the data order."""
+    max_steps: int | None = None
+    """Optional cap on optimizer steps (tests use it to bound work)."""
+
+    @classmethod
+    def for_task(
+        cls,
+        task: Task,
+        *,
+        target: float | None = None,
+        max_train_seconds: float | None = None,
+        budget_bytes: int | None = None,
+        seed: int = 0,
+    ) -> TrialLimits:
+        return cls(
+            max_train_seconds=max_train_seconds or task.max_train_seconds,
+            eval_every_seconds=task.eval_every_seconds,
+            target=task.target if target is None else target,
+            budget_bytes=budget_bytes,
+            seed=seed,
+        )
+
+
+@dataclass
+class TrialResult:
+    """Everything measured in one trial; plain data, written to the results directory."""
+
+    status: str
+    """One of ``autotune.objective``'s states (reached, not_reached, infeasible, ...)."""
+    score: float
+    """What the searcher minimises (see ``autotune.objective``)."""
+    tta_seconds: float | None = None
+    """Training seconds to the first evaluation at or above the target; None if never."""
+    best_metric: float | None = None
+    last_metric: float | None = None
+    train_seconds: float = 0.0
+    """Training clock when the trial ended."""
+    eval_seconds: float = 0.0
+    """Wall time spent in evaluations (not counted in TTA)."""
+    setup_seconds: float = 0.0
+    """Model building and moving data to the device (not counted in TTA)."""
+    steps: int = 0
+    """Optimizer steps taken."""
+    examples: int = 0
+    """Training examples processed."""
+    peak_memory_bytes: int | None = None
+    peak_memory_source: str | None = None
+    peak_reserved_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    device: str = "cpu"
+    message: str = ""
+    """Why the trial ended without a TTA, in words."""
+    curve: list[tuple[float, float]] = field(default_factory=list)
+    """(training seconds, metric) at each evaluation."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["curve"] = [list(point) for point in self.curve]
+        return out
+
+
+class _Diverged(Exception):
+    pass
+
+
+class _Clock:
+    """Training-time clock that can be paused; synchronises CUDA before reading."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.elapsed = 0.0
+        self._start: float | None = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def pause(self) -> float:
+        if self._start is not None:
+            self.elapsed += self._now() - self._start
+            self._start = None
+        return self.elapsed
+
+    @contextlib.contextmanager
+    def paused(self):  # type: ignore[no-untyped-def]
+        self.pause()
+        try:
+            yield
+        finally:
+            self.start()
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The device a trial trains on: the one asked for, else a GPU if present, else the CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def optimizer_step(
+    model: nn.Module,
+    task: Task,
+    micro_batches: Sequence[Sequence[torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    recipe: Recipe,
+    device_type: str,
+    scaler: torch.amp.GradScaler | None = None,
+    masks: dict[nn.Parameter, torch.Tensor] | None = None,
+) -> float:
+    """One optimizer step over ``micro_batches`` (gradient accumulation), applying precision,
+    loss scaling and pruning masks. Returns the mean loss; raises ``_Diverged`` on NaN/inf.
+
+    Each micro-batch's mean loss is divided by their count, so N micro-batches of B examples give
+    the gradient of one batch of N*B examples.
+    """
+    total = 0.0
+    n = len(micro_batches)
+    for batch in micro_batches:
+        with knobs.autocast_context(recipe.precision, device_type):
+            loss = task.loss(model, batch)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise _Diverged(f"loss became {loss_value} at optimizer step {_step_of(scheduler)}")
+        scaled = loss / n
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total += loss_value
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    if masks:
+        knobs.apply_masks(masks)
+    return total / n
+
+
+def _step_of(scheduler: Any) -> int:
+    return int(getattr(scheduler, "last_epoch", 0)) if scheduler is not None else 0
+
+
+class _Batches:
+    """Endless shuffled micro-batches from tensors already on the device (seeded order)."""
+
+    def __init__(self, data: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+        self.data = data
+        self.batch_size = min(batch_size, data[0].shape[0])
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long)
+        self.position = 0
+        self.epoch = 0
+
+    def next(self) -> list[torch.Tensor]:
+        if self.position + self.batch_size > self.order.numel():
+            self.order = torch.randperm(self.data[0].shape[0], generator=self.generator)
+            self.order = self.order.to(self.data[0].device)
+            self.position = 0
+            self.epoch += 1
+        idx = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return [t.index_select(0, idx) for t in self.data]
+
+
+def run_trial(
+    task: Task,
+    recipe: Recipe,
+    limits: TrialLimits,
+    report: ReportFn | None = None,
+    device: str | None = None,
+) -> TrialResult:
+    """Train ``task``'s model with ``recipe`` until ``limits.target`` or the time limit.
+
+    ``report`` is called after each evaluation with the running measurements (the fields of
+    ``TrialResult`` plus ``done``), so a scheduler can stop a losing trial early.
+    """
+    dev = pick_device(device)
+    result = TrialResult(status=objective.RUNNING, score=0.0, device=str(dev))
+    setup_start = time.perf_counter()
+    try:
+        reset_peak(dev)
+        seed_everything(limits.seed)
+        model = task.build_model().to(dev)
+        model.train()
+        train_data = tuple(t.to(dev) for t in task.train)
+        batches = _Batches(train_data, recipe.batch_size, limits.seed)
+        masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
+        optimizer = knobs.build_optimizer(model.parameters(), recipe)
+        scheduler = knobs.build_scheduler(optimizer, recipe)
+        scaler = knobs.make_grad_scaler(recipe.precision, dev.type)
+        result.setup_seconds = time.perf_counter() - setup_start
+        _train(task, recipe, limits, model, batches, optimizer, scheduler, scaler, masks, dev,
+               result, report)
+    except _Diverged as exc:
+        result.status, result.message = objective.DIVERGED, str(exc)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded trial
+        if is_out_of_memory(exc):
+            result.status = objective.INFEASIBLE
+            result.message = f"out of memory: {str(exc).splitlines()[0][:300]}"
+        else:
+            result.status = objective.ERROR
+            result.message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    _finish(result, limits, dev)
+    if report is not None:
+        report({**result.to_dict(), "done": True})
+    return result
+
+
+def _train(
+    task: Task,
+    recipe: Recipe,
+    limits: TrialLimits,
+    model: nn.Module,
+    batches: _Batches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    masks: dict[nn.Parameter, torch.Tensor],
+    dev: torch.device,
+    result: TrialResult,
+    report: ReportFn | None,
+) -> None:
+    clock = _Clock(dev)
+    next_eval = limits.eval_every_seconds
+    clock.start()
+    while True:
+        micro = [batches.next() for _ in range(recipe.accumulation_steps)]
+        optimizer_step(model, task, micro, optimizer, scheduler, recipe, dev.type, scaler, masks)
+        result.steps += 1
+        result.examples += recipe.batch_size * recipe.accumulation_steps
+        elapsed = clock.pause()
+        out_of_time = elapsed >= limits.max_train_seconds
+        out_of_steps = limits.max_steps is not None and result.steps >= limits.max_steps
+        if elapsed >= next_eval or out_of_time or out_of_steps:
+            while next_eval <= elapsed:
+                next_eval += limits.eval_every_seconds
+            eval_start = time.perf_counter()
+            metric = accuracy(task, model, dev)
+            result.eval_seconds += time.perf_counter() - eval_start
+            result.train_seconds = elapsed
+            result.curve.append((round(elapsed, 4), metric))
+            result.last_metric = metric
+            result.best_metric = metric if result.best_metric is None else max(
+                result.best_metric, metric
+            )
+            if metric >= limits.target:
+                result.status, result.tta_seconds = objective.REACHED, elapsed
+                return
+            if out_of_time or out_of_steps:
+                result.status = objective.NOT_REACHED
+                result.message = (
+                    f"best {task.metric} {result.best_metric:.4f} < target {limits.target} "
+                    f"after {elapsed:.1f}s of training ({result.steps} steps)"
+                )
+                return
+            if report is not None:
+                _finish(result, limits, dev, final=False)
+                report({**result.to_dict(), "done": False})
+        clock.start()
+
+
+def _finish(result: TrialResult, limits: TrialLimits, dev: torch.device, final: bool = True) -> None:
+    """Fill in memory peaks, the budget verdict and the score."""
+    peak = read_peak(dev)
+    result.peak_memory_bytes = peak.peak_bytes
+    result.peak_memory_source = peak.source
+    result.peak_reserved_bytes = peak.reserved_bytes
+    result.peak_rss_bytes = peak.rss_bytes
+    if (
+        final
+        and limits.budget_bytes is not None
+        and peak.peak_bytes > limits.budget_bytes
+        and result.status not in objective.FAILED_STATES
+    ):
+        result.message = (
+            f"peak memory {peak.peak_bytes} bytes ({peak.source}) exceeds the budget of "
+            f"{limits.budget_bytes} bytes; {result.status} before that"
+        )
+        result.status = objective.INFEASIBLE
+        result.tta_seconds = None
+    status = result.status if final else objective.RUNNING
+    result.score = objective.score(
+        status, result.tta_seconds, result.best_metric, limits.target, limits.max_train_seconds
+    )
