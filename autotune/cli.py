@@ -290,7 +290,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {args.model} with {recipe.describe()} to {task.metric} >= {limits.target}")
 
     def progress(point: dict[str, Any]) -> None:
-        if not point.get("done"):
+        if not point.get("final"):
             print(f"  {point['train_seconds']:6.1f}s  {task.metric} {point['last_metric']:.4f}",
                   flush=True)
 

@@ -259,12 +259,12 @@ class _ThrottledReport:
         from ray import tune
 
         now = time.time()
-        if not progress.get("done") and now - self.last < self.interval:
+        if not progress.get("final") and now - self.last < self.interval:
             return
         self.last = now
         metrics = {k: v for k, v in progress.items() if v is not None}
         metrics["recipe"] = self.recipe
-        if not progress.get("done"):
+        if not progress.get("final"):
             metrics.pop("curve", None)
         tune.report(metrics)
 
@@ -275,7 +275,7 @@ def _invalid_result(exc: ConfigError, params: dict, setup: _TrialSetup) -> dict[
         "score": objective.score(objective.ERROR, None, None, setup.target, setup.max_train_seconds),
         "message": "invalid recipe: " + "; ".join(exc.problems),
         "params": params,
-        "done": True,
+        "final": True,
     }
 
 
@@ -341,7 +341,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
         status = result.get("status", objective.ERROR)
         if error is not None:
             status = objective.ERROR
-        elif not result.get("done"):
+        elif not result.get("final"):
             status = objective.STOPPED  # ended by the early-stopping scheduler
         record = {
             "trial": number,

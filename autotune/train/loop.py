@@ -232,7 +232,7 @@ def run_trial(
     """Train ``task``'s model with ``recipe`` until ``limits.target`` or the time limit.
 
     ``report`` is called after each evaluation with the running measurements (the fields of
-    ``TrialResult`` plus ``done``), so a scheduler can stop a losing trial early.
+    ``TrialResult`` plus ``final``), so a scheduler can stop a losing trial early.
     """
     dev = pick_device(device)
     result = TrialResult(status=objective.RUNNING, score=0.0, device=str(dev))
@@ -264,7 +264,7 @@ def run_trial(
             torch.cuda.empty_cache()
     _finish(result, limits, dev)
     if report is not None:
-        report({**result.to_dict(), "done": True})
+        report({**result.to_dict(), "final": True})
     return result
 
 
@@ -317,7 +317,7 @@ def _train(
                 return
             if report is not None:
                 _finish(result, limits, dev, final=False)
-                report({**result.to_dict(), "done": False})
+                report({**result.to_dict(), "final": False})
         clock.start()
 
 

@@ -1,0 +1,142 @@
+"""The trial loop: the time-to-accuracy clock, and failures recorded instead of raised."""
+
+import dataclasses
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from autotune import objective
+from autotune.recipe import Recipe
+from autotune.train import TrialLimits, run_trial
+from tests.conftest import make_toy_task
+
+
+def limits(task, **kw):
+    base = TrialLimits.for_task(task, seed=0)
+    return dataclasses.replace(base, **kw)
+
+
+def test_reaches_target_and_tta_is_the_first_evaluation_at_target(toy_task):
+    reports = []
+    result = run_trial(toy_task, Recipe(lr=1e-2), limits(toy_task), report=reports.append)
+    assert result.status == objective.REACHED
+    assert result.tta_seconds is not None and result.tta_seconds > 0
+    assert result.score == result.tta_seconds
+    times = [t for t, _ in result.curve]
+    metrics = [m for _, m in result.curve]
+    assert metrics[-1] >= toy_task.target and all(m < toy_task.target for m in metrics[:-1])
+    assert result.tta_seconds == pytest.approx(times[-1], abs=1e-3)
+    assert reports[-1]["final"] is True and reports[-1]["status"] == objective.REACHED
+    assert all(r["final"] is False for r in reports[:-1])
+
+
+def test_evaluation_time_is_not_counted(toy_task):
+    slow_predict_calls = []
+
+    def slow_predict(model, batch):
+        time.sleep(0.05)
+        slow_predict_calls.append(1)
+        return toy_task.predict(model, batch)
+
+    task = dataclasses.replace(toy_task, predict=slow_predict, target=1.01,
+                               eval_every_seconds=0.02)
+    start = time.perf_counter()
+    result = run_trial(task, Recipe(lr=1e-2), limits(task, max_train_seconds=0.3))
+    wall = time.perf_counter() - start
+    assert result.status == objective.NOT_REACHED and result.tta_seconds is None
+    assert len(slow_predict_calls) >= 5
+    assert result.eval_seconds >= 0.05 * len(slow_predict_calls)
+    # The training clock stops at its limit although evaluations took much longer.
+    assert 0.3 <= result.train_seconds < 0.3 + 0.2
+    assert wall >= result.train_seconds + result.eval_seconds * 0.9
+    assert result.score > 2 * 0.3  # a trial with no TTA scores worse than any TTA
+
+
+def test_same_seed_same_curve(toy_task):
+    lim = limits(toy_task, max_steps=20, target=1.1)
+    a = run_trial(toy_task, Recipe(lr=1e-2), lim)
+    b = run_trial(toy_task, Recipe(lr=1e-2), lim)
+    assert [m for _, m in a.curve] == [m for _, m in b.curve]
+    assert a.steps == b.steps == 20
+
+
+class _OOMAfter(nn.Module):
+    """Fakes the hardware, not the logic: raises the real CUDA OOM error after some calls."""
+
+    def __init__(self, inner: nn.Module, calls: int) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, calls
+
+    def forward(self, x):
+        self.calls -= 1
+        if self.calls < 0:
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)")
+        return self.inner(x)
+
+
+def test_out_of_memory_is_recorded_as_infeasible(toy_task):
+    task = dataclasses.replace(toy_task, build_model=lambda: _OOMAfter(toy_task.build_model(), 3),
+                               target=0.999)
+    result = run_trial(task, Recipe(lr=1e-2), limits(task))
+    assert result.status == objective.INFEASIBLE
+    assert "out of memory" in result.message
+    assert result.score == objective.score(objective.INFEASIBLE, None, None, 0.999, 5.0)
+    assert result.peak_memory_bytes and result.peak_memory_bytes > 0
+
+
+def test_nan_loss_is_recorded_as_diverged(toy_task):
+    def nan_loss(model, batch):
+        return toy_task.loss(model, batch) * float("nan")
+
+    task = dataclasses.replace(toy_task, loss=nan_loss)
+    result = run_trial(task, Recipe(lr=1e-2), limits(task))
+    assert result.status == objective.DIVERGED
+    assert "nan" in result.message.lower()
+
+
+def test_huge_learning_rate_diverges_for_real(toy_task):
+    task = dataclasses.replace(toy_task, target=1.01)
+    result = run_trial(task, Recipe(optimizer="sgd", lr=1e20, momentum=0.9),
+                       limits(task, max_train_seconds=2.0))
+    assert result.status == objective.DIVERGED
+
+
+def test_over_budget_is_infeasible(toy_task):
+    result = run_trial(toy_task, Recipe(lr=1e-2), limits(toy_task, budget_bytes=1000))
+    assert result.status == objective.INFEASIBLE
+    assert "exceeds the budget" in result.message
+    assert result.tta_seconds is None
+
+
+def test_other_errors_are_recorded_not_raised(toy_task):
+    def broken(model, batch):
+        raise ValueError("shape mismatch in user loss")
+
+    result = run_trial(dataclasses.replace(toy_task, loss=broken), Recipe(), limits(toy_task))
+    assert result.status == objective.ERROR
+    assert "shape mismatch" in result.message
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trials_reach_the_target(toy_task, precision):
+    result = run_trial(toy_task, Recipe(precision=precision, lr=1e-2), limits(toy_task))
+    assert result.status == objective.REACHED
+
+
+def test_every_knob_at_once(toy_task):
+    recipe = Recipe(precision="bf16", batch_size=16, accumulation_steps=2, prune_ratio=0.3,
+                    warmup_steps=5, schedule="cosine", decay_steps=50, optimizer="sgd", lr=0.1)
+    result = run_trial(toy_task, recipe, limits(toy_task))
+    assert result.status == objective.REACHED
+    assert result.examples == result.steps * 32
+
+
+def test_scores_order_outcomes():
+    reached = objective.score(objective.REACHED, 50.0, 0.9, 0.9, 60)
+    close = objective.score(objective.NOT_REACHED, None, 0.85, 0.9, 60)
+    far = objective.score(objective.STOPPED, None, 0.5, 0.9, 60)
+    failed = objective.score(objective.DIVERGED, None, None, 0.9, 60)
+    assert reached < close < far < failed
