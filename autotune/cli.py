@@ -27,7 +27,7 @@ DEFAULT_TIME_BUDGET = "8m"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR
@@ -39,6 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nautotune: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--budget -1GB`` reaches the validator (which explains the rule) instead of argparse
+    mistaking ``-1GB`` for a flag."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token[:1] == "-" \
+                and token[1:2].isdigit():
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from autotune.train import (
     sparsity,
 )
 from autotune.train.knobs import prunable_weights
-from tests.conftest import make_toy_task
+from tests.toy_task import make_toy_task
 
 
 def test_bf16_really_computes_in_bf16():

@@ -136,6 +136,10 @@ def _init_ray(config: SearchConfig) -> bool:
     if config.address:
         ray.init(address=config.address, log_to_driver=False)
         return True
+    # Trial processes import user tasks (package.module:function) the way the driver does:
+    # from the directory the command runs in.
+    paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     temp_dir = tempfile.mkdtemp(prefix="autotune_ray_", dir="/tmp")
     ray.init(
         num_cpus=os.cpu_count() or 1,

@@ -1,0 +1,70 @@
+"""User mistakes get one clear paragraph and exit code 2, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from autotune.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "autotune.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["search", "--model", "mnist", "--budget", "16XB"], "unknown unit 'XB'"),
+        (["search", "--model", "mnist", "--budget", "-1GB"], "positive memory size"),
+        (["search", "--model", "mnist", "--time-budget", "soon"], "--time-budget"),
+        (["search", "--model", "mnist", "--trials", "0"], "--trials must be >= 1"),
+        (["search", "--model", "gpt9"], "no search space ships for model 'gpt9'"),
+        (["search", "--model", "gpt9", "--space", "search_spaces/bert.yaml"], "unknown task"),
+        (["search", "--model", "mnist", "--space", "nope.yaml"], "file not found"),
+        (["search", "--model", "no_such_pkg.mod:make", "--space", "search_spaces/mnist.yaml"],
+         "no_such_pkg"),
+        (["search", "--model", "mnist", "--task-option", "size"], "KEY=VALUE"),
+        (["train", "--recipe", "nope.yaml", "--model", "mnist"], "file not found"),
+    ],
+)
+def test_user_mistakes_exit_2_with_a_message(args, needle, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err, err
+    assert "Traceback" not in err
+
+
+def test_invalid_space_file_lists_every_problem(tmp_path, capsys):
+    bad = tmp_path / "space.yaml"
+    bad.write_text("knobs:\n  precision: {choices: [fp8]}\n  batch_size: {low: 9, high: 1}\n")
+    assert main(["search", "--model", "mnist", "--space", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "2 problems" in err and "line 2" in err and "line 3" in err
+
+
+def test_invalid_recipe_file(tmp_path, capsys):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("precision: fp16\noffload: true\nbatch_size: big\n")
+    assert main(["train", "--recipe", str(bad), "--model", "mnist"]) == 2
+    err = capsys.readouterr().err
+    assert "offload" not in err or "batch_size" in err
+    assert "batch_size: expected int" in err
+
+
+def test_help_explains_each_option():
+    top = run("--help")
+    assert top.returncode == 0 and "search" in top.stdout and "train" in top.stdout
+    search = run("search", "--help")
+    assert search.returncode == 0
+    for flag in ("--model", "--budget", "--space", "--trials", "--time-budget", "--target",
+                 "--seed", "--output", "--results-dir"):
+        assert flag in search.stdout
+    assert "baseline" in search.stdout
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "search" in capsys.readouterr().out

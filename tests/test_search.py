@@ -1,0 +1,73 @@
+"""A real small search: Ray Tune runs the trials, Optuna proposes, results land on disk."""
+
+import json
+
+import pytest
+import yaml
+
+from autotune import objective
+from autotune.cli import main
+from autotune.recipe import Recipe
+
+SPACE = """\
+model: toy
+knobs:
+  precision: {choices: [fp32, bf16]}
+  batch_size: {choices: [16, 32, 64]}
+  optimizer: {choices: [adamw, sgd]}
+  lr: {low: 1.0e-3, high: 3.0e-2, log: true, when: {optimizer: adamw}}
+  lr@sgd: {low: 0.01, high: 0.3, log: true, when: {optimizer: sgd}}
+  warmup_steps: {choices: [0, 5]}
+"""
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    space = tmp / "space.yaml"
+    space.write_text(SPACE)
+    results = tmp / "results"
+    output = tmp / "out" / "best.yaml"
+    code = main([
+        "search", "--model", "tests.toy_task:make_task", "--space", str(space),
+        "--budget", "16GB", "--trials", "4", "--time-budget", "3m", "--seed", "0",
+        "--results-dir", str(results), "--output", str(output),
+    ])
+    return code, results, output
+
+
+def test_search_exits_cleanly(search_run):
+    code, _, _ = search_run
+    assert code == 0
+
+
+def test_every_trial_is_on_disk_with_recipe_and_measurements(search_run):
+    _, results, _ = search_run
+    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    assert records[0]["is_baseline"] and records[0]["recipe"]["precision"] == "fp32"
+    assert records[0]["recipe"]["lr"] == 1e-2 and records[0]["recipe"]["optimizer"] == "adamw"
+    for r in records:
+        Recipe.from_dict(r["recipe"])
+        assert r["status"] in (objective.REACHED, objective.STOPPED, objective.NOT_REACHED)
+        assert r["peak_memory_bytes"] > 0
+        assert r["train_seconds"] > 0
+    assert len({json.dumps(r["recipe"], sort_keys=True) for r in records}) == 4
+
+
+def test_best_recipe_yaml_holds_recipe_measurements_and_speedup(search_run):
+    _, results, output = search_run
+    doc = yaml.safe_load(output.read_text())
+    recipe = Recipe.load(output)
+    assert recipe.to_dict() == doc["recipe"]
+    measured = doc["measured"]
+    assert measured["tta_seconds"] > 0 and measured["peak_memory_bytes"] > 0
+    assert doc["task"]["name"] == "tests.toy_task:make_task" and doc["task"]["target"] == 0.9
+    assert doc["search"]["seed"] == 0 and doc["search"]["budget_bytes"] == 16 * 10**9
+    assert {"python", "torch", "ray", "optuna"} <= set(doc["versions"])
+    assert "cpu" in doc["measured"]["device"]
+    base = doc["baseline"]
+    assert base["status"] == objective.REACHED
+    assert doc["speedup"] == pytest.approx(base["tta_seconds"] / measured["tta_seconds"], rel=1e-2)
+    assert doc["speedup"] >= 1.0  # the baseline is a candidate, so the best is never slower
+    assert (results / "search.yaml").exists()
