@@ -10,7 +10,6 @@ from torch import nn
 from autotune import objective
 from autotune.recipe import Recipe
 from autotune.train import TrialLimits, run_trial
-from tests.toy_task import make_toy_task
 
 
 def limits(task, **kw):

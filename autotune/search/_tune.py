@@ -276,7 +276,9 @@ class _ThrottledReport:
 def _invalid_result(exc: ConfigError, params: dict, setup: _TrialSetup) -> dict[str, Any]:
     return {
         "status": objective.ERROR,
-        "score": objective.score(objective.ERROR, None, None, setup.target, setup.max_train_seconds),
+        "score": objective.score(
+            objective.ERROR, None, None, setup.target, setup.max_train_seconds
+        ),
         "message": "invalid recipe: " + "; ".join(exc.problems),
         "params": params,
         "final": True,

@@ -259,7 +259,8 @@ def run_trial(
             result.message = f"out of memory: {str(exc).splitlines()[0][:300]}"
         else:
             result.status = objective.ERROR
-            result.message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+            result.message = f"{type(exc).__name__}: {first_line}"
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     _finish(result, limits, dev)
@@ -321,7 +322,9 @@ def _train(
         clock.start()
 
 
-def _finish(result: TrialResult, limits: TrialLimits, dev: torch.device, final: bool = True) -> None:
+def _finish(
+    result: TrialResult, limits: TrialLimits, dev: torch.device, final: bool = True
+) -> None:
     """Fill in memory peaks, the budget verdict and the score."""
     peak = read_peak(dev)
     result.peak_memory_bytes = peak.peak_bytes

