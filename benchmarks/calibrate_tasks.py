@@ -59,9 +59,10 @@ def recipes_for(task: Task) -> list[Recipe]:
         Recipe("baseline", bs, lr),
         Recipe("warmup50", bs, lr, warmup_steps=50),
         Recipe("lr2x+warmup100", bs, 2 * lr, warmup_steps=100),
-        Recipe("bs64+lr2x+warmup50", 2 * bs, 2 * lr, warmup_steps=50),
+        Recipe("bs2x+lr2x+warmup50", 2 * bs, 2 * lr, warmup_steps=50),
         Recipe("bf16", bs, lr, bf16=True),
         Recipe("bf16+lr2x+warmup100", bs, 2 * lr, warmup_steps=100, bf16=True),
+        Recipe("bf16+bs2x+lr2x+warmup50", 2 * bs, 2 * lr, warmup_steps=50, bf16=True),
     ]
 
 
@@ -142,7 +143,7 @@ def main() -> None:
         f"eval every {task.eval_every_seconds}s, limit {limit}s, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    header = f"{'recipe':22} {'bs':>4} {'lr':>7} {'wu':>4} {'bf16':>4}  "
+    header = f"{'recipe':24} {'bs':>4} {'lr':>7} {'wu':>4} {'bf16':>4}  "
     header += "  ".join(f"seed {s:<5}" for s in args.seeds) + "  median   reached"
     print(header)
     for recipe in recipes_for(task):
@@ -152,7 +153,7 @@ def main() -> None:
         ttas = [r.tta for r in runs if r.tta is not None]
         median = f"{statistics.median(ttas):5.1f}s" if len(ttas) == len(runs) else "   -  "
         print(
-            f"{recipe.name:22} {recipe.batch_size:>4} {recipe.lr:>7.0e} {recipe.warmup_steps:>4} "
+            f"{recipe.name:24} {recipe.batch_size:>4} {recipe.lr:>7.0e} {recipe.warmup_steps:>4} "
             f"{'y' if recipe.bf16 else 'n':>4}  "
             + "  ".join(f"{fmt_run(r):10}" for r in runs)
             + f"  {median}  {len(ttas)}/{len(runs)}",

