@@ -21,7 +21,7 @@ from autotune.units import format_bytes, format_duration, parse_bytes, parse_dur
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-DEFAULT_TRIALS = 12
+DEFAULT_TRIALS = 20
 DEFAULT_TIME_BUDGET = "8m"
 
 
@@ -201,6 +201,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     task, device = _load_task(args)
     target = task.target if args.target is None else args.target
     baseline = baseline_recipe(task.default_batch_size, task.default_lr)
+    suggestions = tuple(_suggested(baseline, task))
     results_dir = Path(args.results_dir) if args.results_dir else (
         Path("autotune_runs") / f"{_safe(args.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -210,6 +211,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_train_seconds=max_trial or task.max_train_seconds, results_dir=results_dir,
         budget_bytes=budget, trials=args.trials, time_budget_s=time_budget, seed=args.seed,
         task_options=_task_options(args.task_option), device=args.device, address=args.address,
+        suggestions=suggestions,
     )
     _print_plan(config, task, space_path, device)
     records: list[dict[str, Any]] = []
@@ -275,6 +277,16 @@ def _print_plan(config: Any, task: Any, space_path: Path, device: Any) -> None:
     print(f"space {space_path}: {config.space.size_hint()}")
     print(f"up to {config.trials} trials, no new trial after {time_budget}; results in "
           f"{config.results_dir}/", flush=True)
+
+
+def _suggested(baseline: Recipe, task: Any) -> list[Recipe]:
+    out = []
+    for changes in task.suggested_recipes:
+        try:
+            out.append(baseline.replace(**changes))
+        except UserError as exc:
+            print(f"warning: task {task.name!r} suggests an invalid recipe {changes}: {exc}")
+    return out
 
 
 def _safe(name: str) -> str:

@@ -67,6 +67,7 @@ def describe_recipe(recipe: dict[str, Any] | None) -> str:
 
 def started_line(record: dict[str, Any], total: int) -> str:
     tag = " (baseline)" if record.get("is_baseline") else ""
+    tag = " (warm start)" if record.get("warm_start") else tag
     return f"[{record['trial']:>3}/{total}] running{tag}: {describe_recipe(record.get('recipe'))}"
 
 

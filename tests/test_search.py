@@ -71,3 +71,24 @@ def test_best_recipe_yaml_holds_recipe_measurements_and_speedup(search_run):
     assert doc["speedup"] == pytest.approx(base["tta_seconds"] / measured["tta_seconds"], rel=1e-2)
     assert doc["speedup"] >= 1.0  # the baseline is a candidate, so the best is never slower
     assert (results / "search.yaml").exists()
+
+
+def test_warm_start_points_put_the_baseline_first_and_skip_recipes_outside_the_space(tmp_path):
+    from autotune.search._tune import SearchConfig, warm_start_points
+    from autotune.space import parse_space
+
+    space = parse_space(SPACE)
+    baseline = Recipe(lr=1e-2)
+    config = SearchConfig(
+        model="toy", space=space, baseline=baseline, target=0.9, max_train_seconds=5,
+        results_dir=tmp_path, suggestions=(
+            baseline.replace(precision="bf16"),
+            baseline.replace(precision="fp16"),  # not in the space: skipped
+            baseline,  # the baseline again: not run twice
+            baseline.replace(batch_size=64, lr=2e-2),
+        ),
+    )
+    points = warm_start_points(config)
+    assert points[0] == space.point_for(baseline)
+    assert [p["precision"] for p in points] == ["fp32", "bf16", "fp32"]
+    assert points[2]["batch_size"] == 64 and points[2]["lr"] == 2e-2

@@ -48,6 +48,9 @@ class SearchConfig:
     """Seeds Optuna's sampler and every trial's weights and data order (the same for all trials,
     so trials differ only by their recipes)."""
     task_options: dict[str, Any] = field(default_factory=dict)
+    suggestions: tuple[Recipe, ...] = ()
+    """Known-good recipes evaluated right after the baseline (warm start); those outside the
+    space are skipped."""
     device: str | None = None
     """Device for trials; None picks a GPU where there is one, else the CPU."""
     address: str | None = None
@@ -76,11 +79,11 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
     from ray.tune.schedulers import ASHAScheduler
 
     config.results_dir.mkdir(parents=True, exist_ok=True)
-    baseline_point = config.space.point_for(config.baseline)
     start = time.time()
     own_ray = _init_ray(config)
     try:
-        searcher = _make_searcher(config, baseline_point, start)
+        points = warm_start_points(config)
+        searcher = _make_searcher(config, points, start)
         grace = config.grace_period_s or max(1.0, config.max_train_seconds / 6)
         scheduler = ASHAScheduler(
             time_attr="train_seconds",
@@ -90,7 +93,7 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
             grace_period=grace,
             reduction_factor=2,
         )
-        recorder = _Recorder(config, on_event)
+        recorder = _Recorder(config, on_event, warm_start=len(points))
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, setup=_TrialSetup.from_config(config)),
             _trial_resources(config),
@@ -175,7 +178,20 @@ def _max_concurrent(config: SearchConfig) -> int:
     return max(1, len([n for n in ray.nodes() if n.get("Alive")]))
 
 
-def _make_searcher(config: SearchConfig, baseline_point: dict[str, Any], start: float) -> Any:
+def warm_start_points(config: SearchConfig) -> list[dict[str, Any]]:
+    """The baseline's point first, then each suggested recipe's that lies in the space."""
+    points = [config.space.point_for(config.baseline)]
+    for recipe in config.suggestions:
+        try:
+            point = config.space.point_for(recipe)
+        except ConfigError:
+            continue
+        if point not in points:
+            points.append(point)
+    return points[: config.trials]
+
+
+def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: float) -> Any:
     import optuna
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
@@ -196,7 +212,7 @@ def _make_searcher(config: SearchConfig, baseline_point: dict[str, Any], start: 
         space=space.suggest,
         metric="score",
         mode="min",
-        points_to_evaluate=[baseline_point],
+        points_to_evaluate=points,
         sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=5),
     )
 
@@ -298,8 +314,9 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
     """Ray Tune callback on the driver: turns trial events into records, appends each finished
     trial to ``trials.jsonl`` at once, and forwards events to the CLI."""
 
-    def __init__(self, config: SearchConfig, on_event: EventFn | None) -> None:
+    def __init__(self, config: SearchConfig, on_event: EventFn | None, warm_start: int = 1) -> None:
         self.config = config
+        self.warm_start = warm_start
         self.on_event = on_event
         self.records: list[dict[str, Any]] = []
         self.numbers: dict[str, int] = {}
@@ -320,7 +337,8 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         number = self._number(trial)
         record = {"trial": number, "trial_id": trial.trial_id, "recipe": self._recipe(trial),
-                  "params": dict(trial.config), "is_baseline": number == 1}
+                  "params": dict(trial.config), "is_baseline": number == 1,
+                  "warm_start": 1 < number <= self.warm_start}
         if self.on_event:
             self.on_event("started", record)
 
@@ -353,6 +371,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
             "trial": number,
             "trial_id": trial.trial_id,
             "is_baseline": number == 1,
+            "warm_start": 1 < number <= self.warm_start,
             "recipe": self._recipe(trial),
             "params": dict(trial.config),
             "status": status,

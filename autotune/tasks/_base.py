@@ -66,6 +66,10 @@ class Task:
     """One line for ``autotune --help`` and results: model, data set, sizes."""
     info: dict[str, Any] = field(default_factory=dict)
     """Facts worth recording with results (model size, data set size, licence)."""
+    suggested_recipes: tuple[dict[str, Any], ...] = ()
+    """Known-good starting points, as changes to the baseline recipe (e.g. ``{"precision":
+    "bf16"}``). A search evaluates those that lie in its space right after the baseline (a warm
+    start), so a short search never misses the usual wins; they are measured like any trial."""
 
     def __post_init__(self) -> None:
         n_train = {t.shape[0] for t in self.train}
