@@ -268,7 +268,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_plan(config: Any, task: Any, space_path: Path, device: Any) -> None:
-    budget = format_bytes(config.budget_bytes) if config.budget_bytes else "none"
+    budget = (f"{config.budget_bytes:,} bytes ({format_bytes(config.budget_bytes)})"
+              if config.budget_bytes else "none")
     time_budget = format_duration(config.time_budget_s) if config.time_budget_s else "none"
     print(f"task {config.model}: {task.description}")
     print(f"target {task.metric} >= {config.target}; trial limit "

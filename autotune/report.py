@@ -139,13 +139,24 @@ def device_description(device: str) -> str:
         import torch
 
         return f"{device} ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {_cpu_count()} cores)"
+    return f"cpu ({_cpu_model()}, {_cpu_count()} cores)"
 
 
 def _cpu_count() -> int:
     import os
 
     return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def best_recipe_document(summary: Summary, context: dict[str, Any]) -> dict[str, Any]:

@@ -92,3 +92,20 @@ def test_warm_start_points_put_the_baseline_first_and_skip_recipes_outside_the_s
     assert points[0] == space.point_for(baseline)
     assert [p["precision"] for p in points] == ["fp32", "bf16", "fp32"]
     assert points[2]["batch_size"] == 64 and points[2]["lr"] == 2e-2
+
+
+def test_unreachable_target_says_so_exits_2_and_keeps_what_was_measured(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    results = tmp_path / "results"
+    code = main([
+        "search", "--model", "tests.toy_task:make_task", "--space", str(space), "--target",
+        "1.01", "--trials", "2", "--max-trial-time", "1s", "--results-dir", str(results),
+    ])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no trial reached the target accuracy 1.01" in err and "trials.jsonl" in err
+    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["best_metric"] > 0.5 for r in records)
+    assert not (results / "best_recipe.yaml").exists()
+    assert (results / "search.yaml").exists()

@@ -60,6 +60,9 @@ class SearchConfig:
     grace_period_s: float | None = None
     """Training seconds before the early-stopping scheduler may stop a trial; default a sixth
     of ``max_train_seconds``."""
+    time_margin: float = 1.5
+    """A trial still short of the target after this many times the best time-to-accuracy so far
+    is stopped: it can no longer win."""
 
 
 @dataclass
@@ -76,7 +79,6 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
     ``results_dir/trials.jsonl`` as it ends, so nothing measured is lost if the search stops."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     config.results_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -84,15 +86,7 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
     try:
         points = warm_start_points(config)
         searcher = _make_searcher(config, points, start)
-        grace = config.grace_period_s or max(1.0, config.max_train_seconds / 6)
-        scheduler = ASHAScheduler(
-            time_attr="train_seconds",
-            metric="best_metric",
-            mode="max",
-            max_t=config.max_train_seconds * 10,  # trials stop themselves at their limit
-            grace_period=grace,
-            reduction_factor=2,
-        )
+        scheduler = _make_scheduler(config)
         recorder = _Recorder(config, on_event, warm_start=len(points))
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, setup=_TrialSetup.from_config(config)),
@@ -215,6 +209,47 @@ def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: fl
         points_to_evaluate=points,
         sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=5),
     )
+
+
+def _make_scheduler(config: SearchConfig) -> Any:
+    """ASHA on accuracy at equal training time, plus time-aware stopping (see
+    ``TimeAwareASHA``)."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class TimeAwareASHA(ASHAScheduler):
+        """ASHA, and: a trial that has trained ``time_margin`` x the best time-to-accuracy so far
+        without reaching the target cannot win, so it stops. ASHA alone lets such trials run:
+        the fastest trials end before the late rungs, which then hold only slow trials."""
+
+        def __init__(self) -> None:
+            super().__init__(
+                time_attr="train_seconds",
+                metric="best_metric",
+                mode="max",
+                max_t=config.max_train_seconds * 10,  # trials stop themselves at their limit
+                grace_period=config.grace_period_s or max(1.0, config.max_train_seconds / 6),
+                reduction_factor=2,
+            )
+            self.best_tta: float | None = None
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            seconds = result.get("train_seconds")
+            if (
+                self.best_tta is not None
+                and seconds is not None
+                and result.get("status") != objective.REACHED
+                and seconds > config.time_margin * self.best_tta
+            ):
+                return TrialScheduler.STOP
+            return super().on_trial_result(tune_controller, trial, result)
+
+        def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+            tta = result.get("tta_seconds") if result.get("status") == objective.REACHED else None
+            if tta is not None and (self.best_tta is None or tta < self.best_tta):
+                self.best_tta = tta
+            super().on_trial_complete(tune_controller, trial, result)
+
+    return TimeAwareASHA()
 
 
 # -- the trial side -------------------------------------------------------------------------
@@ -403,7 +438,8 @@ def _stopped_message(status: str, result: dict[str, Any]) -> str:
     best = result.get("best_metric")
     seconds = result.get("train_seconds") or 0.0
     shown = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
-    return f"stopped early by ASHA at {seconds:.1f}s of training: metric {shown} behind others"
+    return (f"stopped early at {seconds:.1f}s of training (metric {shown}): behind other trials "
+            "at the same training time, or already slower than the best time-to-accuracy")
 
 
 def _check_finite(record: dict[str, Any]) -> None:
