@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    # A user task (--model package.module:function) imports from where the command runs, as
+    # with `python -m`; the console script alone would not look there.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
@@ -226,9 +231,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         outcome = run_search(config, on_event)
     except KeyboardInterrupt:
-        print(f"\nautotune: search interrupted; the {len(records)} finished trials are in "
-              f"{results_dir / 'trials.jsonl'}", file=sys.stderr)
-        raise
+        finished = sum(1 for r in records if r.get("status") != objective.INTERRUPTED)
+        print(f"\nautotune: search interrupted. The {finished} finished trials, and those that "
+              f"were running (as 'interrupted', with what they measured so far), are in "
+              f"{results_dir / 'trials.jsonl'}. Run the same command again to start a new "
+              "search.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     summary = summarize(outcome.records)
     print(f"\nsearch finished: {len(outcome.records)} trials in "
           f"{format_duration(outcome.wall_seconds)}; results in {results_dir}/")

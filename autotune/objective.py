@@ -28,6 +28,9 @@ DIVERGED = "diverged"
 ERROR = "error"
 """The trial crashed for another reason (recorded with the message)."""
 
+INTERRUPTED = "interrupted"
+"""The search was interrupted (Ctrl-C) while the trial ran; it has what it reported so far."""
+
 FAILED_STATES = (INFEASIBLE, DIVERGED, ERROR)
 
 

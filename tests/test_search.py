@@ -109,3 +109,32 @@ def test_unreachable_target_says_so_exits_2_and_keeps_what_was_measured(tmp_path
     assert len(records) == 2 and all(r["best_metric"] > 0.5 for r in records)
     assert not (results / "best_recipe.yaml").exists()
     assert (results / "search.yaml").exists()
+
+
+def test_ctrl_c_keeps_finished_trials_and_records_the_running_one(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    results = tmp_path / "results"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune.cli", "search", "--model", "tests.toy_task:make_task",
+         "--space", str(space), "--target", "1.01", "--trials", "20", "--max-trial-time", "4s",
+         "--results-dir", str(results)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    trials = results / "trials.jsonl"
+    for line in proc.stdout:  # progress lines arrive as trials start and end
+        if line.startswith("[  2/20] running"):
+            break
+    time.sleep(1.0)  # trial 2 trains now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "search interrupted" in err and "trials.jsonl" in err
+    records = [json.loads(line) for line in trials.read_text().splitlines()]
+    assert records[0]["status"] == objective.NOT_REACHED
+    assert records[-1]["status"] == objective.INTERRUPTED

@@ -109,7 +109,11 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
                 log_to_file=True,
             ),
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            recorder.record_interrupted()
+            raise
     finally:
         if own_ray:
             ray.shutdown()
@@ -128,6 +132,8 @@ def _init_ray(config: SearchConfig) -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C reaches autotune, which records the trials in flight and says where results are.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if ray.is_initialized():
         return False
     if config.address:
@@ -356,6 +362,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
         self.records: list[dict[str, Any]] = []
         self.numbers: dict[str, int] = {}
         self.last: dict[str, dict[str, Any]] = {}
+        self.running: dict[str, Any] = {}
         self.path = config.results_dir / TRIALS_FILE
 
     def _number(self, trial: Any) -> int:
@@ -370,6 +377,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
             return None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running[trial.trial_id] = trial
         number = self._number(trial)
         record = {"trial": number, "trial_id": trial.trial_id, "recipe": self._recipe(trial),
                   "params": dict(trial.config), "is_baseline": number == 1,
@@ -394,11 +402,23 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
             message = lines[-1][:500] if lines else message
         self._finish(trial, result, error=message)
 
-    def _finish(self, trial: Any, result: dict[str, Any], error: str | None) -> None:
+    def record_interrupted(self) -> None:
+        """Record the trials still running when the search was interrupted, with what they
+        had reported so far."""
+        for trial_id, trial in list(self.running.items()):
+            self._finish(trial, self.last.get(trial_id, {}), error=None, interrupted=True)
+
+    def _finish(
+        self, trial: Any, result: dict[str, Any], error: str | None, interrupted: bool = False
+    ) -> None:
+        self.running.pop(trial.trial_id, None)
         number = self._number(trial)
         c = self.config
         status = result.get("status", objective.ERROR)
-        if error is not None:
+        if interrupted:
+            status = objective.INTERRUPTED
+            error = "the search was interrupted while this trial ran"
+        elif error is not None:
             status = objective.ERROR
         elif not result.get("final"):
             status = objective.STOPPED  # ended by the early-stopping scheduler
