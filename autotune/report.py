@@ -167,7 +167,7 @@ def best_recipe_document(summary: Summary, context: dict[str, Any]) -> dict[str,
     return {
         "recipe": best["recipe"],
         "measured": {
-            "tta_seconds": round(best["tta_seconds"], 3),
+            "tta_seconds": best["tta_seconds"],
             "peak_memory_bytes": best.get("peak_memory_bytes"),
             "peak_memory_source": best.get("peak_memory_source"),
             "best_metric": best.get("best_metric"),
