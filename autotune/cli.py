@@ -205,6 +205,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_ray_available()
     task, device = _load_task(args)
     target = task.target if args.target is None else args.target
+    if not (target > 0 and target == target and target != float("inf")):
+        raise UserError(f"--target must be a positive number, got {args.target}")
     baseline = baseline_recipe(task.default_batch_size, task.default_lr)
     suggestions = tuple(_suggested(baseline, task))
     results_dir = Path(args.results_dir) if args.results_dir else (
@@ -254,10 +256,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     write_yaml(results_dir / "search.yaml", {**context, "baseline_recipe": baseline.to_dict()})
     if summary.best is None:
         best_metric = max((r.get("best_metric") or 0.0 for r in outcome.records), default=0.0)
+        counts: dict[str, int] = {}
+        for r in outcome.records:
+            counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
+        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        hint = ""
+        if counts.get(objective.INFEASIBLE):
+            hint = (" Infeasible trials ran out of memory or exceeded the budget (on a CPU the "
+                    "budget counts the whole process, about 0.5-1 GiB with no model): raise "
+                    "--budget.")
         raise UserError(
-            f"no trial reached the target {task.metric} {target} (best seen: {best_metric:.4f}). "
-            f"Every trial's measurements are in {results_dir / 'trials.jsonl'}. Lower the target "
-            f"with --target, allow longer trials with --max-trial-time, or run more --trials."
+            f"no trial reached the target {task.metric} {target} (best seen: {best_metric:.4f}; "
+            f"trials: {states}).{hint} Every trial's measurements are in "
+            f"{results_dir / 'trials.jsonl'}. Lower the target with --target, allow longer "
+            "trials with --max-trial-time, or run more --trials."
         )
     header = (f"# Best recipe found by: autotune search --model {args.model}"
               f"{' --budget ' + args.budget if args.budget else ''} --seed {args.seed}\n"

@@ -140,3 +140,15 @@ def test_scores_order_outcomes():
     far = objective.score(objective.STOPPED, None, 0.5, 0.9, 60)
     failed = objective.score(objective.DIVERGED, None, None, 0.9, 60)
     assert reached < close < far < failed
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_trial_on_each_device(toy_task, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    result = run_trial(toy_task, Recipe(precision="bf16", lr=1e-2), limits(toy_task),
+                       device=device)
+    assert result.status == objective.REACHED
+    assert result.device.startswith(device)
+    expected_source = "cuda_allocated" if device == "cuda" else "cpu_rss"
+    assert result.peak_memory_source == expected_source and result.peak_memory_bytes > 0
