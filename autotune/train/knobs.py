@@ -126,7 +126,9 @@ def apply_masks(masks: dict[nn.Parameter, torch.Tensor]) -> None:
         return
     with torch.no_grad():
         for weight, mask in masks.items():
-            weight.mul_(mask)
+            # A sharded (FSDP2 DTensor) weight holds its mask's matching shard.
+            local = weight.to_local() if hasattr(weight, "to_local") else weight
+            local.mul_(mask)
 
 
 def sparsity(weights: list[torch.Tensor]) -> float:

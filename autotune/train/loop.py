@@ -165,24 +165,25 @@ def optimizer_step(
     device_type: str,
     scaler: torch.amp.GradScaler | None = None,
     masks: dict[nn.Parameter, torch.Tensor] | None = None,
+    skip_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> float:
     """One optimizer step over ``micro_batches`` (gradient accumulation), applying precision,
     loss scaling and pruning masks. Returns the mean loss; raises ``_Diverged`` on NaN/inf.
 
     Each micro-batch's mean loss is divided by their count, so N micro-batches of B examples give
-    the gradient of one batch of N*B examples.
+    the gradient of one batch of N*B examples. ``skip_sync`` (DDP's ``no_sync``) wraps all but
+    the last micro-batch, so gradients are averaged across workers once per step.
     """
     total = 0.0
     n = len(micro_batches)
-    for batch in micro_batches:
-        with knobs.autocast_context(recipe.precision, device_type):
-            loss = task.loss(model, batch)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise _Diverged(f"loss became {loss_value} at optimizer step {_step_of(scheduler)}")
-        scaled = loss / n
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        total += loss_value
+    for i, batch in enumerate(micro_batches):
+        last = i == n - 1
+        with (skip_sync() if skip_sync is not None and not last else contextlib.nullcontext()):
+            with knobs.autocast_context(recipe.precision, device_type):
+                loss = task.loss(model, batch)
+            total += check_finite(loss, _step_of(scheduler))
+            scaled = loss / n
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -194,6 +195,14 @@ def optimizer_step(
     if masks:
         knobs.apply_masks(masks)
     return total / n
+
+
+def check_finite(loss: torch.Tensor, step: int) -> float:
+    """The loss as a float; raises ``_Diverged`` when it is NaN or infinite."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise _Diverged(f"loss became {value} at optimizer step {step}")
+    return value
 
 
 def _step_of(scheduler: Any) -> int:

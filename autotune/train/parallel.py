@@ -1,0 +1,244 @@
+"""Parallel modes of a recipe: the model, optimizer and step of one worker among several.
+
+``prepare(model, recipe, device)`` returns a ``Prepared`` whose ``step(task, micro_batches)``
+does one optimizer step the way the recipe's ``parallelism`` asks:
+
+- ``single``: the plain step (``autotune.train.loop.optimizer_step``).
+- ``ddp``: ``DistributedDataParallel``: every worker holds the whole model; gradients are
+  averaged across workers (all-reduce) once per optimizer step (``no_sync`` on the other
+  micro-batches of an accumulation).
+- ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) on each block of a ``ModuleList``
+  (transformer layers) and on the root: parameters, gradients and optimizer state are sharded.
+- ``zero1``/``zero2``/``zero3``: DeepSpeed ZeRO stage 1/2/3 (optimizer state / + gradients /
+  + parameters sharded), with CPU offload of optimizer state (and for ZeRO-3 parameters) when
+  ``recipe.offload``. DeepSpeed is imported only here, only for these modes.
+
+Every mode steps with the same optimizer, learning-rate schedule and pruning masks as a single
+worker; each worker trains on its own micro-batches, so one step covers
+``batch_size x accumulation_steps x workers`` examples. The contract (tested for every mode):
+from the same weights and data, one step equals the single-process step on the concatenated
+batch, within float tolerance.
+
+The process group must be initialised before ``prepare`` (``init_worker``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from autotune.recipe import ZERO_MODES, Recipe
+from autotune.tasks import Task
+from autotune.train import knobs
+
+MODES = ("single", "ddp", "fsdp", *ZERO_MODES)
+
+
+def init_worker(
+    rank: int, world_size: int, master_addr: str, master_port: int, device_type: str
+) -> None:
+    """Join the process group: NCCL between GPUs, gloo on CPUs."""
+    os.environ.update(
+        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+    )
+    if device_type == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(minutes=10))
+
+
+def unsupported_reason(recipe: Recipe, device_type: str) -> str | None:
+    """Why this recipe cannot run on this kind of device (None when it can)."""
+    if recipe.parallelism in ZERO_MODES and recipe.precision == "fp16" and device_type == "cpu":
+        return "DeepSpeed does not support fp16 on the CPU (use bf16 or fp32)"
+    if recipe.parallelism == "zero3" and recipe.prune_ratio > 0:
+        return "pruning is not supported with ZeRO-3 (its parameters are partitioned)"
+    if recipe.parallelism == "fsdp" and recipe.precision == "fp16":
+        return "fp16 with FSDP2 needs a sharded gradient scaler, which autotune does not use"
+    return None
+
+
+@dataclass
+class Prepared:
+    """One worker's model and optimizer, configured for the recipe's parallel mode."""
+
+    model: nn.Module
+    """What to call for forward passes (the DDP/FSDP/DeepSpeed wrapper where there is one)."""
+    recipe: Recipe
+    device: torch.device
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: torch.amp.GradScaler | None = None
+    masks: dict[nn.Parameter, torch.Tensor] = field(default_factory=dict)
+    engine: Any = None
+    """The DeepSpeed engine for ZeRO modes."""
+
+    def step(self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]]) -> float:
+        """One optimizer step over this worker's micro-batches; returns their mean loss."""
+        from autotune.train.loop import check_finite, optimizer_step
+
+        if self.engine is not None:
+            total = 0.0
+            for batch in micro_batches:
+                # DeepSpeed's bf16/fp16 keep 16-bit weights; autocast casts float inputs too.
+                with knobs.autocast_context(self.recipe.precision, self.device.type):
+                    loss = task.loss(self.engine, batch)
+                total += check_finite(loss, self.engine.global_steps)
+                self.engine.backward(loss)
+                self.engine.step()
+            knobs.apply_masks(self.masks)
+            return total / len(micro_batches)
+        sync = getattr(self.model, "no_sync", None)
+        return optimizer_step(
+            self.model, task, micro_batches, self.optimizer, self.scheduler, self.recipe,
+            self.device.type, self.scaler, self.masks,
+            skip_sync=(lambda: sync()) if sync is not None else None,
+        )
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter gathered in full on every worker (for tests and checkpoints)."""
+        if self.engine is not None and self.recipe.parallelism == "zero3":
+            import deepspeed
+
+            params = list(self.engine.module.parameters())
+            with deepspeed.zero.GatheredParameters(params):
+                return {n: p.detach().clone().float()
+                        for n, p in self.engine.module.named_parameters()}
+        module = self.engine.module if self.engine is not None else _unwrap(self.model)
+        out = {}
+        for name, p in module.named_parameters():
+            tensor = p.full_tensor() if hasattr(p, "full_tensor") else p
+            out[name] = tensor.detach().clone().float()
+        return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
+    """Configure ``model`` (already seeded and built, on the CPU or device) for the recipe."""
+    model = model.to(device)
+    masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
+    mode = recipe.parallelism
+    if mode in ZERO_MODES:
+        return _prepare_zero(model, recipe, device, masks)
+    if mode == "ddp":
+        ids = [device.index] if device.type == "cuda" and device.index is not None else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    elif mode == "fsdp":
+        names = {id(p): n for n, p in model.named_parameters()}
+        by_name = {names[id(p)]: m for p, m in masks.items()}
+        model = _fully_shard(model)
+        masks = _shard_masks(model, by_name)
+    optimizer = knobs.build_optimizer(model.parameters(), recipe)
+    return Prepared(
+        model=model, recipe=recipe, device=device, optimizer=optimizer,
+        scheduler=knobs.build_scheduler(optimizer, recipe),
+        scaler=knobs.make_grad_scaler(recipe.precision, device.type), masks=masks,
+    )
+
+
+def _fully_shard(model: nn.Module) -> nn.Module:
+    """FSDP2: shard each block of every ``ModuleList`` (transformer layers), then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in list(model.modules()):
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                if any(p.requires_grad for p in block.parameters()):
+                    fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def _shard_masks(
+    model: nn.Module, masks: dict[str, torch.Tensor]
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Pruning masks for the sharded parameters: each worker keeps the shard of each mask that
+    matches its shard of the parameter (``distribute_tensor`` with the parameter's placements).
+    ``fully_shard`` keeps parameter names, so masks are matched by name."""
+    if not masks:
+        return {}
+    from torch.distributed.tensor import distribute_tensor
+
+    params = dict(model.named_parameters())
+    out: dict[nn.Parameter, torch.Tensor] = {}
+    for name, mask in masks.items():
+        param = params[name]
+        sharded = distribute_tensor(mask.to(param.dtype), param.device_mesh, param.placements)
+        out[param] = sharded.to_local() != 0
+    return out
+
+
+def extensions_dir() -> Path:
+    """Where DeepSpeed's C++ ops are compiled once and reused (the first build takes 1-2
+    minutes on a small CPU): ``$AUTOTUNE_CACHE_DIR/torch_extensions``, default
+    ``~/.cache/autotune/torch_extensions``."""
+    base = os.environ.get("AUTOTUNE_CACHE_DIR") or os.path.expanduser("~/.cache/autotune")
+    return Path(base) / "torch_extensions"
+
+
+def zero_config(recipe: Recipe) -> dict[str, Any]:
+    """The DeepSpeed config a trial trains with (optimizer and schedule are autotune's own,
+    passed to ``deepspeed.initialize`` as objects)."""
+    stage = int(recipe.parallelism[-1])
+    zero: dict[str, Any] = {"stage": stage}
+    if recipe.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": recipe.batch_size,
+        "gradient_accumulation_steps": recipe.accumulation_steps,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if recipe.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif recipe.precision == "fp16":
+        config["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    return config
+
+
+def _prepare_zero(
+    model: nn.Module, recipe: Recipe, device: torch.device,
+    masks: dict[nn.Parameter, torch.Tensor],
+) -> Prepared:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if device.type == "cpu" else "cuda")
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.offload and recipe.optimizer in ("adam", "adamw"):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer: Any = DeepSpeedCPUAdam(
+            params, lr=recipe.lr, weight_decay=recipe.weight_decay,
+            adamw_mode=recipe.optimizer == "adamw",
+        )
+    else:
+        optimizer = knobs.build_optimizer(params, recipe)
+    scheduler = knobs.build_scheduler(optimizer, recipe)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
+    with contextlib.redirect_stdout(io.StringIO()):
+        engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=zero_config(recipe),
+            dist_init_required=False,
+        )
+    return Prepared(model=engine, recipe=recipe, device=device, optimizer=ds_optimizer,
+                    scheduler=ds_scheduler, masks=masks, engine=engine)
