@@ -4,6 +4,11 @@ Public API::
 
     from autotune import Recipe, load_space, load_task, run_trial, TrialLimits
     recipe = Recipe.load("best_recipe.yaml")
+
+    # apply it to your own model and training loop (or train a Task with autotune.fit)
+    from autotune import configure, fit
+    run = configure(recipe, model)
+    loss = run.step(run.split(batch), loss_fn)
 """
 
 from autotune.errors import ConfigError, UserError
@@ -15,10 +20,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Configured",
     "Recipe",
     "SearchSpace",
     "TrialLimits",
     "UserError",
+    "configure",
+    "fit",
     "load_space",
     "load_task",
     "parse_bytes",
@@ -32,6 +40,10 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy: importing autotune must not 
         from autotune import train
 
         return getattr(train, name)
+    if name in ("configure", "fit", "Configured"):
+        from autotune import apply
+
+        return getattr(apply, name)
     if name == "load_task":
         from autotune.tasks import load_task
 

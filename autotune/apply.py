@@ -1,0 +1,192 @@
+"""Apply a recipe to your own training: the same knob functions and step as a search trial.
+
+Two entry points:
+
+- ``configure(recipe, model)`` for a hand-written training loop: it moves the model to the
+  device, prunes it, and builds the optimizer, learning-rate scheduler and (for fp16) the grad
+  scaler with the functions of ``autotune.train.knobs``; ``Configured.step`` runs one optimizer
+  step through ``autotune.train.loop.optimizer_step``, exactly as a trial does::
+
+      recipe = autotune.Recipe.load("best_recipe.yaml")
+      run = autotune.configure(recipe, model)
+      for batch in loader:  # batches of run.batch_size * run.accumulation_steps examples
+          loss = run.step(run.split(batch), loss_fn)  # loss_fn(model, micro_batch) -> tensor
+
+- ``fit(recipe, task)`` trains a ``Task`` through ``run_trial``, the code path of a trial.
+
+Multi-worker recipes (``parallelism`` other than ``single``) are not applied here yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autotune.errors import UserError
+from autotune.recipe import Recipe
+from autotune.tasks import Task
+from autotune.train import knobs
+from autotune.train.loop import (
+    TrialLimits,
+    TrialResult,
+    _Diverged,
+    optimizer_step,
+    pick_device,
+    run_trial,
+)
+
+LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+"""``loss_fn(model, batch) -> mean loss``, like ``Task.loss``; ``batch`` is a micro-batch."""
+
+__all__ = ["Configured", "LossFn", "configure", "fit"]
+
+
+@dataclass(frozen=True)
+class _LossOnly:
+    """The one part of a ``Task`` that ``optimizer_step`` reads: its ``loss``."""
+
+    loss: LossFn
+
+
+@dataclass(frozen=True, eq=False)
+class Configured:
+    """A model with a recipe applied, and what one optimizer step needs. Built by ``configure``.
+
+    The fields are the live torch objects: step them only through ``step`` (which also advances
+    the scheduler and re-applies the pruning masks), or read them (``scheduler.get_last_lr()``,
+    ``model.state_dict()``).
+    """
+
+    recipe: Recipe
+    """The recipe that was applied."""
+    model: nn.Module
+    """The model, moved to ``device`` and pruned (the same object that was passed in)."""
+    optimizer: torch.optim.Optimizer
+    """The recipe's optimizer (``knobs.build_optimizer``) over all of the model's parameters."""
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    """Warmup and decay per optimizer step (``knobs.build_scheduler``); ``step`` advances it."""
+    scaler: torch.amp.GradScaler | None
+    """Loss scaler for fp16 (``knobs.make_grad_scaler``); None for fp32 and bf16."""
+    masks: dict[nn.Parameter, torch.Tensor]
+    """Keep-masks of the pruned weights (``knobs.prune_by_magnitude``); empty with no pruning."""
+    device: torch.device
+    """Where the model lives; put batches there before ``step``."""
+
+    @property
+    def batch_size(self) -> int:
+        """Micro-batch size: examples in one forward/backward pass."""
+        return self.recipe.batch_size
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches whose gradients are summed into one optimizer step."""
+        return self.recipe.accumulation_steps
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """A fresh autocast context for the recipe's precision (``knobs.autocast_context``);
+        ``step`` uses it for training; wrap evaluation forward passes in it too."""
+        return knobs.autocast_context(self.recipe.precision, self.device.type)
+
+    def split(self, batch: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Cut one batch (tensors sharing their first dimension) into micro-batches of
+        ``batch_size`` examples: load ``batch_size * accumulation_steps`` examples at a time
+        and pass ``split(batch)`` to ``step``."""
+        chunks = [t.split(self.batch_size) for t in batch]
+        return [list(parts) for parts in zip(*chunks)]
+
+    def step(self, micro_batches: Sequence[Sequence[torch.Tensor]], loss_fn: LossFn) -> float:
+        """One optimizer step over ``micro_batches``, exactly as in a search trial: each
+        micro-batch's loss under autocast, divided by their count (so N micro-batches of B
+        examples give the gradient of one batch of N*B), fp16 loss scaling, the optimizer and
+        scheduler steps, zeroed gradients, and pruned weights re-zeroed.
+
+        ``loss_fn(model, micro_batch)`` returns the mean loss; the batches must already be on
+        ``device``. Returns the mean loss over the micro-batches. Raises ``FloatingPointError``
+        when a loss is NaN or infinite (a trial ends as *diverged* there), before that
+        micro-batch's backward pass.
+        """
+        if len(micro_batches) == 0:
+            raise ValueError("step() needs at least one micro-batch; got an empty sequence")
+        try:
+            return optimizer_step(
+                self.model,
+                _LossOnly(loss_fn),  # type: ignore[arg-type] - optimizer_step reads only .loss
+                micro_batches,
+                self.optimizer,
+                self.scheduler,
+                self.recipe,
+                self.device.type,
+                self.scaler,
+                self.masks,
+            )
+        except _Diverged as exc:
+            raise FloatingPointError(
+                f"{exc}; lower the learning rate (recipe lr={self.recipe.lr:g}) or use fp32 "
+                f"(precision={self.recipe.precision!r})"
+            ) from None
+
+
+def configure(
+    recipe: Recipe, model: nn.Module, *, device: str | torch.device | None = None
+) -> Configured:
+    """Apply ``recipe`` to ``model`` as a trial does, for a training loop of your own.
+
+    Moves ``model`` to ``device`` (default: a GPU if there is one, else the CPU) in training
+    mode, prunes it in place (``prune_ratio``), and builds the optimizer over its parameters,
+    the learning-rate scheduler and, for fp16, the grad scaler. Raises ``UserError`` for a
+    multi-worker recipe.
+    """
+    _require_single(recipe)
+    dev = pick_device(str(device) if device is not None else None)
+    model = model.to(dev)
+    model.train()
+    masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
+    optimizer = knobs.build_optimizer(model.parameters(), recipe)
+    return Configured(
+        recipe=recipe,
+        model=model,
+        optimizer=optimizer,
+        scheduler=knobs.build_scheduler(optimizer, recipe),
+        scaler=knobs.make_grad_scaler(recipe.precision, dev.type),
+        masks=masks,
+        device=dev,
+    )
+
+
+def fit(
+    recipe: Recipe,
+    task: Task,
+    *,
+    seed: int = 0,
+    target: float | None = None,
+    max_train_seconds: float | None = None,
+    device: str | None = None,
+) -> TrialResult:
+    """Train ``task``'s model with ``recipe`` through ``run_trial``, the code path of a search
+    trial and of ``autotune train``, until ``target`` (default: the task's) or
+    ``max_train_seconds`` of training (default: the task's).
+
+    Returns the ``TrialResult``: ``status`` (``reached``, ``not_reached``, ``diverged``, ...),
+    ``tta_seconds``, ``best_metric`` and the evaluation ``curve``. Like a trial it does not
+    raise for what the recipe does to the run (out of memory, NaN loss); check ``status``.
+    """
+    limits = TrialLimits.for_task(
+        task, target=target, max_train_seconds=max_train_seconds, seed=seed
+    )
+    return run_trial(task, recipe, limits, device=device)
+
+
+def _require_single(recipe: Recipe) -> None:
+    if recipe.parallelism == "single":
+        return
+    raise UserError(
+        f"configure() applies a recipe in one process on one device, but this recipe has "
+        f"parallelism {recipe.parallelism!r} with workers={recipe.workers}. For now, apply "
+        f"multi-worker recipes through `autotune train --recipe RECIPE.yaml --model ...` or an "
+        f"export format (`autotune export --format deepspeed|torchrun|hf`); or run it on one "
+        f"device with recipe.replace(parallelism='single', workers=1, offload=False)."
+    )
