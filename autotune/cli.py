@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_search(sub)
     _add_train(sub)
+    _add_export(sub)
     return parser
 
 
@@ -148,6 +149,38 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--max-trial-time", default=None,
                    help="training-time limit, e.g. 120s (default: the task's)")
     p.set_defaults(func=cmd_train)
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export", help="write a recipe in the form another tool takes (DeepSpeed, torchrun, HF)",
+        description=(
+            "Write a recipe (a best_recipe.yaml written by a search, or a plain recipe file) in "
+            "the format a training tool takes: deepspeed, a DeepSpeed config (ZeRO recipes "
+            "only); torchrun, the launch command for the recipe's parallelism; hf, keyword "
+            "arguments for transformers.TrainingArguments (with a DeepSpeed config beside "
+            "them for a ZeRO recipe). Knobs a format cannot express are named in a warning."
+        ),
+        epilog="Example: autotune export autotune_runs/bert-.../best_recipe.yaml --format hf",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML file")
+    p.add_argument("--format", required=True, choices=["deepspeed", "torchrun", "hf"],
+                   help="deepspeed: ds_config.json; torchrun: the launch command; hf: "
+                   "TrainingArguments keyword arguments")
+    p.add_argument("--output", default=None,
+                   help="file to write (default: beside RECIPE, ds_config.json or "
+                   "hf_training_args.yaml/.json; torchrun prints the command and writes it "
+                   "only with --output)")
+    p.add_argument("--hf-format", choices=["yaml", "json"], default=None,
+                   help="file format of --format hf (default yaml, with a comment per setting)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="device type the exported run trains on (default cuda); cpu targets "
+                   "DeepSpeed's CPU accelerator (no fp16) and adds use_cpu for hf")
+    p.add_argument("--script", default=None,
+                   help="training script the torchrun command launches (default train.py)")
+    p.add_argument("--nnodes", type=int, default=None,
+                   help="nodes the torchrun command spreads the recipe's workers over (default 1)")
+    p.set_defaults(func=cmd_export)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -350,6 +383,130 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"the recipe file claims {claimed:.1f}s: ratio measured/claimed "
               f"{result.tta_seconds / claimed:.2f}")
     return 0
+
+
+_EXPORT_ONLY = {"hf_format": ("--hf-format", "hf"), "script": ("--script", "torchrun"),
+                "nnodes": ("--nnodes", "torchrun")}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write (or print) the recipe in one tool's format; see ``autotune.export``."""
+    from autotune import export
+    from autotune.recipe import ZERO_MODES
+
+    for attr, (flag, fmt) in _EXPORT_ONLY.items():
+        if getattr(args, attr) is not None and args.format != fmt:
+            raise UserError(f"{flag} applies only to --format {fmt}; got --format {args.format}")
+    recipe = Recipe.load(args.recipe)
+    beside = Path(args.recipe).parent
+    if args.format == "deepspeed":
+        output = Path(args.output) if args.output else beside / "ds_config.json"
+        config = export.deepspeed_config(recipe, device_type=args.device)
+        _write_text(output, json.dumps(config, indent=2) + "\n")
+        print(f"wrote {output} (DeepSpeed config: {recipe.describe()})")
+        print("launch it with:")
+        print(export.torchrun_command(recipe, deepspeed_config_path=str(output)), end="")
+        return 0
+    if args.format == "torchrun":
+        nnodes = 1 if args.nnodes is None else args.nnodes
+        command = export.torchrun_command(recipe, script=args.script or "train.py", nnodes=nnodes)
+        print(command, end="")
+        if args.output:
+            _write_text(Path(args.output), command)
+            print(f"wrote {args.output}")
+        if recipe.parallelism in ZERO_MODES:
+            print("the DeepSpeed config it names: autotune export "
+                  f"{args.recipe} --format deepspeed --output ds_config.json")
+        return 0
+    return _export_hf(args, recipe, beside)
+
+
+def _export_hf(args: argparse.Namespace, recipe: Recipe, beside: Path) -> int:
+    from autotune import export
+    from autotune.recipe import ZERO_MODES
+
+    hf_format = args.hf_format or "yaml"
+    output = Path(args.output) if args.output else beside / f"hf_training_args.{hf_format}"
+    ds_path = None
+    if recipe.parallelism in ZERO_MODES:
+        ds_path = output.parent / "ds_config_hf.json"
+        config = export.deepspeed_config(recipe, device_type=args.device, with_scheduler=False)
+        _write_text(ds_path, json.dumps(config, indent=2) + "\n")
+    kwargs = export.hf_training_arguments(
+        recipe, device_type=args.device, deepspeed_config_path=str(ds_path) if ds_path else None)
+    unsupported = export.hf_unsupported(recipe)
+    if hf_format == "json":
+        text = json.dumps(kwargs, indent=2) + "\n"
+    else:
+        text = _hf_yaml(kwargs, recipe, unsupported, args.recipe)
+    _write_text(output, text)
+    if ds_path:
+        print(f"wrote {ds_path} (DeepSpeed config for the Trainer: optimizer and ZeRO; the "
+              "Trainer keeps the schedule)")
+    print(f"wrote {output} (transformers.TrainingArguments keyword arguments: "
+          f"{recipe.describe()})")
+    for line in unsupported:
+        print(f"warning: {line}")
+    return 0
+
+
+_HF_COMMENTS = {
+    "bf16": "bf16 autocast (mixed precision; weights stay fp32)",
+    "fp16": "fp16 autocast with a dynamic loss scaler",
+    "per_device_train_batch_size": "micro-batch per device",
+    "gradient_accumulation_steps": "micro-batches summed before one optimizer step",
+    "learning_rate": "peak learning rate",
+    "weight_decay": "weight decay (HF leaves biases and norm weights undecayed)",
+    "optim": "optimizer (HF has no plain Adam: adam becomes adamw_torch)",
+    "optim_args": "SGD momentum",
+    "max_grad_norm": "0: no gradient clipping, as the recipe trained (HF's default clips at 1.0)",
+    "lr_scheduler_type": "the recipe's schedule (see lr_scheduler_kwargs)",
+    "warmup_steps": "optimizer steps of linear warmup to the peak learning rate",
+    "lr_scheduler_kwargs": "decay to 10% of the peak at the recipe's decay_steps, held after "
+                           "(independent of max_steps)",
+    "fsdp": "FSDP2 sharding of parameters, gradients and optimizer state",
+    "fsdp_config": "full sharding, each transformer layer wrapped",
+    "deepspeed": "DeepSpeed config: ZeRO stage, offload, optimizer",
+    "use_cpu": "train on the CPU",
+}
+
+
+def _hf_yaml(kwargs: dict[str, Any], recipe: Recipe, unsupported: list[str], source: str) -> str:
+    """The keyword arguments as YAML with a comment saying what each setting does."""
+    import textwrap
+
+    import yaml
+
+    lines = [
+        f"# transformers.TrainingArguments keyword arguments for the recipe in {source}:",
+        f"#   {recipe.describe()}",
+        "# Use: TrainingArguments(output_dir=..., max_steps=..., **yaml.safe_load(open(PATH)))",
+        "# (the length of training is yours to set; the schedule does not depend on it).",
+    ]
+    if recipe.workers > 1:
+        lines.append(f"# Launch with {recipe.workers} processes: torchrun --nproc-per-node="
+                     f"{recipe.workers} YOUR_SCRIPT.py")
+    for line in unsupported:
+        lines += textwrap.wrap(f"Not expressed here: {line}", 96, initial_indent="# ",
+                               subsequent_indent="#   ")
+    comments = dict(_HF_COMMENTS)
+    if "deepspeed" in kwargs:  # DeepSpeed builds the optimizer from its config, over all weights
+        for key in ("optim", "optim_args", "weight_decay"):
+            comments[key] = f"{key}: the DeepSpeed config's optimizer section applies"
+    for key, value in kwargs.items():
+        lines.append(f"# {comments.get(key, key)}")
+        lines.append(yaml.safe_dump({key: value}, sort_keys=False).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write {path}: {exc.strerror or exc}; choose another --output"
+        ) from None
 
 
 if __name__ == "__main__":
