@@ -129,6 +129,10 @@ def _add_search(sub: Any) -> None:
                    "(default: autotune_runs/<model>-<date>-<time>/)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address to run on (default: start Ray on this machine)")
+    p.add_argument("--workers-per-trial", type=int, default=None,
+                   help="workers of a trial whose recipe is parallel (ddp, fsdp, zero1-3), one "
+                   "per GPU on a GPU machine (default: the GPUs of this machine; on a CPU, 2 "
+                   "when the space searches parallel modes, else 1)")
     p.set_defaults(func=cmd_search)
 
 
@@ -237,6 +241,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = load_space(space_path)
     check_ray_available()
     task, device = _load_task(args)
+    workers = _workers_per_trial(args.workers_per_trial, space, device)
     target = task.target if args.target is None else args.target
     if not (target > 0 and target == target and target != float("inf")):
         raise UserError(f"--target must be a positive number, got {args.target}")
@@ -251,7 +256,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_train_seconds=max_trial or task.max_train_seconds, results_dir=results_dir,
         budget_bytes=budget, trials=args.trials, time_budget_s=time_budget, seed=args.seed,
         task_options=_task_options(args.task_option), device=args.device, address=args.address,
-        suggestions=suggestions,
+        suggestions=suggestions, workers_per_trial=workers,
     )
     _print_plan(config, task, space_path, device)
     records: list[dict[str, Any]] = []
@@ -331,6 +336,20 @@ def _print_plan(config: Any, task: Any, space_path: Path, device: Any) -> None:
     print(f"space {space_path}: {config.space.size_hint()}")
     print(f"up to {config.trials} trials, no new trial after {time_budget}; results in "
           f"{config.results_dir}/", flush=True)
+
+
+def _workers_per_trial(asked: int | None, space: Any, device: Any) -> int:
+    if asked is not None:
+        if asked < 1:
+            raise UserError(f"--workers-per-trial must be >= 1, got {asked}")
+        return asked
+    if device.type == "cuda":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    parallel = [k for k in space.knobs if k.knob == "parallelism" and k.choices
+                and any(c != "single" for c in k.choices)]
+    return 2 if parallel else 1
 
 
 def _suggested(baseline: Recipe, task: Any) -> list[Recipe]:

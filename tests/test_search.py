@@ -138,3 +138,32 @@ def test_ctrl_c_keeps_finished_trials_and_records_the_running_one(tmp_path):
     records = [json.loads(line) for line in trials.read_text().splitlines()]
     assert records[0]["status"] == objective.NOT_REACHED
     assert records[-1]["status"] == objective.INTERRUPTED
+
+
+PARALLEL_SPACE = """\
+model: toy
+knobs:
+  parallelism: {choices: [single, ddp, fsdp, zero2]}
+  batch_size: {choices: [16, 32]}
+"""
+
+
+@pytest.mark.distributed
+def test_search_over_parallel_modes_runs_each_with_two_workers(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(PARALLEL_SPACE)
+    results = tmp_path / "results"
+    code = main([
+        "search", "--model", "tests.toy_task:make_task", "--space", str(space),
+        "--trials", "5", "--workers-per-trial", "2", "--results-dir", str(results),
+    ])
+    assert code == 0
+    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    modes = {r["recipe"]["parallelism"]: r for r in records}
+    assert len(modes) >= 3, [r["recipe"]["parallelism"] for r in records]
+    for mode, r in modes.items():
+        assert r["status"] == objective.REACHED, (mode, r["message"])
+        workers = 1 if mode == "single" else 2
+        assert r["recipe"]["workers"] == workers
+        # every optimizer step covered batch_size x workers examples
+        assert r["examples"] == r["steps"] * r["recipe"]["batch_size"] * workers

@@ -60,6 +60,9 @@ class SearchConfig:
     grace_period_s: float | None = None
     """Training seconds before the early-stopping scheduler may stop a trial; default a sixth
     of ``max_train_seconds``."""
+    workers_per_trial: int = 1
+    """Workers (processes, one per GPU on a GPU machine) of a trial whose recipe is
+    data-parallel or sharded, unless the space sets ``workers`` itself."""
     time_margin: float = 1.5
     """A trial still short of the target after this many times the best time-to-accuracy so far
     is stopped: it can no longer win."""
@@ -88,9 +91,10 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
         searcher = _make_searcher(config, points, start)
         scheduler = _make_scheduler(config)
         recorder = _Recorder(config, on_event, warm_start=len(points))
+        base = _trial_resources(config)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, setup=_TrialSetup.from_config(config)),
-            _trial_resources(config),
+            lambda params: _resources_for(base, params, config),
         )
         tuner = tune.Tuner(
             trainable,
@@ -167,6 +171,16 @@ def _trial_resources(config: SearchConfig) -> dict[str, float]:
         return {"cpu": max(1, cpus // gpus), "gpu": 1}
     nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
     return {"cpu": max(1, cpus // nodes)}
+
+
+def _resources_for(base: dict[str, float], params: dict[str, Any],
+                   config: SearchConfig) -> dict[str, float]:
+    """A multi-worker trial holds a GPU per worker (and their CPUs); on CPUs it already holds
+    the node's CPUs, which its workers share."""
+    if not base.get("gpu"):
+        return base
+    workers = recipe_for(params, config.space, config.baseline, config.workers_per_trial).workers
+    return {"cpu": base["cpu"] * workers, "gpu": float(workers)}
 
 
 def _max_concurrent(config: SearchConfig) -> int:
@@ -275,11 +289,22 @@ class _TrialSetup:
     seed: int
     device: str | None
     report_interval_s: float
+    workers_per_trial: int
 
     @classmethod
     def from_config(cls, c: SearchConfig) -> _TrialSetup:
         return cls(c.model, c.task_options, c.space, c.baseline, c.target, c.max_train_seconds,
-                   c.budget_bytes, c.seed, c.device, c.report_interval_s)
+                   c.budget_bytes, c.seed, c.device, c.report_interval_s, c.workers_per_trial)
+
+
+def recipe_for(params: dict[str, Any], space: SearchSpace, baseline: Recipe,
+               workers_per_trial: int) -> Recipe:
+    """The recipe of a sampled point; parallel modes get ``workers_per_trial`` workers unless
+    the space samples ``workers``."""
+    params = dict(params)
+    if params.get("parallelism", baseline.parallelism) != "single" and "workers" not in params:
+        params["workers"] = workers_per_trial
+    return space.to_recipe(params, baseline)
 
 
 def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
@@ -290,7 +315,7 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
     from autotune.train import TrialLimits, pick_device, run_trial
 
     try:
-        recipe = setup.space.to_recipe(params, setup.baseline)
+        recipe = recipe_for(params, setup.space, setup.baseline, setup.workers_per_trial)
     except ConfigError as exc:
         tune.report(_invalid_result(exc, params, setup))
         return
@@ -372,7 +397,8 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
 
     def _recipe(self, trial: Any) -> dict[str, Any] | None:
         try:
-            return self.config.space.to_recipe(trial.config, self.config.baseline).to_dict()
+            c = self.config
+            return recipe_for(trial.config, c.space, c.baseline, c.workers_per_trial).to_dict()
         except (ConfigError, TypeError):
             return None
 

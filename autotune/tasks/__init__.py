@@ -6,6 +6,7 @@ only when named, so ``mnist`` does not pay for importing transformers.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable
@@ -56,7 +57,7 @@ def load_task(name: str, device: str = "cpu", options: dict[str, Any] | None = N
             "autotune.tasks.Task. Build and return a Task(name=..., build_model=..., train=..., "
             "validation=..., loss=..., predict=..., target=...)."
         )
-    return task
+    return dataclasses.replace(task, load_spec=(name, options))
 
 
 def _form_help() -> str:

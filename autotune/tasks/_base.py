@@ -66,6 +66,9 @@ class Task:
     """One line for ``autotune --help`` and results: model, data set, sizes."""
     info: dict[str, Any] = field(default_factory=dict)
     """Facts worth recording with results (model size, data set size, licence)."""
+    load_spec: tuple[str, dict[str, Any]] | None = None
+    """``(name, options)`` that ``load_task`` built this task from, set by it: how each worker
+    process of a multi-worker trial builds the task again."""
     suggested_recipes: tuple[dict[str, Any], ...] = ()
     """Known-good starting points, as changes to the baseline recipe (e.g. ``{"precision":
     "bf16"}``). A search evaluates those that lie in its space right after the baseline (a warm

@@ -166,13 +166,16 @@ def optimizer_step(
     scaler: torch.amp.GradScaler | None = None,
     masks: dict[nn.Parameter, torch.Tensor] | None = None,
     skip_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    strict: bool = True,
 ) -> float:
     """One optimizer step over ``micro_batches`` (gradient accumulation), applying precision,
     loss scaling and pruning masks. Returns the mean loss; raises ``_Diverged`` on NaN/inf.
 
     Each micro-batch's mean loss is divided by their count, so N micro-batches of B examples give
     the gradient of one batch of N*B examples. ``skip_sync`` (DDP's ``no_sync``) wraps all but
-    the last micro-batch, so gradients are averaged across workers once per step.
+    the last micro-batch, so gradients are averaged across workers once per step. With
+    ``strict=False`` a NaN/inf loss does not raise but makes the returned loss NaN: workers of
+    a parallel run must leave the step together, so they decide after it, collectively.
     """
     total = 0.0
     n = len(micro_batches)
@@ -181,7 +184,7 @@ def optimizer_step(
         with (skip_sync() if skip_sync is not None and not last else contextlib.nullcontext()):
             with knobs.autocast_context(recipe.precision, device_type):
                 loss = task.loss(model, batch)
-            total += check_finite(loss, _step_of(scheduler))
+            total += check_finite(loss, _step_of(scheduler)) if strict else float(loss.detach())
             scaled = loss / n
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
     if scaler is not None:
@@ -212,8 +215,10 @@ def _step_of(scheduler: Any) -> int:
 class _Batches:
     """Endless shuffled micro-batches from tensors already on the device (seeded order)."""
 
-    def __init__(self, data: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+    def __init__(self, data: tuple[torch.Tensor, ...], batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1) -> None:
         self.data = data
+        self.rank, self.world = rank, world
         self.batch_size = min(batch_size, data[0].shape[0])
         self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)
@@ -222,8 +227,9 @@ class _Batches:
 
     def next(self) -> list[torch.Tensor]:
         if self.position + self.batch_size > self.order.numel():
-            self.order = torch.randperm(self.data[0].shape[0], generator=self.generator)
-            self.order = self.order.to(self.data[0].device)
+            # Every worker draws the same permutation (same seed) and takes its own share.
+            order = torch.randperm(self.data[0].shape[0], generator=self.generator)
+            self.order = order[self.rank :: self.world].to(self.data[0].device)
             self.position = 0
             self.epoch += 1
         idx = self.order[self.position : self.position + self.batch_size]
@@ -242,26 +248,41 @@ def run_trial(
 
     ``report`` is called after each evaluation with the running measurements (the fields of
     ``TrialResult`` plus ``final``), so a scheduler can stop a losing trial early.
+
+    A multi-worker recipe (``workers > 1``) starts its workers here, one process each
+    (``autotune.train.distributed``); inside a worker (process group initialised) this function
+    is that worker's part of the run, and only rank 0 reports.
     """
+    import torch.distributed as dist
+
+    if recipe.workers > 1 and not dist.is_initialized():
+        from autotune.train.distributed import run_workers
+
+        return run_workers(task, recipe, limits, report, device)
+    from autotune.train.parallel import prepare, unsupported_reason
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     dev = pick_device(device)
     result = TrialResult(status=objective.RUNNING, score=0.0, device=str(dev))
     setup_start = time.perf_counter()
     try:
+        reason = unsupported_reason(recipe, dev.type)
+        if reason:
+            raise _Unsupported(reason)
         reset_peak(dev)
         seed_everything(limits.seed)
-        model = task.build_model().to(dev)
+        model = task.build_model()
         model.train()
         train_data = tuple(t.to(dev) for t in task.train)
-        batches = _Batches(train_data, recipe.batch_size, limits.seed)
-        masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
-        optimizer = knobs.build_optimizer(model.parameters(), recipe)
-        scheduler = knobs.build_scheduler(optimizer, recipe)
-        scaler = knobs.make_grad_scaler(recipe.precision, dev.type)
+        batches = _Batches(train_data, recipe.batch_size, limits.seed, rank, world)
+        prepared = prepare(model, recipe, dev)
         result.setup_seconds = time.perf_counter() - setup_start
-        _train(task, recipe, limits, model, batches, optimizer, scheduler, scaler, masks, dev,
-               result, report)
+        _train(task, recipe, limits, prepared, batches, dev, result,
+               report if rank == 0 else None, world)
     except _Diverged as exc:
         result.status, result.message = objective.DIVERGED, str(exc)
+    except _Unsupported as exc:
+        result.status, result.message = objective.INFEASIBLE, f"not possible here: {exc}"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded trial
         if is_out_of_memory(exc):
             result.status = objective.INFEASIBLE
@@ -273,41 +294,64 @@ def run_trial(
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     _finish(result, limits, dev)
-    if report is not None:
+    if report is not None and rank == 0:
         report({**result.to_dict(), "final": True})
     return result
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _decide(flags: list[float], world: int) -> list[float]:
+    """Combine per-worker flags (max over workers), so that every worker takes the same branch:
+    a worker that leaves a loop early would leave the others waiting in a collective."""
+    if world == 1:
+        return flags
+    import torch.distributed as dist
+
+    tensor = torch.tensor(flags, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def _train(
     task: Task,
     recipe: Recipe,
     limits: TrialLimits,
-    model: nn.Module,
+    prepared: Any,
     batches: _Batches,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler | None,
-    masks: dict[nn.Parameter, torch.Tensor],
     dev: torch.device,
     result: TrialResult,
     report: ReportFn | None,
+    world: int = 1,
 ) -> None:
     clock = _Clock(dev)
     next_eval = limits.eval_every_seconds
+    examples_per_step = recipe.batch_size * recipe.accumulation_steps * world
     clock.start()
     while True:
         micro = [batches.next() for _ in range(recipe.accumulation_steps)]
-        optimizer_step(model, task, micro, optimizer, scheduler, recipe, dev.type, scaler, masks)
+        loss = prepared.step(task, micro, strict=world == 1)
         result.steps += 1
-        result.examples += recipe.batch_size * recipe.accumulation_steps
+        result.examples += examples_per_step
         elapsed = clock.pause()
-        out_of_time = elapsed >= limits.max_train_seconds
         out_of_steps = limits.max_steps is not None and result.steps >= limits.max_steps
+        # Worker 0's clock decides for all (max of the others' zeros).
+        diverged, elapsed, out_of_steps = _decide(
+            [float(not math.isfinite(loss)), elapsed, float(out_of_steps)], world)
+        if diverged:
+            raise _Diverged(f"loss became non-finite at optimizer step {result.steps}")
+        out_of_time = elapsed >= limits.max_train_seconds
         if elapsed >= next_eval or out_of_time or out_of_steps:
             while next_eval <= elapsed:
                 next_eval += limits.eval_every_seconds
             eval_start = time.perf_counter()
-            metric = accuracy(task, model, dev)
+            # DeepSpeed's bf16/fp16 hold 16-bit weights, so float inputs need autocast there too.
+            ctx = knobs.autocast_context(recipe.precision, dev.type) if prepared.engine \
+                else contextlib.nullcontext()
+            with ctx:
+                metric = accuracy(task, prepared.model, dev)
             result.eval_seconds += time.perf_counter() - eval_start
             result.train_seconds = elapsed
             result.curve.append((round(elapsed, 4), metric))

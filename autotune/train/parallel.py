@@ -85,8 +85,13 @@ class Prepared:
     engine: Any = None
     """The DeepSpeed engine for ZeRO modes."""
 
-    def step(self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]]) -> float:
-        """One optimizer step over this worker's micro-batches; returns their mean loss."""
+    def step(
+        self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool = True
+    ) -> float:
+        """One optimizer step over this worker's micro-batches; returns their mean loss.
+
+        ``strict``: raise on a NaN/inf loss at once; otherwise return NaN after the step (see
+        ``optimizer_step``)."""
         from autotune.train.loop import check_finite, optimizer_step
 
         if self.engine is not None:
@@ -95,7 +100,8 @@ class Prepared:
                 # DeepSpeed's bf16/fp16 keep 16-bit weights; autocast casts float inputs too.
                 with knobs.autocast_context(self.recipe.precision, self.device.type):
                     loss = task.loss(self.engine, batch)
-                total += check_finite(loss, self.engine.global_steps)
+                value = float(loss.detach())
+                total += check_finite(loss, self.engine.global_steps) if strict else value
                 self.engine.backward(loss)
                 self.engine.step()
             knobs.apply_masks(self.masks)
@@ -104,7 +110,7 @@ class Prepared:
         return optimizer_step(
             self.model, task, micro_batches, self.optimizer, self.scheduler, self.recipe,
             self.device.type, self.scaler, self.masks,
-            skip_sync=(lambda: sync()) if sync is not None else None,
+            skip_sync=(lambda: sync()) if sync is not None else None, strict=strict,
         )
 
     def full_state(self) -> dict[str, torch.Tensor]:

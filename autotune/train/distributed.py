@@ -1,0 +1,141 @@
+"""Running one multi-worker trial on this machine: one process per worker.
+
+``run_workers`` starts ``recipe.workers`` processes (``spawn``), each of which rebuilds the task
+from its name (``Task.load_spec``; a Task holds functions that do not pickle), joins a process
+group (gloo on CPUs, NCCL on GPUs) and runs ``run_trial`` as its part of the run. Worker 0
+sends its progress and result back through a queue; this process forwards progress to
+``report`` and returns worker 0's result. A worker that dies (crash, killed by the OOM killer)
+ends the trial as failed with the reason, and the other workers are stopped, instead of
+waiting forever in a collective.
+
+Placement is one machine: the Ray trial that calls this holds the CPUs or GPUs for all its
+workers. Workers spread over several machines are not supported yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import socket
+import time
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from autotune import objective
+from autotune.recipe import Recipe
+from autotune.tasks import Task
+
+WORKER_JOIN_SECONDS = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_workers(task: Task, recipe: Recipe, limits: Any, report: Any, device: str | None) -> Any:
+    """Run a multi-worker trial; returns worker 0's ``TrialResult``."""
+    from autotune.train.loop import TrialResult, pick_device
+
+    dev = pick_device(device)
+    if task.load_spec is None:
+        return TrialResult(
+            status=objective.ERROR, score=objective.score(
+                objective.ERROR, None, None, limits.target, limits.max_train_seconds),
+            device=str(dev),
+            message="a multi-worker recipe needs a task loaded by name (autotune.load_task), "
+            "so that each worker process can build it",
+        )
+    if dev.type == "cuda" and torch.cuda.device_count() < recipe.workers:
+        return TrialResult(
+            status=objective.INFEASIBLE, score=objective.score(
+                objective.INFEASIBLE, None, None, limits.target, limits.max_train_seconds),
+            device=str(dev),
+            message=f"{recipe.workers} workers need {recipe.workers} GPUs; "
+            f"{torch.cuda.device_count()} visible",
+        )
+    ctx = mp.get_context("spawn")
+    channel = ctx.Queue()
+    port = _free_port()
+    threads = max(1, (os.cpu_count() or 1) // recipe.workers)
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(rank, recipe.workers, port, task.load_spec, recipe.to_dict(),
+                  dataclasses.asdict(limits), dev.type, threads, channel),
+            daemon=True,
+        )
+        for rank in range(recipe.workers)
+    ]
+    for p in procs:
+        p.start()
+    final = _pump(procs, channel, report)
+    for p in procs:
+        p.join(timeout=WORKER_JOIN_SECONDS)
+        if p.is_alive():
+            p.terminate()
+    if final is None:
+        codes = [p.exitcode for p in procs]
+        failed = [(r, c) for r, c in enumerate(codes) if c not in (0, None)]
+        why = ", ".join(f"worker {r} exited with {_describe_exit(c)}" for r, c in failed)
+        return TrialResult(
+            status=objective.ERROR, score=objective.score(
+                objective.ERROR, None, None, limits.target, limits.max_train_seconds),
+            device=str(dev), message=why or "the workers ended without a result",
+        )
+    final.pop("final", None)
+    curve = [tuple(point) for point in final.pop("curve", [])]
+    return TrialResult(**final, curve=curve)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"signal {-code} (killed: a crash or the OOM killer)"
+    return f"code {code}"
+
+
+def _pump(procs: list, channel: Any, report: Any) -> dict[str, Any] | None:
+    """Forward worker 0's progress until its final result, or until a worker dies."""
+    while True:
+        try:
+            item = channel.get(timeout=0.5)
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                return None
+            if all(p.exitcode is not None for p in procs):
+                return None
+            continue
+        if item.get("final"):
+            return item
+        if report is not None:
+            report(item)
+
+
+def _worker(rank: int, world: int, port: int, spec: tuple[str, dict], recipe_dict: dict,
+            limits_dict: dict, device_type: str, threads: int, channel: Any) -> None:
+    import torch.distributed as dist
+
+    from autotune.tasks import load_task
+    from autotune.train.loop import TrialLimits, run_trial
+    from autotune.train.parallel import init_worker
+
+    if device_type == "cpu":
+        torch.set_num_threads(threads)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    init_worker(rank, world, "127.0.0.1", port, device_type)
+    try:
+        name, options = spec
+        task = load_task(name, device_type, options)
+        device = f"cuda:{rank % torch.cuda.device_count()}" if device_type == "cuda" else "cpu"
+        run_trial(task, Recipe.from_dict(recipe_dict), TrialLimits(**limits_dict),
+                  report=channel.put if rank == 0 else None, device=device)
+    finally:
+        dist.destroy_process_group()
+    time.sleep(0.1)  # let the queue's feeder thread flush before the process exits
