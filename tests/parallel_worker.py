@@ -6,6 +6,7 @@ of a fixed batch, steps once, gathers the full parameters and (rank 0) saves the
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -79,6 +80,10 @@ def step_in_mode(rank: int, workers: int, port: int, recipe_dict: dict, out_path
         state = prepared.full_state()
         if rank == 0:
             torch.save(state, out_path)
+        # Free the wrappers (DDP's reducer, FSDP hooks) while the process group still exists:
+        # destroyed after it, at interpreter exit, they can abort the process.
+        del prepared
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()

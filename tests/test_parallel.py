@@ -82,3 +82,28 @@ def test_one_step_matches_the_single_process_step(mode, changes, tmp_path):
         assert not torch.equal(expected[name], before[name]), f"{name} did not move"
         torch.testing.assert_close(got[name], expected[name], **tol,
                                    msg=f"{mode}: parameter {name} differs")
+
+
+@pytest.mark.distributed
+def test_a_worker_that_dies_fails_only_its_trial_with_the_reason():
+    from autotune import objective
+    from autotune.tasks import load_task
+    from autotune.train import TrialLimits, run_trial
+
+    task = load_task("tests.toy_task:make_crashing_task")
+    recipe = Recipe(parallelism="ddp", workers=2, lr=1e-2)
+    result = run_trial(task, recipe, TrialLimits.for_task(task))
+    assert result.status == objective.ERROR
+    assert "worker 1 exited with signal 9" in result.message
+
+
+def test_fp16_zero_on_cpu_is_infeasible_before_it_runs():
+    from autotune import objective
+    from autotune.train import TrialLimits, run_trial
+    from tests.toy_task import make_toy_task
+
+    task = make_toy_task()
+    recipe = Recipe(parallelism="zero2", workers=1, precision="fp16")
+    result = run_trial(task, recipe, TrialLimits.for_task(task))
+    assert result.status == objective.INFEASIBLE and "fp16" in result.message
+    assert result.steps == 0

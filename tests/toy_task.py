@@ -38,3 +38,24 @@ def make_toy_task(target: float = 0.9, n: int = 512, dim: int = 16, seed: int = 
 def make_task(device: str = "cpu", target: float = 0.9) -> Task:
     """User-task entry point: ``autotune search --model tests.toy_task:make_task``."""
     return make_toy_task(target=target)
+
+
+def make_crashing_task(device: str = "cpu", crash_rank: int = 1, after_calls: int = 3) -> Task:
+    """The toy task, except that worker ``crash_rank`` of a multi-worker run dies (SIGKILL, as
+    the OOM killer does it) on its ``after_calls``-th loss: fakes the machine, not the logic."""
+    import dataclasses
+    import os
+    import signal
+
+    import torch.distributed as dist
+
+    base = make_toy_task(target=1.01)
+    calls = {"n": 0}
+
+    def loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        calls["n"] += 1
+        if dist.is_initialized() and dist.get_rank() == crash_rank and calls["n"] >= after_calls:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return base.loss(model, batch)
+
+    return dataclasses.replace(base, loss=loss)

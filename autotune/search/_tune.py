@@ -138,6 +138,9 @@ def _init_ray(config: SearchConfig) -> bool:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C reaches autotune, which records the trials in flight and says where results are.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # A trial that fails before its first evaluation has no accuracy to report; the scheduler
+    # then skips that result instead of Tune failing the search.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if ray.is_initialized():
         return False
     if config.address:

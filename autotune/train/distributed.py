@@ -15,6 +15,7 @@ workers. Workers spread over several machines are not supported yet.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import queue
 import socket
@@ -78,10 +79,13 @@ def run_workers(task: Task, recipe: Recipe, limits: Any, report: Any, device: st
         p.join(timeout=WORKER_JOIN_SECONDS)
         if p.is_alive():
             p.terminate()
+    codes = [p.exitcode for p in procs]
+    failed = [(r, c) for r, c in enumerate(codes) if c not in (0, None)]
+    why = ", ".join(f"worker {r} exited with {_describe_exit(c)}" for r, c in failed)
+    if final is not None and failed and final.get("status") != objective.REACHED:
+        # Worker 0 saw the others' death as a broken connection: name the cause first.
+        final["message"] = f"{why}; worker 0: {final.get('message', '')}"
     if final is None:
-        codes = [p.exitcode for p in procs]
-        failed = [(r, c) for r, c in enumerate(codes) if c not in (0, None)]
-        why = ", ".join(f"worker {r} exited with {_describe_exit(c)}" for r, c in failed)
         return TrialResult(
             status=objective.ERROR, score=objective.score(
                 objective.ERROR, None, None, limits.target, limits.max_train_seconds),
@@ -136,6 +140,8 @@ def _worker(rank: int, world: int, port: int, spec: tuple[str, dict], recipe_dic
         device = f"cuda:{rank % torch.cuda.device_count()}" if device_type == "cuda" else "cpu"
         run_trial(task, Recipe.from_dict(recipe_dict), TrialLimits(**limits_dict),
                   report=channel.put if rank == 0 else None, device=device)
+        gc.collect()  # free DDP/FSDP/DeepSpeed wrappers while the process group exists
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     time.sleep(0.1)  # let the queue's feeder thread flush before the process exits

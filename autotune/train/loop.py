@@ -258,7 +258,10 @@ def run_trial(
     if recipe.workers > 1 and not dist.is_initialized():
         from autotune.train.distributed import run_workers
 
-        return run_workers(task, recipe, limits, report, device)
+        result = run_workers(task, recipe, limits, report, device)
+        if report is not None:
+            report({**result.to_dict(), "final": True})
+        return result
     from autotune.train.parallel import prepare, unsupported_reason
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
