@@ -379,6 +379,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError):
         claimed = None
     task, device = _load_task(args)
+    from autotune.train.parallel import unsupported_reason
+
+    reason = unsupported_reason(recipe, device.type)
+    if reason:
+        raise UserError(f"{args.recipe}: this recipe cannot run on {device.type}: {reason}")
     limits = TrialLimits.for_task(
         task, target=args.target, seed=args.seed,
         max_train_seconds=parse_duration(args.max_trial_time, what="--max-trial-time")

@@ -90,3 +90,12 @@ def test_train_reports_a_recipe_that_misses_the_target(tmp_path, capsys):
                  "--max-trial-time", "0.5s"])
     assert code == 1
     assert "no time-to-accuracy: not_reached" in capsys.readouterr().out
+
+
+def test_train_refuses_a_recipe_the_device_cannot_run(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("parallelism: zero2\nworkers: 2\nprecision: fp16\n")
+    code = main(["train", "--recipe", str(path), "--model", "tests.toy_task:make_task",
+                 "--device", "cpu"])
+    assert code == 2
+    assert "DeepSpeed does not support fp16 on the CPU" in capsys.readouterr().err
