@@ -178,15 +178,12 @@ def _trial_resources(config: SearchConfig) -> dict[str, float]:
 
 def _resources_for(base: dict[str, float], params: dict[str, Any],
                    config: SearchConfig) -> dict[str, float]:
-    """A single-worker trial holds its device (a GPU, or a node's CPUs); a multi-worker trial
-    holds almost nothing itself: its Ray Train workers hold the CPUs/GPUs."""
-    from autotune.search._workers import TRIAL_CPU
-
-    try:
-        recipe = recipe_for(params, config.space, config.baseline, config.workers_per_trial)
-    except ConfigError:
+    """A multi-worker trial holds a GPU per worker (and their CPUs); on CPUs it already holds
+    the node's CPUs, which its workers share."""
+    if not base.get("gpu"):
         return base
-    return {"cpu": TRIAL_CPU} if recipe.workers > 1 else base
+    workers = recipe_for(params, config.space, config.baseline, config.workers_per_trial).workers
+    return {"cpu": base["cpu"] * workers, "gpu": float(workers)}
 
 
 def _max_concurrent(config: SearchConfig) -> int:
@@ -296,23 +293,11 @@ class _TrialSetup:
     device: str | None
     report_interval_s: float
     workers_per_trial: int
-    device_type: str
-    """``cuda`` where the cluster has GPUs (and the user did not ask for the CPU), else ``cpu``."""
-    cluster: dict[str, float]
-    nodes: int
-    storage_path: str
 
     @classmethod
     def from_config(cls, c: SearchConfig) -> _TrialSetup:
-        import ray
-
-        cluster = {k: float(v) for k, v in ray.cluster_resources().items()
-                   if k in ("CPU", "GPU")}
-        device_type = "cuda" if cluster.get("GPU") and c.device != "cpu" else "cpu"
-        nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
         return cls(c.model, c.task_options, c.space, c.baseline, c.target, c.max_train_seconds,
-                   c.budget_bytes, c.seed, c.device, c.report_interval_s, c.workers_per_trial,
-                   device_type, cluster, nodes, str((c.results_dir / "ray").resolve()))
+                   c.budget_bytes, c.seed, c.device, c.report_interval_s, c.workers_per_trial)
 
 
 def recipe_for(params: dict[str, Any], space: SearchSpace, baseline: Recipe,
@@ -330,56 +315,24 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
     from ray import tune
 
     from autotune.tasks import load_task
-    from autotune.train import pick_device, run_trial
+    from autotune.train import TrialLimits, pick_device, run_trial
 
     try:
         recipe = recipe_for(params, setup.space, setup.baseline, setup.workers_per_trial)
     except ConfigError as exc:
         tune.report(_invalid_result(exc, params, setup))
         return
-    reporter = _ThrottledReport(setup.report_interval_s, recipe)
-    if recipe.workers > 1:
-        _run_multiworker(recipe, setup, reporter)
-        return
     device = pick_device(setup.device)
     task = load_task(setup.model, device.type, setup.task_options)
-    run_trial(task, recipe, _limits(setup, task.eval_every_seconds), report=reporter,
-              device=str(device))
-
-
-def _limits(setup: _TrialSetup, eval_every_seconds: float) -> Any:
-    from autotune.train import TrialLimits
-
-    return TrialLimits(
+    limits = TrialLimits(
         max_train_seconds=setup.max_train_seconds,
-        eval_every_seconds=eval_every_seconds,
+        eval_every_seconds=task.eval_every_seconds,
         target=setup.target,
         budget_bytes=setup.budget_bytes,
         seed=setup.seed,
     )
-
-
-def _run_multiworker(recipe: Recipe, setup: _TrialSetup, reporter: _ThrottledReport) -> None:
-    """A parallel recipe: its workers are Ray Train workers that Ray places (``_workers``)."""
-    import dataclasses
-
-    from autotune.search._workers import run_ray_workers, worker_resources
-    from autotune.tasks import load_task
-    from autotune.train.parallel import unsupported_reason
-
-    reason = unsupported_reason(recipe, setup.device_type)
-    if reason:
-        reporter({"status": objective.INFEASIBLE, "message": f"not possible here: {reason}",
-                  "score": objective.score(objective.INFEASIBLE, None, None, setup.target,
-                                           setup.max_train_seconds), "final": True})
-        return
-    # The evaluation interval is the task's: build it once here (cheap, cached data).
-    task = load_task(setup.model, "cpu", setup.task_options)
-    limits = _limits(setup, task.eval_every_seconds)
-    per_worker = worker_resources(setup.cluster, setup.nodes, recipe.workers, setup.device_type)
-    run_ray_workers((setup.model, dict(setup.task_options)), recipe.to_dict(),
-                    dataclasses.asdict(limits), setup.device_type, per_worker, reporter,
-                    setup.storage_path)
+    reporter = _ThrottledReport(setup.report_interval_s, recipe)
+    run_trial(task, recipe, limits, report=reporter, device=str(device))
 
 
 class _ThrottledReport:
