@@ -167,3 +167,23 @@ def test_search_over_parallel_modes_runs_each_with_two_workers(tmp_path):
         assert r["recipe"]["workers"] == workers
         # every optimizer step covered batch_size x workers examples
         assert r["examples"] == r["steps"] * r["recipe"]["batch_size"] * workers
+
+
+@pytest.mark.distributed
+def test_a_dead_worker_fails_only_its_trial_and_the_search_goes_on(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  parallelism: {choices: [single, ddp]}\n"
+                     "  batch_size: {choices: [16, 32]}\n")
+    results = tmp_path / "results"
+    main(["search", "--model", "tests.toy_task:make_crashing_task", "--space", str(space),
+          "--trials", "4", "--max-trial-time", "1s", "--workers-per-trial", "2",
+          "--seed", "3", "--results-dir", str(results)])
+    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    assert len(records) == 4  # the search went on after the failure
+    crashed = [r for r in records if r["recipe"]["parallelism"] == "ddp"]
+    assert crashed, "the sampler proposed no ddp trial; change --seed"
+    for r in crashed:
+        assert r["status"] == objective.ERROR
+        assert "worker 1 exited with signal 9" in r["message"], r["message"]
+    assert all(r["status"] == objective.NOT_REACHED for r in records
+               if r["recipe"]["parallelism"] == "single")
