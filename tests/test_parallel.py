@@ -70,7 +70,8 @@ def test_one_step_matches_the_single_process_step(mode, changes, tmp_path):
     mp.spawn(w.step_in_mode, args=(WORKERS, free_port(), recipe.to_dict(), str(out)),
              nprocs=WORKERS, join=True)
     got = torch.load(out)
-    single = recipe.replace(parallelism="single", workers=1, batch_size=w.BATCH * WORKERS)
+    single = recipe.replace(parallelism="single", workers=1, offload=False,
+                            batch_size=w.BATCH * WORKERS)
     expected = reference_step(single)
     before = {n: p.detach() for n, p in w.initial_model().named_parameters()}
     assert got.keys() == expected.keys()

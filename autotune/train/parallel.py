@@ -197,28 +197,20 @@ def extensions_dir() -> Path:
     return Path(base) / "torch_extensions"
 
 
-def zero_config(recipe: Recipe) -> dict[str, Any]:
-    """The DeepSpeed config a trial trains with (optimizer and schedule are autotune's own,
-    passed to ``deepspeed.initialize`` as objects)."""
-    stage = int(recipe.parallelism[-1])
-    zero: dict[str, Any] = {"stage": stage}
-    if recipe.offload:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
-        if stage == 3:
-            zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": recipe.batch_size,
-        "gradient_accumulation_steps": recipe.accumulation_steps,
-        "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if recipe.precision == "bf16":
-        config["bf16"] = {"enabled": True}
-    elif recipe.precision == "fp16":
-        config["fp16"] = {"enabled": True, "initial_scale_power": 16}
+def zero_config(recipe: Recipe, device_type: str) -> dict[str, Any]:
+    """The DeepSpeed config a trial trains with: the exported config (``autotune export
+    --format deepspeed``: stage, offload, batch sizes, precision) without its optimizer and
+    schedule, which are autotune's own, passed to ``deepspeed.initialize`` as objects."""
+    from autotune.export import deepspeed_config
+
+    config = deepspeed_config(recipe, device_type=device_type, with_scheduler=False)
+    config.pop("optimizer", None)
+    config.update(
+        zero_allow_untested_optimizer=True,  # a client torch optimizer (SGD, Adam, AdamW)
+        zero_force_ds_cpu_optimizer=False,  # offload with torch SGD is allowed, if slower
+        steps_per_print=10**9,
+        wall_clock_breakdown=False,
+    )
     return config
 
 
@@ -243,7 +235,8 @@ def _prepare_zero(
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
     with contextlib.redirect_stdout(io.StringIO()):
         engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=zero_config(recipe),
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=zero_config(recipe, device.type),
             dist_init_required=False,
         )
     return Prepared(model=engine, recipe=recipe, device=device, optimizer=ds_optimizer,
