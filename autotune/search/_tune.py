@@ -63,6 +63,9 @@ class SearchConfig:
     workers_per_trial: int = 1
     """Workers (processes, one per GPU on a GPU machine) of a trial whose recipe is
     data-parallel or sharded, unless the space sets ``workers`` itself."""
+    placement_strategy: str = "PACK"
+    """How Ray places a multi-worker trial's workers: ``PACK`` (one machine where they fit) or
+    ``SPREAD`` (over machines)."""
     time_margin: float = 1.5
     """A trial still short of the target after this many times the best time-to-accuracy so far
     is stopped: it can no longer win."""
@@ -177,13 +180,20 @@ def _trial_resources(config: SearchConfig) -> dict[str, float]:
 
 
 def _resources_for(base: dict[str, float], params: dict[str, Any],
-                   config: SearchConfig) -> dict[str, float]:
-    """A multi-worker trial holds a GPU per worker (and their CPUs); on CPUs it already holds
-    the node's CPUs, which its workers share."""
-    if not base.get("gpu"):
+                   config: SearchConfig) -> Any:
+    """A single-worker trial holds ``base``; a multi-worker trial holds a placement group with
+    a bundle per worker that Ray places (``autotune.search._workers``): a GPU each on GPU
+    machines, a share of ``base``'s CPUs each on CPUs."""
+    from autotune.search._workers import placement
+
+    try:
+        workers = recipe_for(params, config.space, config.baseline,
+                             config.workers_per_trial).workers
+    except ConfigError:
+        return base  # the trial reports the invalid recipe at once
+    if workers <= 1:
         return base
-    workers = recipe_for(params, config.space, config.baseline, config.workers_per_trial).workers
-    return {"cpu": base["cpu"] * workers, "gpu": float(workers)}
+    return placement(workers, base["cpu"], bool(base.get("gpu")), config.placement_strategy)
 
 
 def _max_concurrent(config: SearchConfig) -> int:
@@ -314,6 +324,7 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
     """One Ray Tune trial: build the recipe from the sampled point and run it for real."""
     from ray import tune
 
+    from autotune.search._workers import RayLauncher
     from autotune.tasks import load_task
     from autotune.train import TrialLimits, pick_device, run_trial
 
@@ -332,7 +343,17 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
         seed=setup.seed,
     )
     reporter = _ThrottledReport(setup.report_interval_s, recipe)
-    run_trial(task, recipe, limits, report=reporter, device=str(device))
+    reporter.extra["worker_nodes"] = [_where()]
+    launcher = RayLauncher(
+        on_placed=lambda nodes: reporter.extra.update(worker_nodes=[n["node_ip"] for n in nodes])
+    )
+    run_trial(task, recipe, limits, report=reporter, device=str(device), launch=launcher)
+
+
+def _where() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 class _ThrottledReport:
@@ -343,6 +364,8 @@ class _ThrottledReport:
         self.interval = interval
         self.recipe = recipe.to_dict()
         self.last = 0.0
+        self.extra: dict[str, Any] = {}
+        """Sent with every report (where the trial's workers run)."""
 
     def __call__(self, progress: dict[str, Any]) -> None:
         from ray import tune
@@ -353,6 +376,7 @@ class _ThrottledReport:
         self.last = now
         metrics = {k: v for k, v in progress.items() if v is not None}
         metrics["recipe"] = self.recipe
+        metrics.update(self.extra)
         if not progress.get("final"):
             metrics.pop("curve", None)
         tune.report(metrics)
@@ -469,7 +493,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
         for key in ("tta_seconds", "best_metric", "last_metric", "train_seconds", "eval_seconds",
                     "setup_seconds", "steps", "examples", "peak_memory_bytes",
                     "peak_memory_source", "peak_reserved_bytes", "peak_rss_bytes", "device",
-                    "curve"):
+                    "worker_nodes", "curve"):
             record[key] = result.get(key)
         if status != objective.REACHED:
             record["tta_seconds"] = None

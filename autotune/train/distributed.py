@@ -8,8 +8,9 @@ sends its progress and result back through a queue; this process forwards progre
 ends the trial as failed with the reason, and the other workers are stopped, instead of
 waiting forever in a collective.
 
-Placement is one machine: the Ray trial that calls this holds the CPUs or GPUs for all its
-workers. Workers spread over several machines are not supported yet.
+This is the launcher for one machine (``autotune train``, ``autotune.fit``). In a search, the
+workers are Ray actors that Ray places in the trial's placement group, on one machine or
+several (``autotune.search._workers``); both run ``worker_main``.
 """
 
 from __future__ import annotations
@@ -40,25 +41,13 @@ def _free_port() -> int:
 
 def run_workers(task: Task, recipe: Recipe, limits: Any, report: Any, device: str | None) -> Any:
     """Run a multi-worker trial; returns worker 0's ``TrialResult``."""
-    from autotune.train.loop import TrialResult, pick_device
+    from autotune.train.loop import pick_device
 
     dev = pick_device(device)
-    if task.load_spec is None:
-        return TrialResult(
-            status=objective.ERROR, score=objective.score(
-                objective.ERROR, None, None, limits.target, limits.max_train_seconds),
-            device=str(dev),
-            message="a multi-worker recipe needs a task loaded by name (autotune.load_task), "
-            "so that each worker process can build it",
-        )
-    if dev.type == "cuda" and torch.cuda.device_count() < recipe.workers:
-        return TrialResult(
-            status=objective.INFEASIBLE, score=objective.score(
-                objective.INFEASIBLE, None, None, limits.target, limits.max_train_seconds),
-            device=str(dev),
-            message=f"{recipe.workers} workers need {recipe.workers} GPUs; "
-            f"{torch.cuda.device_count()} visible",
-        )
+    gpus = torch.cuda.device_count() if dev.type == "cuda" else None
+    refused = check_launch(task, recipe, limits, dev.type, gpus)
+    if refused is not None:
+        return refused
     ctx = mp.get_context("spawn")
     channel = ctx.Queue()
     port = _free_port()
@@ -82,15 +71,42 @@ def run_workers(task: Task, recipe: Recipe, limits: Any, report: Any, device: st
     codes = [p.exitcode for p in procs]
     failed = [(r, c) for r, c in enumerate(codes) if c not in (0, None)]
     why = ", ".join(f"worker {r} exited with {_describe_exit(c)}" for r, c in failed)
-    if final is not None and failed and final.get("status") != objective.REACHED:
+    return result_from_final(final, why, str(dev), limits)
+
+
+def check_launch(task: Task, recipe: Recipe, limits: Any, device_type: str,
+                 gpus_visible: int | None) -> Any:
+    """The result of a multi-worker trial that cannot start (None when it can)."""
+    from autotune.train.loop import TrialResult
+
+    def failed(status: str, message: str) -> Any:
+        return TrialResult(status=status, score=objective.score(
+            status, None, None, limits.target, limits.max_train_seconds),
+            device=device_type, message=message)
+
+    if task.load_spec is None:
+        return failed(objective.ERROR, "a multi-worker recipe needs a task loaded by name "
+                      "(autotune.load_task), so that each worker process can build it")
+    if device_type == "cuda" and gpus_visible is not None and gpus_visible < recipe.workers:
+        return failed(objective.INFEASIBLE, f"{recipe.workers} workers need {recipe.workers} "
+                      f"GPUs; {gpus_visible} visible")
+    return None
+
+
+def result_from_final(final: dict[str, Any] | None, why: str, device: str, limits: Any) -> Any:
+    """Worker 0's final report as a ``TrialResult``; ``why`` names workers that died."""
+    from autotune.train.loop import TrialResult
+
+    if final is not None and why and final.get("status") != objective.REACHED:
         # Worker 0 saw the others' death as a broken connection: name the cause first.
         final["message"] = f"{why}; worker 0: {final.get('message', '')}"
     if final is None:
         return TrialResult(
             status=objective.ERROR, score=objective.score(
                 objective.ERROR, None, None, limits.target, limits.max_train_seconds),
-            device=str(dev), message=why or "the workers ended without a result",
+            device=device, message=why or "the workers ended without a result",
         )
+    final = dict(final)
     final.pop("final", None)
     curve = [tuple(point) for point in final.pop("curve", [])]
     return TrialResult(**final, curve=curve)
@@ -124,6 +140,16 @@ def _pump(procs: list, channel: Any, report: Any) -> dict[str, Any] | None:
 
 def _worker(rank: int, world: int, port: int, spec: tuple[str, dict], recipe_dict: dict,
             limits_dict: dict, device_type: str, threads: int, channel: Any) -> None:
+    worker_main(rank, world, "127.0.0.1", port, spec, recipe_dict, limits_dict, device_type,
+                threads, channel.put if rank == 0 else None)
+    time.sleep(0.1)  # let the queue's feeder thread flush before the process exits
+
+
+def worker_main(rank: int, world: int, master_addr: str, port: int, spec: tuple[str, dict],
+                recipe_dict: dict, limits_dict: dict, device_type: str, threads: int,
+                report: Any) -> None:
+    """One worker's part of a multi-worker trial, in whatever process runs it (a spawned
+    process here, a Ray actor in a search): join the group, build the task, train."""
     import torch.distributed as dist
 
     from autotune.tasks import load_task
@@ -133,15 +159,14 @@ def _worker(rank: int, world: int, port: int, spec: tuple[str, dict], recipe_dic
     if device_type == "cpu":
         torch.set_num_threads(threads)
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    init_worker(rank, world, "127.0.0.1", port, device_type)
+    init_worker(rank, world, master_addr, port, device_type)
     try:
         name, options = spec
         task = load_task(name, device_type, options)
         device = f"cuda:{rank % torch.cuda.device_count()}" if device_type == "cuda" else "cpu"
         run_trial(task, Recipe.from_dict(recipe_dict), TrialLimits(**limits_dict),
-                  report=channel.put if rank == 0 else None, device=device)
+                  report=report if rank == 0 else None, device=device)
         gc.collect()  # free DDP/FSDP/DeepSpeed wrappers while the process group exists
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    time.sleep(0.1)  # let the queue's feeder thread flush before the process exits

@@ -31,6 +31,9 @@ from autotune.tasks import Task, accuracy
 from autotune.train import knobs
 
 ReportFn = Callable[[dict[str, Any]], None]
+LaunchFn = Callable[..., "TrialResult"]
+"""Starts the workers of a multi-worker trial: ``(task, recipe, limits, report, device)`` ->
+worker 0's ``TrialResult``."""
 
 
 @dataclass(frozen=True)
@@ -243,22 +246,24 @@ def run_trial(
     limits: TrialLimits,
     report: ReportFn | None = None,
     device: str | None = None,
+    launch: LaunchFn | None = None,
 ) -> TrialResult:
     """Train ``task``'s model with ``recipe`` until ``limits.target`` or the time limit.
 
     ``report`` is called after each evaluation with the running measurements (the fields of
     ``TrialResult`` plus ``final``), so a scheduler can stop a losing trial early.
 
-    A multi-worker recipe (``workers > 1``) starts its workers here, one process each
-    (``autotune.train.distributed``); inside a worker (process group initialised) this function
-    is that worker's part of the run, and only rank 0 reports.
+    A multi-worker recipe (``workers > 1``) starts its workers here through ``launch``
+    (default: one local process each, ``autotune.train.distributed.run_workers``; a search
+    passes a launcher that places them as Ray actors); inside a worker (process group
+    initialised) this function is that worker's part of the run, and only rank 0 reports.
     """
     import torch.distributed as dist
 
     if recipe.workers > 1 and not dist.is_initialized():
         from autotune.train.distributed import run_workers
 
-        result = run_workers(task, recipe, limits, report, device)
+        result = (launch or run_workers)(task, recipe, limits, report, device)
         if report is not None:
             report({**result.to_dict(), "final": True})
         return result
