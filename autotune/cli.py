@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -115,9 +116,9 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--space", default=None,
                    help="search-space YAML (default: search_spaces/<model>.yaml shipped with "
                    "autotune)")
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+    p.add_argument("--trials", type=int, default=None,
                    help=f"most trials to run, the baseline included (default {DEFAULT_TRIALS})")
-    p.add_argument("--time-budget", default=DEFAULT_TIME_BUDGET,
+    p.add_argument("--time-budget", default=None,
                    help="no trial starts after this much search time: 300, 90s, 5m, 1h "
                    f"(default {DEFAULT_TIME_BUDGET}; running trials finish)")
     p.add_argument("--max-trial-time", default=None,
@@ -128,7 +129,26 @@ def _add_search(sub: Any) -> None:
                    help="directory for every trial's recipe and measurements "
                    "(default: autotune_runs/<model>-<date>-<time>/)")
     p.add_argument("--address", default=None,
-                   help="Ray cluster address to run on (default: start Ray on this machine)")
+                   help="Ray cluster to run on: HOST:PORT of its head, or auto (default: "
+                   "RAY_ADDRESS if set, else start Ray on this machine)")
+    p.add_argument("--cpus-per-trial", type=float, default=None,
+                   help="CPUs a trial holds (each worker's, for a multi-worker trial on GPUs; "
+                   "default: on GPUs the node's CPUs per GPU, on CPUs a whole node)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs a trial holds, per worker (default 1 where the cluster has GPUs)")
+    p.add_argument("--max-concurrent-trials", type=int, default=None,
+                   help="trials running at once at most (default: as many as the cluster fits)")
+    p.add_argument("--storage", default=None,
+                   help="Ray Tune's storage path (shared filesystem or s3:// URI on a cluster; "
+                   "default <results-dir>/ray); autotune's own results are in --results-dir")
+    p.add_argument("--placement", choices=["pack", "spread"], default="pack",
+                   help="how Ray places a multi-worker trial's workers: pack (one machine "
+                   "where they fit, default) or spread (over machines)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the interrupted search whose results are in DIR, with its "
+                   "settings: finished trials are not run again and the sampler learns from "
+                   "them (--trials, --time-budget, --address and the resource flags may be "
+                   "given again to change them)")
     p.add_argument("--workers-per-trial", type=int, default=None,
                    help="workers of a trial whose recipe is parallel (ddp, fsdp, zero1-3), one "
                    "per GPU on a GPU machine (default: the GPUs of this machine; on a CPU, 2 "
@@ -226,13 +246,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autotune.search import SearchConfig, check_ray_available, run_search
     from autotune.space import load_space, shipped_space_path
 
+    state = _resume_state(args) if args.resume else None
+    if args.trials is None:
+        args.trials = DEFAULT_TRIALS
+    if args.time_budget is None:
+        args.time_budget = DEFAULT_TIME_BUDGET
     budget = parse_bytes(args.budget) if args.budget is not None else None
     time_budget = parse_duration(args.time_budget) if args.time_budget else None
+    if state is not None and time_budget is not None and not state["time_budget_given"]:
+        time_budget = max(0.0, time_budget - _spent_seconds(state))
     max_trial = parse_duration(args.max_trial_time, what="--max-trial-time") \
         if args.max_trial_time else None
     if args.trials < 1:
         raise UserError(f"--trials must be >= 1, got {args.trials}")
+    for flag, value in (("--cpus-per-trial", args.cpus_per_trial),
+                        ("--gpus-per-trial", args.gpus_per_trial),
+                        ("--max-concurrent-trials", args.max_concurrent_trials)):
+        if value is not None and value <= 0 and not (flag == "--gpus-per-trial" and value == 0):
+            raise UserError(f"{flag} must be > 0, got {value}")
     space_path = Path(args.space) if args.space else shipped_space_path(args.model)
+    if state is not None:
+        space_path = Path(args.resume) / SPACE_COPY
     if args.space is None and not space_path.exists():
         raise UserError(
             f"no search space ships for model {args.model!r}; write one (see "
@@ -257,9 +291,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         budget_bytes=budget, trials=args.trials, time_budget_s=time_budget, seed=args.seed,
         task_options=_task_options(args.task_option), device=args.device, address=args.address,
         suggestions=suggestions, workers_per_trial=workers,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent_trials=args.max_concurrent_trials, storage_path=args.storage,
+        placement_strategy=args.placement.upper(), resume=state is not None,
     )
+    if state is None:
+        _save_search_args(args, results_dir, space_path)
+    else:
+        done = sum(1 for r in state["records"] if r.get("status") != objective.INTERRUPTED)
+        print(f"resuming the search in {results_dir}: {done} of {config.trials} trials "
+              f"finished; {format_duration(time_budget) if time_budget is not None else 'no'} "
+              "time budget left")
     _print_plan(config, task, space_path, device)
-    records: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = [r for r in (state or {}).get("records", [])
+                                     if r.get("status") != objective.INTERRUPTED]
 
     def on_event(kind: str, record: dict[str, Any]) -> None:
         if kind == "started":
@@ -268,15 +313,21 @@ def cmd_search(args: argparse.Namespace) -> int:
             records.append(record)
             print(finished_line(record, config.trials, best_so_far(records)), flush=True)
 
+    _begin_session(results_dir)
+    previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         outcome = run_search(config, on_event)
     except KeyboardInterrupt:
+        _end_session(results_dir)
         finished = sum(1 for r in records if r.get("status") != objective.INTERRUPTED)
-        print(f"\nautotune: search interrupted. The {finished} finished trials, and those that "
-              f"were running (as 'interrupted', with what they measured so far), are in "
-              f"{results_dir / 'trials.jsonl'}. Run the same command again to start a new "
-              "search.", file=sys.stderr)
+        print(f"\nautotune: search interrupted. The {finished} trials finished in this run, "
+              f"and those that were running (as 'interrupted', with what they measured so far), "
+              f"are in {results_dir / 'trials.jsonl'}. Resume the search with:\n"
+              f"  autotune search --resume {results_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    _end_session(results_dir)
     summary = summarize(outcome.records)
     print(f"\nsearch finished: {len(outcome.records)} trials in "
           f"{format_duration(outcome.wall_seconds)}; results in {results_dir}/")
@@ -323,6 +374,88 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"  baseline time-to-accuracy {base_text}; speedup {summary.speedup_text()}")
     print(f"wrote {output}")
     return 0
+
+
+SEARCH_ARGS = "search_args.json"
+"""The search's command-line settings, written when it starts, read by ``--resume``."""
+SPACE_COPY = "space.yaml"
+"""A copy of the search space as the search started with it (``--resume`` uses it)."""
+_RESUMABLE = ("trials", "time_budget", "address", "cpus_per_trial", "gpus_per_trial",
+              "max_concurrent_trials", "storage")
+"""Flags that may be given again with ``--resume`` to change them; the rest are the search's."""
+
+
+def _save_search_args(args: argparse.Namespace, results_dir: Path, space_path: Path) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / SPACE_COPY).write_text(space_path.read_text())
+    saved = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    saved["results_dir"] = str(results_dir)
+    saved["space_source"] = str(space_path)
+    _write_text(results_dir / SEARCH_ARGS,
+                json.dumps({"args": saved, "sessions": []}, indent=2) + "\n")
+
+
+def _resume_state(args: argparse.Namespace) -> dict[str, Any]:
+    """Replace ``args`` by the settings saved in ``--resume DIR`` (keeping the resumable flags
+    given now) and return what the resumed search needs to know."""
+    from autotune.search import read_records
+
+    directory = Path(args.resume)
+    path = directory / SEARCH_ARGS
+    if not path.exists():
+        raise UserError(f"--resume {directory}: no {SEARCH_ARGS} there; give the results "
+                        "directory of a search started by autotune (it holds trials.jsonl)")
+    try:
+        saved = json.loads(path.read_text())
+        old = saved["args"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"--resume {directory}: {path} is not readable ({exc})") from None
+    given = {k: getattr(args, k) for k in _RESUMABLE if getattr(args, k, None) is not None}
+    for key, value in old.items():
+        setattr(args, key, value)
+    for key, value in given.items():
+        setattr(args, key, value)
+    args.results_dir = str(directory)
+    return {"sessions": saved.get("sessions", []), "time_budget_given": "time_budget" in given,
+            "records": read_records(directory)}
+
+
+def _spent_seconds(state: dict[str, Any]) -> float:
+    """Search time used by earlier runs: each run's start to its end (or, for a run whose
+    driver died, to its last finished trial)."""
+    spent = 0.0
+    finished = [r.get("finished_at") or 0.0 for r in state["records"]]
+    for s in state["sessions"]:
+        end = s.get("ended_at") or max([t for t in finished if t >= s["started_at"]],
+                                      default=s["started_at"])
+        spent += max(0.0, end - s["started_at"])
+    return spent
+
+
+def _begin_session(results_dir: Path) -> None:
+    """Note this run's start in ``search_args.json`` (time-budget accounting on resume)."""
+    _update_sessions(results_dir, lambda sessions: sessions.append({"started_at": time.time()}))
+
+
+def _end_session(results_dir: Path) -> None:
+    _update_sessions(results_dir, lambda sessions: sessions[-1].update(ended_at=time.time())
+                     if sessions else None)
+
+
+def _update_sessions(results_dir: Path, change: Any) -> None:
+    path = results_dir / SEARCH_ARGS
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    change(saved.setdefault("sessions", []))
+    _write_text(path, json.dumps(saved, indent=2) + "\n")
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler or `kill` ending the search) is handled like Ctrl-C: the trials
+    running are recorded and the search can be resumed."""
+    raise KeyboardInterrupt
 
 
 def _print_plan(config: Any, task: Any, space_path: Path, device: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,7 +55,25 @@ class SearchConfig:
     device: str | None = None
     """Device for trials; None picks a GPU where there is one, else the CPU."""
     address: str | None = None
-    """Ray cluster to connect to; None starts a local Ray instance."""
+    """Ray cluster to connect to (``host:port``, ``auto``, or ``ray://``); None uses
+    ``RAY_ADDRESS`` when set, else starts a local Ray instance."""
+    cpus_per_trial: float | None = None
+    """CPUs one trial (or each worker of a multi-worker trial on GPUs) holds; default: on GPUs
+    the node's CPUs per GPU, on CPUs a whole node (the smallest), so trials do not share
+    cores and their timings stay comparable."""
+    gpus_per_trial: float | None = None
+    """GPUs one trial holds (per worker for multi-worker trials); default 1 where the cluster
+    has GPUs, else 0."""
+    max_concurrent_trials: int | None = None
+    """Trials running at once at most; default: as many as the cluster's resources fit."""
+    storage_path: str | None = None
+    """Where Ray Tune keeps its experiment files (a shared filesystem or ``s3://``/``gs://``
+    URI on a cluster); default ``results_dir/ray``. autotune's own records are always written
+    by the driver to ``results_dir``."""
+    resume: bool = False
+    """Continue the search whose records are in ``results_dir``: finished trials are not run
+    again and Optuna starts from their measurements; trials that were running when it stopped
+    run again."""
     report_interval_s: float = 5.0
     """Least wall time between two intermediate reports of a trial (each costs time)."""
     grace_period_s: float | None = None
@@ -82,18 +101,30 @@ class SearchOutcome:
 
 def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchOutcome:
     """Run the search described by ``config``; every finished trial is appended to
-    ``results_dir/trials.jsonl`` as it ends, so nothing measured is lost if the search stops."""
+    ``results_dir/trials.jsonl`` as it ends, so nothing measured is lost if the search stops.
+    With ``config.resume``, the trials already in that file count towards ``config.trials``
+    and seed the sampler; the returned records include them."""
     import ray
     from ray import tune
 
     config.results_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    prior = read_records(config.results_dir) if config.resume else []
+    done = [r for r in prior if r.get("status") != objective.INTERRUPTED]
+    remaining = config.trials - len(done)
+    storage = config.storage_path or str((config.results_dir / "ray").resolve())
+    if remaining <= 0:
+        return SearchOutcome(records=done, wall_seconds=0.0, ray_dir=storage)
     own_ray = _init_ray(config)
+    # After ray.init, which installs its own SIGTERM handler in the driver: SIGTERM (a job
+    # scheduler, `kill`) ends the search like Ctrl-C, so running trials are recorded.
+    previous_sigterm = _sigterm_as_interrupt()
     try:
-        points = warm_start_points(config)
-        searcher = _make_searcher(config, points, start)
-        scheduler = _make_scheduler(config)
-        recorder = _Recorder(config, on_event, warm_start=len(points))
+        warm = warm_start_points(config)
+        points = _points_to_run(config, warm, prior, remaining)
+        searcher = _make_searcher(config, points, start, done)
+        scheduler = _make_scheduler(config, done)
+        recorder = _Recorder(config, on_event, warm_points=warm, first_number=len(done) + 1)
         base = _trial_resources(config)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, setup=_TrialSetup.from_config(config)),
@@ -104,13 +135,13 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=config.trials,
-                max_concurrent_trials=_max_concurrent(config),
+                num_samples=remaining,
+                max_concurrent_trials=_max_concurrent(config, base),
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(
-                name="tune",
-                storage_path=str((config.results_dir / "ray").resolve()),
+                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}" if config.resume else "tune",
+                storage_path=storage,
                 callbacks=[recorder],
                 verbose=0,
                 log_to_file=True,
@@ -122,13 +153,45 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
             recorder.record_interrupted()
             raise
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if own_ray:
             ray.shutdown()
     return SearchOutcome(
-        records=recorder.records,
+        records=done + recorder.records,
         wall_seconds=time.time() - start,
-        ray_dir=str(config.results_dir / "ray"),
+        ray_dir=storage,
     )
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread; returns the previous handler
+    (None when not on the main thread, where handlers cannot be set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _points_to_run(config: SearchConfig, warm: list[dict[str, Any]],
+                   prior: list[dict[str, Any]], remaining: int) -> list[dict[str, Any]]:
+    """Points evaluated before Optuna's own proposals: on a fresh search the warm start; on a
+    resumed one, the trials that were interrupted, then the warm-start points not yet run."""
+    if not prior:
+        return warm[:remaining]
+    ran = [r.get("params") for r in prior if r.get("status") != objective.INTERRUPTED]
+    again = [r["params"] for r in prior
+             if r.get("status") == objective.INTERRUPTED and r.get("params") not in ran]
+    points: list[dict[str, Any]] = []
+    for point in again + warm:
+        if point not in ran and point not in points:
+            points.append(point)
+    return points[:remaining]
 
 
 def _init_ray(config: SearchConfig) -> bool:
@@ -146,13 +209,22 @@ def _init_ray(config: SearchConfig) -> bool:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if ray.is_initialized():
         return False
-    if config.address:
-        ray.init(address=config.address, log_to_driver=False)
-        return True
     # Trial processes import user tasks (package.module:function) the way the driver does:
-    # from the directory the command runs in.
+    # from the directory the command runs in (on a cluster: the same path on every node).
     paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                     runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(
+                f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}. "
+                "Start one with `ray start --head` (see README: Running on a cluster), or leave "
+                "out --address (and RAY_ADDRESS) to run on this machine."
+            ) from None
+        return True
     temp_dir = tempfile.mkdtemp(prefix="autotune_ray_", dir="/tmp")
     ray.init(
         num_cpus=os.cpu_count() or 1,
@@ -166,17 +238,26 @@ def _init_ray(config: SearchConfig) -> bool:
 
 
 def _trial_resources(config: SearchConfig) -> dict[str, float]:
-    """One trial per GPU where there are GPUs; on a CPU-only machine one trial takes every
-    CPU, so trials run one at a time and their timings are not distorted by each other."""
+    """What one trial holds. Where there are GPUs: one GPU and that GPU's share of its node's
+    CPUs, so trials run one per GPU. On CPUs: a whole node (the smallest alive node, so a trial
+    fits on any), so trials do not share cores and their timings are not distorted by each
+    other. ``cpus_per_trial``/``gpus_per_trial`` override either."""
     import ray
 
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
-    if gpus and config.device != "cpu":
-        return {"cpu": max(1, cpus // gpus), "gpu": 1}
-    nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
-    return {"cpu": max(1, cpus // nodes)}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    gpu_nodes = [n for n in nodes if n.get("GPU", 0) > 0]
+    use_gpu = bool(gpu_nodes) and config.device != "cpu"
+    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else (1 if use_gpu else 0)
+    if config.cpus_per_trial is not None:
+        cpus = config.cpus_per_trial
+    elif gpus:
+        cpus = max(1, min(int(n.get("CPU", 0) // n["GPU"]) for n in gpu_nodes))
+    else:
+        cpus = max(1, min((int(n["CPU"]) for n in nodes if n.get("CPU", 0) >= 1), default=1))
+    out: dict[str, float] = {"cpu": cpus}
+    if gpus:
+        out["gpu"] = gpus
+    return out
 
 
 def _resources_for(base: dict[str, float], params: dict[str, Any],
@@ -196,13 +277,18 @@ def _resources_for(base: dict[str, float], params: dict[str, Any],
     return placement(workers, base["cpu"], bool(base.get("gpu")), config.placement_strategy)
 
 
-def _max_concurrent(config: SearchConfig) -> int:
+def _max_concurrent(config: SearchConfig, base: dict[str, float]) -> int:
+    """As many trials as the cluster's nodes fit with ``base`` each (capped by
+    ``max_concurrent_trials``)."""
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus and config.device != "cpu":
-        return gpus
-    return max(1, len([n for n in ray.nodes() if n.get("Alive")]))
+    fit = 0
+    for node in (n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
+        by_cpu = int(node.get("CPU", 0) // base["cpu"]) if base["cpu"] else 10**6
+        by_gpu = int(node.get("GPU", 0) // base["gpu"]) if base.get("gpu") else 10**6
+        fit += min(by_cpu, by_gpu)
+    fit = max(1, fit)
+    return min(fit, config.max_concurrent_trials) if config.max_concurrent_trials else fit
 
 
 def warm_start_points(config: SearchConfig) -> list[dict[str, Any]]:
@@ -218,7 +304,11 @@ def warm_start_points(config: SearchConfig) -> list[dict[str, Any]]:
     return points[: config.trials]
 
 
-def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: float) -> Any:
+def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: float,
+                   done: list[dict[str, Any]] | None = None) -> Any:
+    """OptunaSearch (TPE, seeded) over the space's define-by-run ``suggest``, evaluating
+    ``points`` first. ``done`` (a resumed search's finished trials) are added to the study
+    as completed trials with their scores, so the sampler learns from them."""
     import optuna
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
@@ -235,16 +325,45 @@ def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: fl
             return super().suggest(trial_id)
 
     space = config.space
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="autotune", direction="minimize")
+    for record in done or []:
+        trial = _frozen_trial(space, record)
+        if trial is not None:
+            study.add_trial(trial)
     return _DeadlineOptunaSearch(
         space=space.suggest,
         metric="score",
         mode="min",
-        points_to_evaluate=points,
-        sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=5),
+        points_to_evaluate=points or None,
+        # A resumed search draws a different stream, so it does not re-propose the same points.
+        sampler=optuna.samplers.TPESampler(seed=config.seed + len(done or []),
+                                           n_startup_trials=5),
+        storage=storage,
+        study_name="autotune",
     )
 
 
-def _make_scheduler(config: SearchConfig) -> Any:
+def _frozen_trial(space: SearchSpace, record: dict[str, Any]) -> Any:
+    """A finished trial's record as a completed Optuna trial (its params, their distributions
+    as the space defines them, and its score); None if the space no longer fits it."""
+    import optuna
+
+    params = record.get("params") or {}
+    fixed = optuna.trial.FixedTrial(params)
+    try:
+        space.suggest(fixed)
+    except (ValueError, KeyError, ConfigError):
+        return None
+    dists = fixed.distributions
+    score = record.get("score")
+    if score is None or not math.isfinite(score):
+        return None
+    return optuna.trial.create_trial(
+        params={k: params[k] for k in dists}, distributions=dists, value=float(score))
+
+
+def _make_scheduler(config: SearchConfig, done: list[dict[str, Any]] | None = None) -> Any:
     """ASHA on accuracy at equal training time, plus time-aware stopping (see
     ``TimeAwareASHA``)."""
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -263,7 +382,9 @@ def _make_scheduler(config: SearchConfig) -> Any:
                 grace_period=config.grace_period_s or max(1.0, config.max_train_seconds / 6),
                 reduction_factor=2,
             )
-            self.best_tta: float | None = None
+            ttas = [r["tta_seconds"] for r in done or []
+                    if r.get("status") == objective.REACHED and r.get("tta_seconds")]
+            self.best_tta: float | None = min(ttas) if ttas else None
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
             seconds = result.get("train_seconds")
@@ -322,6 +443,7 @@ def recipe_for(params: dict[str, Any], space: SearchSpace, baseline: Recipe,
 
 def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
     """One Ray Tune trial: build the recipe from the sampled point and run it for real."""
+    import ray
     from ray import tune
 
     from autotune.search._workers import RayLauncher
@@ -343,17 +465,12 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
         seed=setup.seed,
     )
     reporter = _ThrottledReport(setup.report_interval_s, recipe)
-    reporter.extra["worker_nodes"] = [_where()]
+    node = ray.get_runtime_context().get_node_id()
+    reporter.extra.update(node_id=node, worker_nodes=[node])
     launcher = RayLauncher(
-        on_placed=lambda nodes: reporter.extra.update(worker_nodes=[n["node_ip"] for n in nodes])
+        on_placed=lambda nodes: reporter.extra.update(worker_nodes=[n["node_id"] for n in nodes])
     )
     run_trial(task, recipe, limits, report=reporter, device=str(device), launch=launcher)
-
-
-def _where() -> str:
-    import ray
-
-    return ray.util.get_node_ip_address()
 
 
 class _ThrottledReport:
@@ -365,7 +482,7 @@ class _ThrottledReport:
         self.recipe = recipe.to_dict()
         self.last = 0.0
         self.extra: dict[str, Any] = {}
-        """Sent with every report (where the trial's workers run)."""
+        """Sent with every report: the trial's node and its workers' nodes (Ray node ids)."""
 
     def __call__(self, progress: dict[str, Any]) -> None:
         from ray import tune
@@ -407,9 +524,12 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
     """Ray Tune callback on the driver: turns trial events into records, appends each finished
     trial to ``trials.jsonl`` at once, and forwards events to the CLI."""
 
-    def __init__(self, config: SearchConfig, on_event: EventFn | None, warm_start: int = 1) -> None:
+    def __init__(self, config: SearchConfig, on_event: EventFn | None,
+                 warm_points: list[dict[str, Any]] | None = None, first_number: int = 1) -> None:
         self.config = config
-        self.warm_start = warm_start
+        self.baseline_point = config.space.point_for(config.baseline)
+        self.warm_points = [p for p in warm_points or [] if p != self.baseline_point]
+        self.first_number = first_number
         self.on_event = on_event
         self.records: list[dict[str, Any]] = []
         self.numbers: dict[str, int] = {}
@@ -419,7 +539,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
 
     def _number(self, trial: Any) -> int:
         if trial.trial_id not in self.numbers:
-            self.numbers[trial.trial_id] = len(self.numbers) + 1
+            self.numbers[trial.trial_id] = len(self.numbers) + self.first_number
         return self.numbers[trial.trial_id]
 
     def _recipe(self, trial: Any) -> dict[str, Any] | None:
@@ -429,12 +549,16 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
         except (ConfigError, TypeError):
             return None
 
+    def _roles(self, trial: Any) -> dict[str, bool]:
+        params = dict(trial.config)
+        return {"is_baseline": params == self.baseline_point,
+                "warm_start": params in self.warm_points}
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running[trial.trial_id] = trial
         number = self._number(trial)
         record = {"trial": number, "trial_id": trial.trial_id, "recipe": self._recipe(trial),
-                  "params": dict(trial.config), "is_baseline": number == 1,
-                  "warm_start": 1 < number <= self.warm_start}
+                  "params": dict(trial.config), **self._roles(trial)}
         if self.on_event:
             self.on_event("started", record)
 
@@ -478,8 +602,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
         record = {
             "trial": number,
             "trial_id": trial.trial_id,
-            "is_baseline": number == 1,
-            "warm_start": 1 < number <= self.warm_start,
+            **self._roles(trial),
             "recipe": self._recipe(trial),
             "params": dict(trial.config),
             "status": status,
@@ -487,6 +610,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
                                      c.target, c.max_train_seconds),
             "message": error or _stopped_message(status, result) or result.get("message", ""),
             "node_ip": result.get("node_ip"),
+            "node_id": result.get("node_id"),
             "hostname": result.get("hostname"),
             "finished_at": time.time(),
         }
