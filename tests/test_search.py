@@ -212,3 +212,23 @@ def test_early_stopped_multi_worker_trials_free_their_workers(tmp_path):
     assert objective.STOPPED in statuses, statuses
     for r in outcome.records:
         assert len(r["worker_nodes"]) == 2, r
+
+
+def test_a_crashed_trial_process_is_recorded_and_the_search_goes_on(tmp_path):
+    """A trial process killed by SIGKILL (the OOM killer, a segfault) fails that trial only."""
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  batch_size: {choices: [32, 64]}\n"
+                     "  lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    results = tmp_path / "results"
+    main(["search", "--model", "tests.toy_task:make_crashing_task", "--space", str(space),
+          "--task-option", "crash_batch=64", "--trials", "4", "--max-trial-time", "1s",
+          "--seed", "1", "--results-dir", str(results)])
+    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    crashed = [r for r in records if r["recipe"]["batch_size"] == 64]
+    assert crashed, "the sampler proposed no batch of 64; change --seed"
+    for r in crashed:
+        assert r["status"] == objective.ERROR
+        assert "died" in r["message"] or "exit" in r["message"], r["message"]
+    assert all(r["status"] == objective.NOT_REACHED for r in records
+               if r["recipe"]["batch_size"] == 32)

@@ -40,9 +40,12 @@ def make_task(device: str = "cpu", target: float = 0.9) -> Task:
     return make_toy_task(target=target)
 
 
-def make_crashing_task(device: str = "cpu", crash_rank: int = 1, after_calls: int = 3) -> Task:
+def make_crashing_task(device: str = "cpu", crash_rank: int = 1, after_calls: int = 3,
+                       crash_batch: int | None = None) -> Task:
     """The toy task, except that worker ``crash_rank`` of a multi-worker run dies (SIGKILL, as
-    the OOM killer does it) on its ``after_calls``-th loss: fakes the machine, not the logic."""
+    the OOM killer does it) on its ``after_calls``-th loss: fakes the machine, not the logic.
+    With ``crash_batch``, instead a single-process trial whose micro-batch has that many
+    examples dies the same way."""
     import dataclasses
     import os
     import signal
@@ -54,7 +57,10 @@ def make_crashing_task(device: str = "cpu", crash_rank: int = 1, after_calls: in
 
     def loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
         calls["n"] += 1
-        if dist.is_initialized() and dist.get_rank() == crash_rank and calls["n"] >= after_calls:
+        if crash_batch is not None:
+            if len(batch[0]) == crash_batch and calls["n"] >= after_calls:
+                os.kill(os.getpid(), signal.SIGKILL)
+        elif dist.is_initialized() and dist.get_rank() == crash_rank and calls["n"] >= after_calls:
             os.kill(os.getpid(), signal.SIGKILL)
         return base.loss(model, batch)
 

@@ -1,0 +1,188 @@
+"""A real two-node Ray cluster on this machine: a search through ``--address`` spreads its
+trials over both nodes, and survives the loss of one node in the middle of a trial.
+
+Both nodes are real ``ray start`` processes (each with its own CPU count, object store and
+node-manager port); losing a node is faked the way a machine loss looks to Ray: every process of
+that node is killed (SIGKILL) by PID. The cluster is stopped whatever the outcome, by killing
+exactly its own processes (``ray stop`` would kill every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from autotune import objective
+
+pytestmark = pytest.mark.distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+SPACE = """\
+knobs:
+  batch_size: {choices: [16, 32, 64]}
+  lr: {low: 1.0e-3, high: 3.0e-2, log: true}
+"""
+# Node death is noticed by the head's health checks: every 0.5 s, dead after 3 misses.
+SYSTEM_CONFIG = json.dumps({"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+                            "health_check_initial_delay_ms": 0})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """A head node and a second node, each started with ``ray start``."""
+
+    def __init__(self) -> None:
+        self.temp = tempfile.mkdtemp(prefix="at_cluster_", dir="/tmp")
+        self.port = _free_port()
+        self.second_port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.env.pop("RAY_ADDRESS", None)
+
+    def start(self) -> None:
+        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1",
+                  f"--object-store-memory={100 * 2**20}", "--disable-usage-stats"]
+        self._ray(["start", "--head", f"--port={self.port}", f"--temp-dir={self.temp}",
+                   "--include-dashboard=false", f"--system-config={SYSTEM_CONFIG}", *common])
+        self._ray(["start", f"--address={self.address}",
+                   f"--node-manager-port={self.second_port}", *common])
+        deadline = time.time() + 60
+        while self.alive_nodes() < 2:
+            if time.time() > deadline:
+                raise RuntimeError("the second node did not join the cluster")
+            time.sleep(0.5)
+
+    def _ray(self, args: list[str]) -> None:
+        done = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+
+    def alive_nodes(self) -> int:
+        code = (f"import ray, json; ray.init(address={self.address!r}, logging_level='ERROR'); "
+                "print(json.dumps(sum(n['Alive'] for n in ray.nodes())))")
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
+                             text=True, timeout=60)
+        try:
+            return int(out.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return 0
+
+    def _processes(self) -> list[psutil.Process]:
+        """Every process of this cluster: those that name its temp dir or port, and their
+        children (the workers)."""
+        marks = (self.temp, f":{self.port}", f"={self.port}")
+        found: dict[int, psutil.Process] = {}
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if any(m in cmd for m in marks) and p.pid != os.getpid():
+                found[p.pid] = p
+        for p in list(found.values()):
+            try:
+                for child in p.children(recursive=True):
+                    found.setdefault(child.pid, child)
+            except psutil.NoSuchProcess:
+                pass
+        return [p for p in found.values() if p.pid != os.getpid()]
+
+    def kill_second_node(self) -> int:
+        """SIGKILL the second node's raylet and everything it started (its workers and
+        agents): what a machine loss looks like to the head."""
+        raylets = [p for p in psutil.process_iter(["cmdline"])
+                   if f"--node_manager_port={self.second_port}" in
+                   " ".join(p.info["cmdline"] or [])]
+        victims = []
+        for raylet in raylets:
+            victims += [raylet, *raylet.children(recursive=True)]
+        for p in victims:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        return len(victims)
+
+    def stop(self) -> None:
+        for p in self._processes():
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+
+
+@pytest.fixture()
+def cluster():
+    c = Cluster()
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def _search(cluster: Cluster, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "autotune.cli", "search", "--model", "tests.toy_task:make_task",
+         "--space", str(space), "--address", cluster.address,
+         "--results-dir", str(tmp_path / "results"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster.env,
+        cwd=str(ROOT),
+    )
+
+
+def _records(tmp_path: Path) -> list[dict]:
+    path = tmp_path / "results" / "trials.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_trials_spread_over_both_nodes(cluster, tmp_path):
+    proc = _search(cluster, tmp_path, "--trials", "4", "--max-trial-time", "2s",
+                   "--target", "1.01")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out[-3000:]  # target unreachable: every trial ran to its limit
+    records = _records(tmp_path)
+    assert len(records) == 4
+    assert all(r["status"] == objective.NOT_REACHED for r in records), out[-3000:]
+    nodes = {r["node_id"] for r in records}
+    assert len(nodes) == 2, nodes  # one CPU per node, one CPU per trial: both nodes worked
+
+
+def test_losing_a_node_mid_trial_fails_that_trial_and_the_search_finishes(cluster, tmp_path):
+    proc = _search(cluster, tmp_path, "--trials", "5", "--max-trial-time", "6s",
+                   "--target", "1.01")
+    running = 0
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        running += " running" in line
+        if running == 2:  # two trials train at once, one on each node
+            break
+    time.sleep(2.0)
+    assert cluster.kill_second_node() > 0
+    out, _ = proc.communicate(timeout=300)
+    out = "".join(lines) + out
+    assert proc.returncode == 2, out[-3000:]
+    records = _records(tmp_path)
+    assert len(records) == 5, out[-3000:]  # the search went on to its last trial
+    failed = [r for r in records if r["status"] == objective.ERROR]
+    assert len(failed) == 1, [(r["status"], r["message"]) for r in records]
+    assert failed[0]["message"], failed[0]
+    assert sum(r["status"] == objective.NOT_REACHED for r in records) == 4
