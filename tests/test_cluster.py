@@ -186,3 +186,30 @@ def test_losing_a_node_mid_trial_fails_that_trial_and_the_search_finishes(cluste
     assert len(failed) == 1, [(r["status"], r["message"]) for r in records]
     assert failed[0]["message"], failed[0]
     assert sum(r["status"] == objective.NOT_REACHED for r in records) == 4
+
+
+def test_a_parallel_trials_workers_are_placed_on_both_nodes(cluster, tmp_path):
+    """``--placement spread``: Ray puts the two ddp workers of a trial on different machines,
+    and they train together over gloo."""
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  parallelism: {choices: [single, ddp]}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotune.cli", "search", "--model", "tests.toy_task:make_task",
+         "--space", str(space), "--address", cluster.address, "--workers-per-trial", "2",
+         "--placement", "spread", "--trials", "3", "--seed", "1", "--target", "1.01",
+         "--max-trial-time", "1s", "--results-dir", str(tmp_path / "results")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster.env,
+        cwd=str(ROOT),
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out[-3000:]  # target unreachable: trials train to their end
+    records = _records(tmp_path)
+    assert len(records) == 3
+    assert all(r["status"] in (objective.NOT_REACHED, objective.STOPPED) for r in records), \
+        [(r["status"], r["message"]) for r in records]
+    parallel = [r for r in records if r["recipe"]["parallelism"] == "ddp"]
+    assert parallel, "the sampler proposed no ddp trial; change --seed"
+    for r in parallel:
+        assert r["recipe"]["workers"] == 2
+        assert len(set(r["worker_nodes"])) == 2, r["worker_nodes"]
+        assert r["steps"] > 0 and r["examples"] == r["steps"] * r["recipe"]["batch_size"] * 2

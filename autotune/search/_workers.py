@@ -1,16 +1,17 @@
 """The workers of a multi-worker trial as Ray actors that Ray places, on one machine or several.
 
 A data-parallel or sharded trial (``recipe.workers > 1``) is one Ray Tune trial that holds a
-placement group: bundle 0 for the trial's own process (a sliver of a CPU: it only forwards
-progress), then one bundle per worker (its CPUs, and one GPU on GPU machines). Tune reserves
-the group before the trial starts and frees it when the trial ends or is stopped early. Each
-worker is an actor scheduled into its bundle; the actors are owned by the trial's process, so
-an early-stopped or failed trial takes its workers with it and leaves nothing reserved.
+placement group of one bundle per worker (its CPUs, and one GPU on GPU machines); the trial's
+own process takes no resources (Tune's empty head bundle: it only forwards progress) and runs
+beside worker 0. Tune reserves the group before the trial starts and frees it when the trial
+ends or is stopped early. Each worker is an actor scheduled into its bundle; the actors are
+owned by the trial's process, so an early-stopped or failed trial takes its workers with it
+and leaves nothing reserved.
 
 Bundles are placed with ``PACK`` by default (one machine when they fit there, spilling to
-others when not) or ``SPREAD`` (one worker per machine where possible). Worker 0's machine
-hosts the rendezvous (``MASTER_ADDR`` is its node address, the port one it found free); the
-group is gloo on CPUs and NCCL on GPUs. Every worker runs
+others when not) or ``STRICT_SPREAD`` (``--placement spread``: one worker per machine).
+Worker 0's machine hosts the rendezvous (``MASTER_ADDR`` is its node address, the port one it
+found free); the group is gloo on CPUs and NCCL on GPUs. Every worker runs
 ``autotune.train.distributed.worker_main``, the same code as the one-machine launcher.
 
 A worker that dies (crash, OOM killer, machine lost) surfaces as Ray's ``ActorDiedError``:
@@ -35,24 +36,27 @@ from autotune import objective
 from autotune.recipe import Recipe
 from autotune.tasks import Task
 
-TRIAL_CPU = 0.01
-"""CPU share of a multi-worker trial's own process (bundle 0): it only waits and forwards."""
-
 POLL_SECONDS = 0.5
+
+
+STRATEGIES = {"PACK": "PACK", "SPREAD": "STRICT_SPREAD"}
 
 
 def placement(workers: int, trial_cpus: float, gpus: bool, strategy: str = "PACK") -> Any:
     """The placement group of a trial with ``workers`` workers.
 
     On GPUs each worker gets one GPU and ``trial_cpus`` CPUs; on CPUs the workers share
-    ``trial_cpus`` (a node's CPUs by default) minus the trial's own sliver."""
+    ``trial_cpus`` (a node's CPUs by default) when packed, or each get them when spread over
+    machines. The empty first bundle is the trial's own process."""
     from ray.tune import PlacementGroupFactory
 
     if gpus:
         worker = {"CPU": float(trial_cpus), "GPU": 1.0}
+    elif strategy == "SPREAD":
+        worker = {"CPU": float(trial_cpus)}
     else:
-        worker = {"CPU": round(max(TRIAL_CPU, trial_cpus - TRIAL_CPU) / workers, 4)}
-    return PlacementGroupFactory([{"CPU": TRIAL_CPU}] + [worker] * workers, strategy=strategy)
+        worker = {"CPU": round(trial_cpus / workers, 4)}
+    return PlacementGroupFactory([{}] + [worker] * workers, strategy=STRATEGIES[strategy])
 
 
 class _Worker:
@@ -112,10 +116,10 @@ class RayLauncher:
 
         pg = get_current_placement_group()
         n = recipe.workers
-        if pg is None or len(pg.bundle_specs) < n + 1:
+        if pg is None or len(pg.bundle_specs) < n:
             return _failed(limits, objective.ERROR, f"the trial holds no placement group for "
                            f"its {n} workers (bundles: {pg.bundle_specs if pg else None})")
-        bundles = pg.bundle_specs[1 : n + 1]
+        bundles = pg.bundle_specs[:n]
         device_type = "cuda" if bundles[0].get("GPU") else "cpu"
         refused = check_launch(task, recipe, limits, device_type, None)
         if refused is not None:
@@ -125,7 +129,7 @@ class RayLauncher:
             remote.options(
                 num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0), max_concurrency=2,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    pg, placement_group_bundle_index=rank + 1),
+                    pg, placement_group_bundle_index=rank),
             ).remote()
             for rank, bundle in enumerate(bundles)
         ]
