@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_estimate(sub)
     return parser
 
 
@@ -144,6 +145,13 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--placement", choices=["pack", "spread"], default="pack",
                    help="how Ray places a multi-worker trial's workers: pack (one machine "
                    "where they fit, default) or spread (over machines)")
+    p.add_argument("--confirm", type=int, default=3, metavar="N",
+                   help="after the search, run the N fastest recipes (and the baseline) again "
+                   "with --confirm-seeds more seeds and pick the lowest median time-to-accuracy "
+                   "(default 3; 0 turns it off); the search keeps a quarter of --time-budget "
+                   "for these runs")
+    p.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
+                   help="further seeds per confirmed recipe (default 2: three runs each)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the interrupted search whose results are in DIR, with its "
                    "settings: finished trials are not run again and the sampler learns from "
@@ -207,6 +215,44 @@ def _add_export(sub: Any) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _add_estimate(sub: Any) -> None:
+    p = sub.add_parser(
+        "estimate", help="predict the peak memory of the space's recipes, without training",
+        description=(
+            "Predict the peak memory per device of every combination of the search space's "
+            "precision, batch size and parallel mode (and activation checkpointing and "
+            "offload where the space varies them), for each worker count, and mark which fit "
+            "the budget. Nothing trains: one training step per model and micro-batch is "
+            "traced on fake tensors, and the parallel mode's sharding is computed. The other "
+            "knobs take their most memory-hungry values in the space (e.g. Adam over SGD)."
+        ),
+        epilog="Example: autotune estimate --model bert --budget 16GB --device cuda",
+    )
+    p.add_argument(
+        "--model", default="bert",
+        help="task: a built-in (bert, mnist) or your own as package.module:function "
+        "returning an autotune.tasks.Task (default: bert)",
+    )
+    p.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        help="keyword argument for the task's factory, repeatable (e.g. size=base for bert)",
+    )
+    p.add_argument("--budget", default=None,
+                   help="peak memory one device may use, e.g. 16GB (10^9), 16GiB (2^30); "
+                   "without it the table only predicts")
+    p.add_argument("--space", default=None,
+                   help="search-space YAML (default: search_spaces/<model>.yaml; for a model "
+                   "without one, fp32/bf16/fp16 x half, once and twice the task's batch size)")
+    p.add_argument("--workers", type=int, action="append", default=None, metavar="N",
+                   help="workers of the parallel modes (ddp, fsdp, zero1-3), repeatable "
+                   "(default: the GPUs here on cuda, else 2)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="device the prediction is for; the task is built for it (bert is "
+                   "BERT-base on cuda, tiny on cpu). No GPU is needed to predict for cuda "
+                   "(default: a GPU where there is one, else the CPU)")
+    p.set_defaults(func=_cmd_estimate)
+
+
 # -- commands -------------------------------------------------------------------------------
 
 
@@ -236,6 +282,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autotune.report import (
         best_recipe_document,
         best_so_far,
+        confirming_line,
         device_description,
         finished_line,
         leaderboard,
@@ -259,6 +306,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.max_trial_time else None
     if args.trials < 1:
         raise UserError(f"--trials must be >= 1, got {args.trials}")
+    if args.confirm < 0 or args.confirm_seeds < 0:
+        raise UserError(f"--confirm and --confirm-seeds must be >= 0, got {args.confirm} and "
+                        f"{args.confirm_seeds}")
     for flag, value in (("--cpus-per-trial", args.cpus_per_trial),
                         ("--gpus-per-trial", args.gpus_per_trial),
                         ("--max-concurrent-trials", args.max_concurrent_trials)):
@@ -294,6 +344,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent_trials=args.max_concurrent_trials, storage_path=args.storage,
         placement_strategy=args.placement.upper(), resume=state is not None,
+        confirm_top=args.confirm, confirm_seeds=args.confirm_seeds,
     )
     if state is None:
         _save_search_args(args, results_dir, space_path)
@@ -309,6 +360,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     def on_event(kind: str, record: dict[str, Any]) -> None:
         if kind == "started":
             print(started_line(record, config.trials), flush=True)
+        elif kind == "confirming":
+            print(confirming_line(record), flush=True)
         else:
             records.append(record)
             print(finished_line(record, config.trials, best_so_far(records)), flush=True)
@@ -366,11 +419,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     write_yaml(output, best_recipe_document(summary, context), header)
     best = summary.best
     print(f"\nbest recipe (trial #{best['trial']}): {Recipe.from_dict(best['recipe']).describe()}")
-    print(f"  time-to-accuracy {best['tta_seconds']:.1f}s to {task.metric} >= {target}, "
+    runs = ""
+    if best.get("tta_runs"):
+        shown = ", ".join("-" if t is None else f"{t:.1f}" for t in best["tta_runs"])
+        runs = f" (median of {len(best['tta_runs'])} seeds: {shown})"
+    print(f"  time-to-accuracy {best['tta_seconds']:.1f}s{runs} to {task.metric} >= {target}, "
           f"peak memory {format_bytes(best.get('peak_memory_bytes'))}")
     baseline_rec = summary.baseline or {}
     base_tta = baseline_rec.get("tta_seconds")
     base_text = f"{base_tta:.1f}s" if base_tta else f"not reached ({baseline_rec.get('status')})"
+    if base_tta and baseline_rec.get("tta_runs"):
+        base_text += f" (median of {len(baseline_rec['tta_runs'])})"
     print(f"  baseline time-to-accuracy {base_text}; speedup {summary.speedup_text()}")
     print(f"wrote {output}")
     return 0
@@ -539,6 +598,63 @@ def cmd_train(args: argparse.Namespace) -> int:
     if claimed:
         print(f"the recipe file claims {claimed:.1f}s: ratio measured/claimed "
               f"{result.tta_seconds / claimed:.2f}")
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    """Print the predicted peak memory of the space's combinations (see ``_add_estimate``)."""
+    from autotune.memory import SAFETY_MARGIN, estimate_recipes
+    from autotune.memory._model_states import optimizer_state_per_param
+    from autotune.report import estimate_table
+    from autotune.space import load_space, parse_space, shipped_space_path
+    from autotune.tasks import load_task
+    from autotune.train import pick_device
+
+    budget = parse_bytes(args.budget) if args.budget is not None else None
+    workers = args.workers or []
+    if any(n < 1 for n in workers):
+        raise UserError(f"--workers must be >= 1, got {min(workers)}")
+    device = pick_device(args.device).type
+    space_path = Path(args.space) if args.space else shipped_space_path(args.model)
+    task = load_task(args.model, device, _task_options(args.task_option))
+    if args.space is None and not space_path.exists():
+        half = max(1, task.default_batch_size // 2)
+        sizes = sorted({half, task.default_batch_size, 2 * task.default_batch_size})
+        space = parse_space(f"knobs:\n  precision: {{choices: [fp32, bf16, fp16]}}\n"
+                            f"  batch_size: {{choices: {sizes}}}\n", source="default grid")
+        space_text = f"no space ships for {args.model!r}: default grid"
+    else:
+        space = load_space(space_path)
+        space_text = str(space_path)
+    if not workers:
+        import torch
+
+        workers = [max(2, torch.cuda.device_count())] if device == "cuda" else [2]
+    baseline = baseline_recipe(task.default_batch_size, task.default_lr)
+
+    def hungriest_optimizer(values: tuple) -> str:
+        return max(values, key=lambda o: optimizer_state_per_param(baseline.replace(optimizer=o)))
+
+    pick = {"optimizer": hungriest_optimizer, "accumulation_steps": max, "prune_ratio": max}
+    grid = space.grid(baseline, ["precision", "batch_size", "parallelism", "checkpointing",
+                                 "offload"], pick)
+    recipes = [r if r.parallelism == "single" else r.replace(workers=n)
+               for r in grid for n in ([1] if r.parallelism == "single" else workers)]
+    base = grid[0] if grid else baseline
+    print(f"predicted peak memory per device of {args.model} on {device} (nothing trains): "
+          f"space {space_text}; optimizer {base.optimizer}, accumulation_steps "
+          f"{max(r.accumulation_steps for r in grid)}, prune_ratio "
+          f"{max(r.prune_ratio for r in grid):g} (the space's most memory-hungry values)",
+          flush=True)
+    rows = estimate_recipes(task, recipes, budget, device)
+    print(estimate_table(rows, budget))
+    if budget is None:
+        return 0
+    fitting = sum(1 for r in rows if r.get("fits"))
+    runnable = sum(1 for r in rows if r.get("prediction"))
+    print(f"{fitting} of {runnable} combinations fit the budget of {args.budget} "
+          f"({format_bytes(budget)}) per device: predicted peak x {1 + SAFETY_MARGIN:g} "
+          "(safety margin) within it. A search launches no recipe predicted not to fit.")
     return 0
 
 

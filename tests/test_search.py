@@ -31,6 +31,7 @@ def search_run(tmp_path_factory):
     code = main([
         "search", "--model", "tests.toy_task:make_task", "--space", str(space),
         "--budget", "16GB", "--trials", "4", "--time-budget", "3m", "--seed", "0",
+        "--confirm", "1", "--confirm-seeds", "1",
         "--results-dir", str(results), "--output", str(output),
     ])
     return code, results, output
@@ -43,8 +44,15 @@ def test_search_exits_cleanly(search_run):
 
 def test_every_trial_is_on_disk_with_recipe_and_measurements(search_run):
     _, results, _ = search_run
-    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    everything = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    records = [r for r in everything if r["rerun_of"] is None]
     assert len(records) == 4
+    # confirmation: the fastest recipe and the baseline ran again with seed 1
+    reruns = [r for r in everything if r["rerun_of"] is not None]
+    assert 1 <= len(reruns) <= 2, reruns
+    originals = {r["trial"]: r for r in records}
+    for r in reruns:
+        assert r["seed"] == 1 and r["recipe"] == originals[r["rerun_of"]]["recipe"]
     assert records[0]["is_baseline"] and records[0]["recipe"]["precision"] == "fp32"
     assert records[0]["recipe"]["lr"] == 1e-2 and records[0]["recipe"]["optimizer"] == "adamw"
     for r in records:
@@ -62,6 +70,11 @@ def test_best_recipe_yaml_holds_recipe_measurements_and_speedup(search_run):
     assert recipe.to_dict() == doc["recipe"]
     measured = doc["measured"]
     assert measured["tta_seconds"] > 0 and measured["peak_memory_bytes"] > 0
+    # the winner's TTA is the median of its runs (first seed and the confirmation seed)
+    assert measured["tta_seeds"] == [0, 1] and measured["tta_is_median_of"] == 2
+    runs = measured["tta_runs"]
+    assert measured["tta_seconds"] == pytest.approx(sum(runs) / 2)
+    assert measured["tta_spread"] == [min(runs), max(runs)]
     assert doc["task"]["name"] == "tests.toy_task:make_task" and doc["task"]["target"] == 0.9
     assert doc["search"]["seed"] == 0 and doc["search"]["budget_bytes"] == 16 * 10**9
     assert {"python", "torch", "ray", "optuna"} <= set(doc["versions"])
@@ -156,6 +169,7 @@ def test_search_over_parallel_modes_runs_each_with_two_workers(tmp_path):
     code = main([
         "search", "--model", "tests.toy_task:make_task", "--space", str(space),
         "--trials", "5", "--workers-per-trial", "2", "--results-dir", str(results),
+        "--confirm", "0",
     ])
     assert code == 0
     records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]

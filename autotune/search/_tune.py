@@ -70,6 +70,23 @@ class SearchConfig:
     """Where Ray Tune keeps its experiment files (a shared filesystem or ``s3://``/``gs://``
     URI on a cluster); default ``results_dir/ray``. autotune's own records are always written
     by the driver to ``results_dir``."""
+    confirm_top: int = 3
+    """After the search, the fastest ``confirm_top`` recipes (and the baseline, if it reached
+    the target) run again with ``confirm_seeds`` further seeds, and the winner is the recipe
+    with the lowest median time-to-accuracy: one lucky seed does not make a winner."""
+    confirm_seeds: int = 2
+    confirm_share: float = 0.25
+    """Share of ``time_budget_s`` kept for the confirmation runs: the search proposes no new
+    trial after ``(1 - confirm_share) x time_budget_s``; confirmation runs then run to the
+    end."""
+    sampler: str = "tpe"
+    """``tpe`` (Optuna's TPE, the default) or ``random`` (Optuna's RandomSampler; for
+    benchmarks)."""
+    scheduler: str = "asha"
+    """``asha`` (ASHA + time-aware stopping, the default) or ``fifo`` (every trial runs to the
+    target or its limit; for benchmarks)."""
+    warm_start: bool = True
+    """Evaluate the task's suggested recipes right after the baseline."""
     resume: bool = False
     """Continue the search whose records are in ``results_dir``: finished trials are not run
     again and Optuna starts from their measurements; trials that were running when it stopped
@@ -111,9 +128,10 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
     start = time.time()
     prior = read_records(config.results_dir) if config.resume else []
     done = [r for r in prior if r.get("status") != objective.INTERRUPTED]
-    remaining = config.trials - len(done)
+    searched = [r for r in done if r.get("rerun_of") is None]
+    remaining = config.trials - len(searched)
     storage = config.storage_path or str((config.results_dir / "ray").resolve())
-    if remaining <= 0:
+    if remaining <= 0 and not confirm_points(config, done):
         return SearchOutcome(records=done, wall_seconds=0.0, ray_dir=storage)
     own_ray = _init_ray(config)
     # After ray.init, which installs its own SIGTERM handler in the driver: SIGTERM (a job
@@ -122,36 +140,52 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
     try:
         warm = warm_start_points(config)
         points = _points_to_run(config, warm, prior, remaining)
-        searcher = _make_searcher(config, points, start, done)
-        scheduler = _make_scheduler(config, done)
         recorder = _Recorder(config, on_event, warm_points=warm, first_number=len(done) + 1)
         base = _trial_resources(config)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, setup=_TrialSetup.from_config(config)),
             lambda params: _resources_for(base, params, config),
         )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=remaining,
-                max_concurrent_trials=_max_concurrent(config, base),
-                reuse_actors=False,
-            ),
-            run_config=tune.RunConfig(
-                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}" if config.resume else "tune",
-                storage_path=storage,
-                callbacks=[recorder],
-                verbose=0,
-                log_to_file=True,
-            ),
-        )
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            recorder.record_interrupted()
-            raise
+        concurrent = _max_concurrent(config, base)
+        phases = []
+        if remaining > 0:
+            phases.append(("search", _make_searcher(config, points, start, searched),
+                           _make_scheduler(config, done), remaining))
+        phases.append(("confirm", None, None, 0))
+        for phase, searcher, scheduler, samples in phases:
+            space = None
+            if phase == "confirm":
+                reruns = confirm_points(config, done + recorder.records)
+                if not reruns:
+                    break
+                if on_event:
+                    on_event("confirming", {"trials": len(reruns), "seeds": config.confirm_seeds,
+                                            "recipes": len({p["_rerun_of"] for p in reruns})})
+                space = {"_point": tune.grid_search(reruns)}
+                samples = 1
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=samples,
+                    max_concurrent_trials=concurrent,
+                    reuse_actors=False,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
+                    storage_path=storage,
+                    callbacks=[recorder],
+                    verbose=0,
+                    log_to_file=True,
+                ),
+            )
+            try:
+                tuner.fit()
+            except KeyboardInterrupt:
+                recorder.record_interrupted()
+                raise
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
@@ -162,6 +196,47 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
         wall_seconds=time.time() - start,
         ray_dir=storage,
     )
+
+
+def confirm_points(config: SearchConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The confirmation runs still to do: for the ``confirm_top`` fastest distinct recipes
+    that reached the target, and the baseline if it did, each further seed not yet run. A
+    point is the trial's params plus ``_seed``, ``_rerun_of`` (the original trial's number)
+    and ``_max_train_seconds`` (3x the original's time-to-accuracy: a rerun slower than that
+    cannot change the ranking)."""
+    if config.confirm_top <= 0 or config.confirm_seeds <= 0:
+        return []
+    originals = [r for r in records if r.get("rerun_of") is None
+                 and r.get("status") == objective.REACHED and r.get("tta_seconds")]
+    ranked: list[dict[str, Any]] = []
+    for r in sorted(originals, key=lambda r: r["tta_seconds"]):
+        if all(r.get("recipe") != other.get("recipe") for other in ranked):
+            ranked.append(r)
+    chosen = ranked[: config.confirm_top]
+    baseline = next((r for r in ranked if r.get("is_baseline")), None)
+    if baseline is not None and baseline not in chosen:
+        chosen.append(baseline)
+    points = []
+    for r in chosen:
+        seen = {x.get("seed") for x in records if x.get("rerun_of") == r["trial"]
+                and x.get("status") != objective.INTERRUPTED}
+        for k in range(1, config.confirm_seeds + 1):
+            if config.seed + k in seen:
+                continue
+            points.append({**r["params"], "_seed": config.seed + k, "_rerun_of": r["trial"],
+                           "_max_train_seconds": min(config.max_train_seconds,
+                                                     3.0 * r["tta_seconds"] + 1.0)})
+    return points
+
+
+def _unwrap(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's point: a confirmation run's config is ``{"_point": point}`` (a grid)."""
+    return dict(config.get("_point", config))
+
+
+def _search_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config without the confirmation-run keys (``_seed``, ...)."""
+    return {k: v for k, v in _unwrap(params).items() if not k.startswith("_")}
 
 
 def _sigterm_as_interrupt() -> Any:
@@ -268,7 +343,7 @@ def _resources_for(base: dict[str, float], params: dict[str, Any],
     from autotune.search._workers import placement
 
     try:
-        workers = recipe_for(params, config.space, config.baseline,
+        workers = recipe_for(_search_params(params), config.space, config.baseline,
                              config.workers_per_trial).workers
     except ConfigError:
         return base  # the trial reports the invalid recipe at once
@@ -294,7 +369,7 @@ def _max_concurrent(config: SearchConfig, base: dict[str, float]) -> int:
 def warm_start_points(config: SearchConfig) -> list[dict[str, Any]]:
     """The baseline's point first, then each suggested recipe's that lies in the space."""
     points = [config.space.point_for(config.baseline)]
-    for recipe in config.suggestions:
+    for recipe in config.suggestions if config.warm_start else ():
         try:
             point = config.space.point_for(recipe)
         except ConfigError:
@@ -314,7 +389,9 @@ def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: fl
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    deadline = None if config.time_budget_s is None else start + config.time_budget_s
+    share = config.confirm_share if config.confirm_top > 0 and config.confirm_seeds > 0 else 0.0
+    deadline = None if config.time_budget_s is None else \
+        start + config.time_budget_s * (1.0 - share)
 
     class _DeadlineOptunaSearch(OptunaSearch):
         """Optuna's proposals until the search's time budget is spent; then no new trials."""
@@ -337,8 +414,9 @@ def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: fl
         mode="min",
         points_to_evaluate=points or None,
         # A resumed search draws a different stream, so it does not re-propose the same points.
-        sampler=optuna.samplers.TPESampler(seed=config.seed + len(done or []),
-                                           n_startup_trials=5),
+        sampler=optuna.samplers.RandomSampler(seed=config.seed + len(done or []))
+        if config.sampler == "random" else
+        optuna.samplers.TPESampler(seed=config.seed + len(done or []), n_startup_trials=5),
         storage=storage,
         study_name="autotune",
     )
@@ -365,8 +443,11 @@ def _frozen_trial(space: SearchSpace, record: dict[str, Any]) -> Any:
 
 def _make_scheduler(config: SearchConfig, done: list[dict[str, Any]] | None = None) -> Any:
     """ASHA on accuracy at equal training time, plus time-aware stopping (see
-    ``TimeAwareASHA``)."""
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+    ``TimeAwareASHA``); ``fifo`` lets every trial run to its end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+    if config.scheduler == "fifo":
+        return FIFOScheduler()
 
     class TimeAwareASHA(ASHAScheduler):
         """ASHA, and: a trial that has trained ``time_margin`` x the best time-to-accuracy so far
@@ -450,6 +531,10 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
     from autotune.tasks import load_task
     from autotune.train import TrialLimits, pick_device, run_trial
 
+    params = _unwrap(params)
+    seed = int(params.get("_seed", setup.seed))
+    max_train = float(params.get("_max_train_seconds", setup.max_train_seconds))
+    params = _search_params(params)
     try:
         recipe = recipe_for(params, setup.space, setup.baseline, setup.workers_per_trial)
     except ConfigError as exc:
@@ -458,15 +543,15 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
     device = pick_device(setup.device)
     task = load_task(setup.model, device.type, setup.task_options)
     limits = TrialLimits(
-        max_train_seconds=setup.max_train_seconds,
+        max_train_seconds=max_train,
         eval_every_seconds=task.eval_every_seconds,
         target=setup.target,
         budget_bytes=setup.budget_bytes,
-        seed=setup.seed,
+        seed=seed,
     )
     reporter = _ThrottledReport(setup.report_interval_s, recipe)
     node = ray.get_runtime_context().get_node_id()
-    reporter.extra.update(node_id=node, worker_nodes=[node])
+    reporter.extra.update(node_id=node, worker_nodes=[node], seed=seed)
     launcher = RayLauncher(
         on_placed=lambda nodes: reporter.extra.update(worker_nodes=[n["node_id"] for n in nodes])
     )
@@ -545,20 +630,25 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
     def _recipe(self, trial: Any) -> dict[str, Any] | None:
         try:
             c = self.config
-            return recipe_for(trial.config, c.space, c.baseline, c.workers_per_trial).to_dict()
+            return recipe_for(_search_params(trial.config), c.space, c.baseline,
+                              c.workers_per_trial).to_dict()
         except (ConfigError, TypeError):
             return None
 
-    def _roles(self, trial: Any) -> dict[str, bool]:
-        params = dict(trial.config)
-        return {"is_baseline": params == self.baseline_point,
-                "warm_start": params in self.warm_points}
+    def _roles(self, trial: Any) -> dict[str, Any]:
+        """Baseline / warm start / confirmation run of which trial, with which seed."""
+        params = _search_params(trial.config)
+        point = _unwrap(trial.config)
+        rerun_of = point.get("_rerun_of")
+        return {"is_baseline": params == self.baseline_point and rerun_of is None,
+                "warm_start": params in self.warm_points and rerun_of is None,
+                "rerun_of": rerun_of, "seed": point.get("_seed", self.config.seed)}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running[trial.trial_id] = trial
         number = self._number(trial)
         record = {"trial": number, "trial_id": trial.trial_id, "recipe": self._recipe(trial),
-                  "params": dict(trial.config), **self._roles(trial)}
+                  "params": _search_params(trial.config), **self._roles(trial)}
         if self.on_event:
             self.on_event("started", record)
 
@@ -604,7 +694,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
             "trial_id": trial.trial_id,
             **self._roles(trial),
             "recipe": self._recipe(trial),
-            "params": dict(trial.config),
+            "params": _search_params(trial.config),
             "status": status,
             "score": objective.score(status, result.get("tta_seconds"), result.get("best_metric"),
                                      c.target, c.max_train_seconds),
