@@ -620,6 +620,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
         self.numbers: dict[str, int] = {}
         self.last: dict[str, dict[str, Any]] = {}
         self.running: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
         self.path = config.results_dir / TRIALS_FILE
 
     def _number(self, trial: Any) -> int:
@@ -646,6 +647,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running[trial.trial_id] = trial
+        self.started[trial.trial_id] = time.time()
         number = self._number(trial)
         record = {"trial": number, "trial_id": trial.trial_id, "recipe": self._recipe(trial),
                   "params": _search_params(trial.config), **self._roles(trial)}
@@ -702,6 +704,7 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
             "node_ip": result.get("node_ip"),
             "node_id": result.get("node_id"),
             "hostname": result.get("hostname"),
+            "started_at": self.started.pop(trial.trial_id, None),
             "finished_at": time.time(),
         }
         for key in ("tta_seconds", "best_metric", "last_metric", "train_seconds", "eval_seconds",
