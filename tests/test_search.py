@@ -212,10 +212,10 @@ def test_early_stopped_multi_worker_trials_free_their_workers(tmp_path):
     from tests.toy_task import make_task
 
     space = parse_space("knobs:\n  parallelism: {value: ddp}\n"
-                        "  lr: {choices: [0.00003, 0.03]}\n  batch_size: {choices: [16, 32]}\n")
+                        "  lr: {choices: [0.000001, 0.03]}\n  batch_size: {choices: [16, 32]}\n")
     config = SearchConfig(
         model="tests.toy_task:make_task", space=space,
-        baseline=Recipe(parallelism="ddp", workers=2, lr=3e-5), target=1.01,
+        baseline=Recipe(parallelism="ddp", workers=2, lr=1e-6), target=1.01,
         max_train_seconds=3.0, results_dir=tmp_path, trials=4, seed=0,
         report_interval_s=0.2, grace_period_s=0.3, workers_per_trial=2,
     )

@@ -171,7 +171,9 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
                     scheduler=scheduler,
                     num_samples=samples,
                     max_concurrent_trials=concurrent,
-                    reuse_actors=False,
+                    # One trial process serves trial after trial (of the same resource shape):
+                    # torch and the task's data are loaded once, not per trial.
+                    reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -528,7 +530,6 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
     from ray import tune
 
     from autotune.search._workers import RayLauncher
-    from autotune.tasks import load_task
     from autotune.train import TrialLimits, pick_device, run_trial
 
     params = _unwrap(params)
@@ -541,7 +542,7 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
         tune.report(_invalid_result(exc, params, setup))
         return
     device = pick_device(setup.device)
-    task = load_task(setup.model, device.type, setup.task_options)
+    task = _task_for(setup.model, device.type, setup.task_options)
     limits = TrialLimits(
         max_train_seconds=max_train,
         eval_every_seconds=task.eval_every_seconds,
@@ -556,6 +557,21 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
         on_placed=lambda nodes: reporter.extra.update(worker_nodes=[n["node_id"] for n in nodes])
     )
     run_trial(task, recipe, limits, report=reporter, device=str(device), launch=launcher)
+
+
+_TASKS: dict[str, Any] = {}
+
+
+def _task_for(model: str, device_type: str, options: dict[str, Any]) -> Any:
+    """The task, built once per trial process (Tune reuses the process for later trials):
+    its data is read and tokenized once, not per trial. Every trial builds its own model."""
+    from autotune.tasks import load_task
+
+    key = json.dumps([model, device_type, options], sort_keys=True, default=str)
+    if key not in _TASKS:
+        _TASKS.clear()
+        _TASKS[key] = load_task(model, device_type, options)
+    return _TASKS[key]
 
 
 class _ThrottledReport:
