@@ -136,7 +136,8 @@ def configure(
     """Apply ``recipe`` to ``model`` as a trial does, for a training loop of your own.
 
     Moves ``model`` to ``device`` (default: a GPU if there is one, else the CPU) in training
-    mode, prunes it in place (``prune_ratio``), and builds the optimizer over its parameters,
+    mode, turns on activation checkpointing (``checkpointing``), prunes it in place
+    (``prune_ratio``), and builds the optimizer over its parameters,
     the learning-rate scheduler and, for fp16, the grad scaler. Raises ``UserError`` for a
     multi-worker recipe.
     """
@@ -144,6 +145,8 @@ def configure(
     dev = pick_device(str(device) if device is not None else None)
     model = model.to(dev)
     model.train()
+    if recipe.checkpointing:
+        knobs.apply_checkpointing(model)
     masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
     optimizer = knobs.build_optimizer(model.parameters(), recipe)
     return Configured(

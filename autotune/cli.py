@@ -245,7 +245,7 @@ def _add_estimate(sub: Any) -> None:
                    "without one, fp32/bf16/fp16 x half, once and twice the task's batch size)")
     p.add_argument("--workers", type=int, action="append", default=None, metavar="N",
                    help="workers of the parallel modes (ddp, fsdp, zero1-3), repeatable "
-                   "(default: the GPUs here on cuda, else 2)")
+                   "(default: this machine's GPU count for cuda, at least 2; 2 for cpu)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="device the prediction is for; the task is built for it (bert is "
                    "BERT-base on cuda, tiny on cpu). No GPU is needed to predict for cuda "
@@ -404,9 +404,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         hint = ""
         if counts.get(objective.INFEASIBLE):
-            hint = (" Infeasible trials ran out of memory or exceeded the budget (on a CPU the "
-                    "budget counts the whole process, about 0.5-1 GiB with no model): raise "
-                    "--budget.")
+            hint = (" Infeasible trials were predicted over the budget, ran out of memory or "
+                    "exceeded it: raise --budget (autotune estimate shows what fits).")
         raise UserError(
             f"no trial reached the target {task.metric} {target} (best seen: {best_metric:.4f}; "
             f"trials: {states}).{hint} Every trial's measurements are in "

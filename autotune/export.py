@@ -289,6 +289,8 @@ def hf_training_arguments(
     }
     if recipe.optimizer == "sgd":
         kwargs["optim_args"] = f"momentum={recipe.momentum}"
+    if recipe.checkpointing:
+        kwargs["gradient_checkpointing"] = True
     if recipe.parallelism == "fsdp":
         kwargs["fsdp"] = True
         kwargs["fsdp_config"] = {"version": 2, "reshard_after_forward": True,

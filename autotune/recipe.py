@@ -58,6 +58,10 @@ class Recipe:
     """Devices (processes) one training run uses; 1 for ``single``."""
     offload: bool = False
     """Offload optimizer state (and ZeRO-3 parameters) to CPU memory; ZeRO modes only."""
+    checkpointing: bool = False
+    """Activation (gradient) checkpointing: keep only each transformer block's inputs in the
+    forward pass and recompute the rest in the backward pass. Trades about one more forward
+    pass of compute for activation memory; often what lets a larger batch fit a budget."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -163,6 +167,7 @@ _SHORT = {
     "optimizer": "opt",
     "weight_decay": "wd",
     "parallelism": "par",
+    "checkpointing": "ckpt",
 }
 
 

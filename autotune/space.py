@@ -30,7 +30,7 @@ object with Optuna's ``suggest_categorical/suggest_int/suggest_float`` methods.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -168,6 +168,42 @@ class SearchSpace:
                 return k
         raise KeyError(name)
 
+    def grid(
+        self,
+        baseline: Recipe,
+        vary: Sequence[str],
+        pick: Mapping[str, Callable[[tuple[Any, ...]], Any]] | None = None,
+    ) -> list[Recipe]:
+        """Recipes for every combination of the knobs in ``vary`` (their choices; for a range,
+        its bounds and the powers of two between them), conditions respected, in file order.
+
+        Each knob in ``pick`` takes one value, ``pick[name](values)`` of the definition that
+        applies (e.g. the most memory-hungry optimizer); every other knob keeps the
+        baseline's value. Used by ``autotune estimate`` to tabulate predicted memory.
+        """
+        pick = dict(pick or {})
+        points: list[dict[str, Any]] = [{}]
+        for knob in self.knobs:
+            name = knob.knob
+            if name not in vary and name not in pick:
+                continue
+            expanded = []
+            for point in points:
+                if not knob.applies({**baseline.to_dict(), **point}):
+                    expanded.append(point)
+                    continue
+                values = knob.choices if knob.choices is not None else _grid_values(knob)
+                if name in pick:
+                    values = (pick[name](values),)
+                expanded += [{**point, name: value} for value in values]
+            points = expanded
+        recipes: list[Recipe] = []
+        for point in points:
+            recipe = baseline.replace(**point)
+            if recipe not in recipes:
+                recipes.append(recipe)
+        return recipes
+
     def size_hint(self) -> str:
         """Short description for progress output: knob names and their ranges."""
         parts = []
@@ -180,6 +216,21 @@ class SearchSpace:
 
 
 # -- loading --------------------------------------------------------------------------------
+
+
+def _grid_values(knob: Knob) -> tuple[Any, ...]:
+    """A range's values for a grid: its bounds, and for an int range the powers of two
+    between them (batch sizes)."""
+    assert knob.low is not None and knob.high is not None
+    values = [knob.low, knob.high]
+    if knob.kind is int:
+        power = 1
+        while power < knob.high:
+            if power > knob.low:
+                values.append(power)
+            power *= 2
+        values = [int(v) for v in values]
+    return tuple(sorted(set(values)))
 
 
 def shipped_space_path(model: str) -> Path:

@@ -126,3 +126,11 @@ def test_fit_trains_the_toy_task_to_its_target():
     assert result.best_metric >= task.target and result.tta_seconds is not None
     assert isinstance(configure(Recipe(), _model(), device="cpu"), Configured)
     assert autotune.fit is fit
+
+
+def test_checkpointing_recipe_checkpoints_the_users_model():
+    from autotune.tasks import load_task
+
+    model = load_task("bert").build_model()
+    done = configure(Recipe(checkpointing=True), model, device="cpu")
+    assert done.model.is_gradient_checkpointing  # transformers' own switch, turned on

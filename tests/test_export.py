@@ -302,6 +302,7 @@ HF_CASES = [
            warmup_steps=5, decay_steps=40),
     Recipe(optimizer="sgd", parallelism="zero3", offload=True, schedule="linear",
            decay_steps=40),
+    Recipe(precision="bf16", checkpointing=True),
 ]
 
 
@@ -323,6 +324,7 @@ def test_hf_arguments_build_the_trainers_optimizer_and_schedule(recipe, tmp_path
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to="none", **kwargs)
     assert args.per_device_train_batch_size == recipe.batch_size
     assert args.gradient_accumulation_steps == recipe.accumulation_steps
+    assert args.gradient_checkpointing == recipe.checkpointing
     assert args.bf16 == (recipe.precision == "bf16")
     assert bool(args.fsdp) == (recipe.parallelism == "fsdp")
     if ds_path:

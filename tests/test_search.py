@@ -246,3 +246,38 @@ def test_a_crashed_trial_process_is_recorded_and_the_search_goes_on(tmp_path):
         assert "died" in r["message"] or "exit" in r["message"], r["message"]
     assert all(r["status"] == objective.NOT_REACHED for r in records
                if r["recipe"]["batch_size"] == 32)
+
+
+def test_a_tight_budget_launches_no_trial_that_exceeds_it(tmp_path):
+    """Recipes predicted over the budget are recorded as infeasible with their prediction and
+    never launched; every launched trial's measured peak fits."""
+    from autotune.memory import predict_peak
+    from autotune.tasks import load_task
+
+    task = load_task("tests.toy_task:make_task")
+    small = predict_peak(task, Recipe(batch_size=32, lr=1e-2)).peak_bytes
+    large = predict_peak(task, Recipe(batch_size=256, lr=1e-2)).peak_bytes
+    assert large > 1.3 * small
+    budget = int((small * 1.1 + large) / 2)
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  batch_size: {choices: [32, 256]}\n"
+                     "  lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    results = tmp_path / "results"
+    main(["search", "--model", "tests.toy_task:make_task", "--space", str(space),
+          "--budget", f"{budget}B", "--trials", "6", "--confirm", "0", "--seed", "2",
+          "--results-dir", str(results)])
+    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    refused = [r for r in records if not r["launched"]]
+    assert refused, "the sampler proposed no batch of 256; change --seed"
+    for r in refused:
+        assert r["recipe"]["batch_size"] == 256
+        assert r["status"] == objective.INFEASIBLE and "not launched" in r["message"]
+        assert r["predicted_peak_bytes"] > budget / 1.05
+        assert r["steps"] is None if "steps" in r else True
+    launched = [r for r in records if r["launched"]]
+    assert launched
+    for r in launched:
+        assert r["recipe"]["batch_size"] == 32
+        assert r["peak_memory_bytes"] <= budget, r
+        assert r["predicted_peak_bytes"] > 0 and abs(r["prediction_error"]) < 0.15

@@ -151,5 +151,5 @@ def test_trial_on_each_device(toy_task, device):
                        device=device)
     assert result.status == objective.REACHED
     assert result.device.startswith(device)
-    expected_source = "cuda_allocated" if device == "cuda" else "cpu_rss"
+    expected_source = "cuda_allocated" if device == "cuda" else "cpu_tracked"
     assert result.peak_memory_source == expected_source and result.peak_memory_bytes > 0

@@ -22,6 +22,7 @@ from autotune import objective
 from autotune.errors import ConfigError, UserError
 from autotune.recipe import Recipe
 from autotune.space import SearchSpace
+from autotune.units import format_bytes
 
 EventFn = Callable[[str, dict[str, Any]], None]
 """Receives ``("started" | "finished", record)`` as trials start and end."""
@@ -140,8 +141,13 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
     try:
         warm = warm_start_points(config)
         points = _points_to_run(config, warm, prior, remaining)
-        recorder = _Recorder(config, on_event, warm_points=warm, first_number=len(done) + 1)
+        recorder = _Recorder(config, on_event, warm_points=warm, first_number=len(done) + 1,
+                             prior=done)
         base = _trial_resources(config)
+        gate = None
+        if config.budget_bytes is not None:
+            gate = _MemoryGate(config, recorder, "cuda" if base.get("gpu") else "cpu")
+            recorder.predictions = gate.predictions
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, setup=_TrialSetup.from_config(config)),
             lambda params: _resources_for(base, params, config),
@@ -149,7 +155,7 @@ def run_search(config: SearchConfig, on_event: EventFn | None = None) -> SearchO
         concurrent = _max_concurrent(config, base)
         phases = []
         if remaining > 0:
-            phases.append(("search", _make_searcher(config, points, start, searched),
+            phases.append(("search", _make_searcher(config, points, start, searched, gate),
                            _make_scheduler(config, done), remaining))
         phases.append(("confirm", None, None, 0))
         for phase, searcher, scheduler, samples in phases:
@@ -382,7 +388,7 @@ def warm_start_points(config: SearchConfig) -> list[dict[str, Any]]:
 
 
 def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: float,
-                   done: list[dict[str, Any]] | None = None) -> Any:
+                   done: list[dict[str, Any]] | None = None, gate: Any = None) -> Any:
     """OptunaSearch (TPE, seeded) over the space's define-by-run ``suggest``, evaluating
     ``points`` first. ``done`` (a resumed search's finished trials) are added to the study
     as completed trials with their scores, so the sampler learns from them."""
@@ -396,12 +402,31 @@ def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: fl
         start + config.time_budget_s * (1.0 - share)
 
     class _DeadlineOptunaSearch(OptunaSearch):
-        """Optuna's proposals until the search's time budget is spent; then no new trials."""
+        """Optuna's proposals until the search's time budget is spent; then no new trials.
+        With a ``gate`` (the memory check), a proposal predicted not to fit the budget is
+        never launched: the gate records it, Optuna is told its infeasible score at once, and
+        the next proposal is asked for."""
 
         def suggest(self, trial_id: str) -> dict | None:
-            if deadline is not None and time.time() > deadline:
-                return Searcher.FINISHED
-            return super().suggest(trial_id)
+            for attempt in range(MAX_SKIPPED_IN_A_ROW):
+                if deadline is not None and time.time() > deadline:
+                    return Searcher.FINISHED
+                if gate is None:
+                    return super().suggest(trial_id)
+                if gate.exhausted():
+                    return Searcher.FINISHED
+                probe = f"{trial_id}#{attempt}"
+                point = super().suggest(probe)
+                if not isinstance(point, dict):
+                    return point
+                # OptunaSearch keeps the ask()ed Optuna trial under the id it was given.
+                ot_trial = self._ot_trials.pop(probe)
+                penalty = gate.reject(point)
+                if penalty is None:
+                    self._ot_trials[trial_id] = ot_trial
+                    return point
+                self._ot_study.tell(ot_trial, penalty)
+            return Searcher.FINISHED
 
     space = config.space
     storage = optuna.storages.InMemoryStorage()
@@ -441,6 +466,66 @@ def _frozen_trial(space: SearchSpace, record: dict[str, Any]) -> Any:
         return None
     return optuna.trial.create_trial(
         params={k: params[k] for k in dists}, distributions=dists, value=float(score))
+
+
+SAFETY_PCT = 5
+"""The memory gate's safety margin, in percent (``autotune.memory.SAFETY_MARGIN``)."""
+MAX_SKIPPED_IN_A_ROW = 200
+"""Proposals predicted over budget before the search gives up asking (the space hardly fits)."""
+
+
+class _MemoryGate:
+    """The memory check before a trial is launched (``autotune.memory.check_budget``): a
+    recipe whose predicted peak per device does not fit ``budget_bytes`` is recorded as
+    infeasible with its prediction, and never runs. Predictions are cached by model and
+    micro-batch, so the same shape is traced once per search. Launched trials carry their
+    prediction into their record, beside the measured peak."""
+
+    def __init__(self, config: SearchConfig, recorder: _Recorder, device_type: str) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.device_type = device_type
+        self.task: Any = None
+        self.predictions: dict[str, dict[str, Any]] = {}
+
+    def exhausted(self) -> bool:
+        """Every trial of ``config.trials`` has been recorded or is running."""
+        searched = [r for r in self.recorder.all_records() if r.get("rerun_of") is None]
+        return len(searched) + len(self.recorder.running) >= self.config.trials
+
+    def predict(self, point: dict[str, Any]) -> tuple[bool, dict[str, Any] | None, Recipe]:
+        from autotune.memory import check_budget
+        from autotune.train.parallel import unsupported_reason
+
+        c = self.config
+        recipe = recipe_for(_search_params(point), c.space, c.baseline, c.workers_per_trial)
+        if unsupported_reason(recipe, self.device_type):
+            return True, None, recipe  # the trial itself reports why it cannot run
+        if self.task is None:
+            self.task = _task_for(c.model, self.device_type, c.task_options)
+        fits, prediction = check_budget(self.task, recipe, c.budget_bytes, self.device_type)
+        return fits, prediction.to_dict(), recipe
+
+    def reject(self, point: dict[str, Any]) -> float | None:
+        """None when ``point`` may run; else its (infeasible) score, after recording it."""
+        try:
+            fits, prediction, recipe = self.predict(point)
+        except ConfigError:
+            return None  # the trial reports the invalid recipe
+        except Exception as exc:  # noqa: BLE001 - a failed prediction must not stop a search
+            self.predictions[_key(point)] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            return None
+        if prediction is not None:
+            self.predictions[_key(point)] = prediction
+        if fits:
+            return None
+        self.recorder.record_not_launched(point, recipe, prediction or {})
+        return objective.score(objective.INFEASIBLE, None, None, self.config.target,
+                               self.config.max_train_seconds)
+
+
+def _key(point: dict[str, Any]) -> str:
+    return json.dumps(_search_params(point), sort_keys=True, default=str)
 
 
 def _make_scheduler(config: SearchConfig, done: list[dict[str, Any]] | None = None) -> Any:
@@ -626,8 +711,12 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
     trial to ``trials.jsonl`` at once, and forwards events to the CLI."""
 
     def __init__(self, config: SearchConfig, on_event: EventFn | None,
-                 warm_points: list[dict[str, Any]] | None = None, first_number: int = 1) -> None:
+                 warm_points: list[dict[str, Any]] | None = None, first_number: int = 1,
+                 prior: list[dict[str, Any]] | None = None) -> None:
         self.config = config
+        self.prior = list(prior or [])
+        self.predictions: dict[str, dict[str, Any]] = {}
+        """Memory predictions by point (from the memory gate), put in each trial's record."""
         self.baseline_point = config.space.point_for(config.baseline)
         self.warm_points = [p for p in warm_points or [] if p != self.baseline_point]
         self.first_number = first_number
@@ -638,6 +727,33 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
         self.running: dict[str, Any] = {}
         self.started: dict[str, float] = {}
         self.path = config.results_dir / TRIALS_FILE
+
+    def all_records(self) -> list[dict[str, Any]]:
+        """Records of earlier runs of this search (resume) and of this one."""
+        return self.prior + self.records
+
+    def record_not_launched(self, point: dict[str, Any], recipe: Recipe,
+                            prediction: dict[str, Any]) -> None:
+        """A proposal the memory gate refused: recorded as infeasible, with its prediction."""
+        number = len(self.numbers) + self.first_number
+        self.numbers[f"not-launched-{number}"] = number
+        params = _search_params(point)
+        budget = self.config.budget_bytes or 0
+        peak = prediction.get("peak_bytes")
+        record = {
+            "trial": number, "trial_id": None,
+            "is_baseline": params == self.baseline_point, "warm_start": params in self.warm_points,
+            "rerun_of": None, "seed": self.config.seed, "recipe": recipe.to_dict(),
+            "params": params, "status": objective.INFEASIBLE, "launched": False,
+            "score": objective.score(objective.INFEASIBLE, None, None, self.config.target,
+                                     self.config.max_train_seconds),
+            "message": (f"predicted peak {format_bytes(peak)} per device exceeds the budget "
+                        f"{format_bytes(budget)} (with the {SAFETY_PCT}% safety margin): not "
+                        "launched"),
+            "predicted_peak_bytes": peak, "prediction": prediction,
+            "started_at": None, "finished_at": time.time(),
+        }
+        self._write(record)
 
     def _number(self, trial: Any) -> int:
         if trial.trial_id not in self.numbers:
@@ -726,10 +842,20 @@ class _Recorder(_load_tune_callback()):  # type: ignore[misc]
         for key in ("tta_seconds", "best_metric", "last_metric", "train_seconds", "eval_seconds",
                     "setup_seconds", "steps", "examples", "peak_memory_bytes",
                     "peak_memory_source", "peak_reserved_bytes", "peak_rss_bytes", "device",
-                    "worker_nodes", "curve"):
+                    "predicted_peak_bytes", "prediction_error", "tracked_peak_bytes",
+                    "memory_breakdown", "memory_cap_fraction", "worker_nodes", "curve"):
             record[key] = result.get(key)
         if status != objective.REACHED:
             record["tta_seconds"] = None
+        prediction = self.predictions.get(_key(trial.config))
+        if prediction is not None:
+            record["prediction"] = prediction
+            record["predicted_peak_bytes"] = record.get("predicted_peak_bytes") or \
+                prediction.get("peak_bytes")
+        record["launched"] = True
+        self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
         _check_finite(record)
         self.records.append(record)
         with self.path.open("a") as f:

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from autotune.errors import UserError
 from autotune.hardware import bf16_is_fast
@@ -208,7 +209,12 @@ def trim_padding(
     input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut a right-padded batch to its longest sentence (dynamic padding): the median sentence
-    has 26 tokens of the 64 padded, so this roughly halves the work of every step."""
+    has 26 tokens of the 64 padded, so this roughly halves the work of every step.
+
+    A memory estimate (``autotune.memory``) traces a step on fake tensors, whose values are
+    unknown: the batch then keeps its full padded length, the worst case a step can meet."""
+    if is_fake(attention_mask):
+        return input_ids, attention_mask
     length = int(attention_mask.sum(dim=1).max())
     return input_ids[:, :length], attention_mask[:, :length]
 

@@ -1,6 +1,7 @@
 """Applying a recipe to a real training run: the knobs, and the trial loop that times them."""
 
 from autotune.train.knobs import (
+    apply_checkpointing,
     apply_masks,
     autocast_context,
     build_optimizer,
@@ -15,6 +16,7 @@ from autotune.train.loop import TrialLimits, TrialResult, optimizer_step, pick_d
 __all__ = [
     "TrialLimits",
     "TrialResult",
+    "apply_checkpointing",
     "apply_masks",
     "autocast_context",
     "build_optimizer",

@@ -9,12 +9,25 @@ The time-to-accuracy clock counts training only: forward, backward and optimizer
 including data slicing. It is paused for evaluations (which are measured separately) and does
 not include model building or data loading. On a GPU the clock synchronises the device before
 each reading.
+
+Memory (``autotune.memory``): every trial records the predicted peak per device beside the
+measured one. On a GPU the measured peak is the allocator's over the whole trial, and a budget
+smaller than the card caps the process's memory before training starts. On the CPU it is the
+peak of tracked tensor memory of two optimizer steps on the task's largest micro-batch, taken
+during setup on a fresh copy of the model (``measure_step_memory``): tracking every tensor of
+the whole run would slow training, and tracking the first real steps would either charge the
+tracker's overhead to time-to-accuracy or hand the trial steps its clock did not count. The
+peak of a step is reached by its second step (optimizer state exists from the first), and the
+largest micro-batch is the worst a step meets, so this is the peak a budget must hold. The
+copy is built from the same seed and the RNG is reseeded after it, so the timed run is the
+same run as without the measurement (its first steps run on warmed-up kernels).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +38,13 @@ import torch
 from torch import nn
 
 from autotune import objective
-from autotune.memory import is_out_of_memory, read_peak, reset_peak
+from autotune.memory import (
+    TensorTracker,
+    cap_device_memory,
+    is_out_of_memory,
+    read_peak,
+    reset_peak,
+)
 from autotune.recipe import Recipe
 from autotune.tasks import Task, accuracy
 from autotune.train import knobs
@@ -52,6 +71,9 @@ class TrialLimits:
     """Seeds the model's initial weights and the data order."""
     max_steps: int | None = None
     """Optional cap on optimizer steps (tests use it to bound work)."""
+    predicted_peak_bytes: int | None = None
+    """The peak the search predicted for this recipe (``autotune.memory.check_budget``);
+    None: the trial predicts it itself (cached per process)."""
 
     @classmethod
     def for_task(
@@ -95,9 +117,23 @@ class TrialResult:
     examples: int = 0
     """Training examples processed."""
     peak_memory_bytes: int | None = None
+    """Measured peak per device, what the budget is checked against (``peak_memory_source``:
+    ``cuda_allocated`` on a GPU, ``cpu_tracked`` tensor memory on the CPU)."""
     peak_memory_source: str | None = None
     peak_reserved_bytes: int | None = None
+    """GPU only: the caching allocator's peak reservation."""
     peak_rss_bytes: int | None = None
+    """The process's peak resident set size (interpreter and libraries included)."""
+    predicted_peak_bytes: int | None = None
+    """Predicted peak per device (``autotune.memory.predict_peak``), before training."""
+    prediction_error: float | None = None
+    """measured / predicted - 1 (``peak_memory_bytes`` against ``predicted_peak_bytes``)."""
+    tracked_peak_bytes: int | None = None
+    """CPU: peak tracked tensor memory of two optimizer steps on the largest micro-batch."""
+    memory_breakdown: dict[str, int] | None = None
+    """CPU: the tracked peak by kind (parameters, gradients, optimizer, activations)."""
+    memory_cap_fraction: float | None = None
+    """GPU: the fraction of the card the process was capped at (the budget), if capped."""
     device: str = "cpu"
     message: str = ""
     """Why the trial ended without a TTA, in words."""
@@ -277,7 +313,13 @@ def run_trial(
         reason = unsupported_reason(recipe, dev.type)
         if reason:
             raise _Unsupported(reason)
+        result.predicted_peak_bytes = limits.predicted_peak_bytes
+        if result.predicted_peak_bytes is None and rank == 0:
+            result.predicted_peak_bytes = _predict(task, recipe, dev, result)
+        result.memory_cap_fraction = cap_device_memory(dev, limits.budget_bytes)
         reset_peak(dev)
+        if dev.type == "cpu":
+            _measure_cpu_peak(task, recipe, dev, limits.seed, result, world)
         seed_everything(limits.seed)
         model = task.build_model()
         model.train()
@@ -295,6 +337,8 @@ def run_trial(
         if is_out_of_memory(exc):
             result.status = objective.INFEASIBLE
             result.message = f"out of memory: {str(exc).splitlines()[0][:300]}"
+            measured = read_peak(dev, result.tracked_peak_bytes).peak_bytes
+            result.message += _estimator_miss(result, measured, limits)
         else:
             result.status = objective.ERROR
             first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
@@ -387,11 +431,13 @@ def _finish(
     result: TrialResult, limits: TrialLimits, dev: torch.device, final: bool = True
 ) -> None:
     """Fill in memory peaks, the budget verdict and the score."""
-    peak = read_peak(dev)
+    peak = read_peak(dev, result.tracked_peak_bytes)
     result.peak_memory_bytes = peak.peak_bytes
     result.peak_memory_source = peak.source
     result.peak_reserved_bytes = peak.reserved_bytes
     result.peak_rss_bytes = peak.rss_bytes
+    if result.predicted_peak_bytes:
+        result.prediction_error = round(peak.peak_bytes / result.predicted_peak_bytes - 1, 4)
     if (
         final
         and limits.budget_bytes is not None
@@ -401,6 +447,7 @@ def _finish(
         result.message = (
             f"peak memory {peak.peak_bytes} bytes ({peak.source}) exceeds the budget of "
             f"{limits.budget_bytes} bytes; {result.status} before that"
+            + _estimator_miss(result, peak.peak_bytes, limits)
         )
         result.status = objective.INFEASIBLE
         result.tta_seconds = None
@@ -408,3 +455,75 @@ def _finish(
     result.score = objective.score(
         status, result.tta_seconds, result.best_metric, limits.target, limits.max_train_seconds
     )
+
+
+def _predict(task: Task, recipe: Recipe, dev: torch.device, result: TrialResult) -> int | None:
+    """The predicted peak per device (cached per process); None, with a note in the
+    message, when the estimator cannot trace this task."""
+    from autotune.memory import predict_peak
+
+    try:
+        return predict_peak(task, recipe, dev.type).peak_bytes
+    except Exception as exc:  # noqa: BLE001 - a missing estimate must not fail the trial
+        result.message = f"memory estimate failed: {type(exc).__name__}: {exc}"[:300]
+        return None
+
+
+def _estimator_miss(result: TrialResult, measured: int, limits: TrialLimits) -> str:
+    """The estimator's miss in words, for a trial that ran out of memory or over budget (it
+    was predicted to fit, or it would not have been launched)."""
+    predicted = result.predicted_peak_bytes
+    if not predicted:
+        return ""
+    budget = f" of the budget {limits.budget_bytes}" if limits.budget_bytes else ""
+    return (f"; the estimator missed: predicted peak {predicted} bytes{budget}, measured "
+            f"{measured} bytes ({measured / predicted - 1:+.1%})")
+
+
+def _measure_cpu_peak(task: Task, recipe: Recipe, dev: torch.device, seed: int,
+                      result: TrialResult, world: int) -> None:
+    """Fill in the CPU's tracked peak. Should the tracker fail on some model (not for lack of
+    memory), a single-worker trial goes on with the process's RSS as its peak, and says so;
+    the workers of a parallel trial cannot leave their collectives alone, so they fail."""
+    try:
+        phases = measure_step_memory(task, recipe, dev, seed)
+    except Exception as exc:
+        if world > 1 or is_out_of_memory(exc):
+            raise
+        result.message = f"tracked memory unavailable ({type(exc).__name__}: {exc})"[:300]
+        return
+    result.memory_breakdown = max(phases.values(), key=lambda p: p["total"])
+    result.tracked_peak_bytes = result.memory_breakdown["total"]
+
+
+def measure_step_memory(
+    task: Task, recipe: Recipe, dev: torch.device, seed: int, steps: int = 2
+) -> dict[str, dict[str, int]]:
+    """Peak tracked tensor memory of ``steps`` optimizer steps of ``recipe`` on the task's
+    largest micro-batch (``autotune.memory.largest_batch``), live on real tensors: a fresh
+    copy of the model (same seed) is prepared for the recipe's parallel mode inside the
+    tracker (so the mode's own buffers count) and discarded after. Returns the breakdown at
+    the peak (``parameters``, ``gradients``, ``optimizer``, ``activations``, ``total``) of
+    each phase: ``prepare`` (the parallel mode's setup), ``step1``, ``step2``...
+
+    In a multi-worker run every worker calls this at the same point, so the collectives of
+    the parallel mode's setup and steps pair up. Why a copy, during setup: see the module
+    docstring.
+    """
+    from autotune.memory import largest_batch
+    from autotune.train.parallel import prepare
+
+    seed_everything(seed)
+    model = task.build_model()
+    model.train()
+    batch = [t.to(dev) for t in largest_batch(task, recipe.batch_size)]
+    with TensorTracker(model) as tracker:
+        tracker.phase("prepare")
+        prepared = prepare(model, recipe, dev)
+        for i in range(steps):
+            tracker.phase(f"step{i + 1}")
+            prepared.step(task, [batch] * recipe.accumulation_steps, strict=False)
+    peaks = tracker.phase_peaks
+    del prepared, model, batch, tracker
+    gc.collect()
+    return peaks

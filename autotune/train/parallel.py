@@ -135,8 +135,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
-    """Configure ``model`` (already seeded and built, on the CPU or device) for the recipe."""
+    """Configure ``model`` (already seeded and built, on the CPU or device) for the recipe:
+    activation checkpointing and pruning first (on the plain model), then the parallel mode."""
     model = model.to(device)
+    if recipe.checkpointing:
+        knobs.apply_checkpointing(model)
     masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
     mode = recipe.parallelism
     if mode in ZERO_MODES:

@@ -1,0 +1,222 @@
+"""What a parallel mode does to one device's memory, computed from the parameter count.
+
+A single device's step is traced (``autotune.memory._trace``); the parallel modes change its
+model states (parameters, gradients, optimizer state) and add communication buffers, which this
+module computes, for ``N`` workers and ``P`` trainable parameters:
+
+================  =============================================================================
+mode              per device (d = bytes of a weight: 4 for fp32; 2 for DeepSpeed's bf16/fp16)
+================  =============================================================================
+single            the trace as it is
+ddp               + one more copy of the gradients: DDP's buckets (25 MiB each by default,
+                  together as large as all gradients) stay allocated between steps
+fsdp (FSDP2)      parameters, gradients and optimizer state / N; plus, during forward and
+                  backward, the root group's parameters (all but the ModuleList blocks, gathered
+                  for the whole pass), one gathered block, and in the backward pass one block's
+                  unsharded gradients and their reduce-scatter copy
+zero1, zero2      d*P weights; fp32 master partition 4P/N; optimizer state k*P/N (Adam k=8,
+                  SGD with momentum 4); DeepSpeed's gradient bucket ``reduce_bucket_size``
+                  elements of d bytes (x2 with ``overlap_comm``); at the step an fp32 gradient
+                  partition 4P/N (and for ZeRO-2 the d-byte gradient partition)
+zero3             as ZeRO-2 with the weights partitioned too (d*P/N); the d-byte gradient
+                  partition is allocated at setup; during forward and backward the gathered
+                  parameters: d * min(P, stage3_max_live_parameters + stage3_prefetch_bucket)
+offload           master weights, optimizer state and fp32 gradients (ZeRO-3: also the weight
+                  partition) live in host memory: outside a GPU's total, inside a CPU's
+================  =============================================================================
+
+Activations and temporaries come from the trace (for DeepSpeed's bf16/fp16 modes the trace
+casts the weights, as DeepSpeed does). These rules were checked against live measurements of
+2-worker gloo runs (``benchmarks/memory_accuracy.py``). ``model_states`` is the part that
+DeepSpeed's own estimators also compute; ``tests/test_memory.py`` states how they compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.memory._trace import StepTrace
+from autotune.recipe import ZERO_MODES, Recipe
+
+DEEPSPEED_DEFAULTS: dict[str, Any] = {
+    "reduce_bucket_size": 500_000_000,
+    "overlap_comm": None,
+    "stage3_max_live_parameters": 1_000_000_000,
+    "stage3_prefetch_bucket_size": 50_000_000,
+}
+"""DeepSpeed's defaults for the ZeRO settings that size its buffers (``overlap_comm`` None:
+on for ZeRO-3 only); a test checks them against ``DeepSpeedZeroConfig``."""
+
+
+def weight_bytes(recipe: Recipe) -> int:
+    """Bytes of one weight as the recipe's run holds it: DeepSpeed casts the model to bf16 or
+    fp16 in those modes; everything else keeps fp32 weights (autocast computes in 16 bits)."""
+    return 2 if recipe.parallelism in ZERO_MODES and recipe.precision != "fp32" else 4
+
+
+def optimizer_state_per_param(recipe: Recipe) -> int:
+    """Bytes of fp32 optimizer state per parameter: Adam/AdamW keep two moments, SGD with
+    momentum one buffer, plain SGD none."""
+    if recipe.optimizer in ("adam", "adamw"):
+        return 8
+    return 4 if recipe.momentum > 0 else 0
+
+
+def deepspeed_setting(recipe: Recipe, key: str) -> Any:
+    """A ZeRO setting as a trial's DeepSpeed config sets it (``autotune.train.parallel.
+    zero_config``), else DeepSpeed's default."""
+    from autotune.train.parallel import zero_config
+
+    zero = zero_config(recipe, "cuda").get("zero_optimization", {})
+    value = zero.get(key, DEEPSPEED_DEFAULTS[key])
+    if key == "overlap_comm" and value is None:
+        return recipe.parallelism == "zero3"
+    return value
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Model states of one device at the optimizer step, in bytes (see the module table)."""
+
+    parameters: int
+    """Weights held on the device (the device's partition for ZeRO-3 and FSDP)."""
+    gradients: int
+    """Gradients held on the device at the step (16-bit and fp32 partitions for ZeRO)."""
+    optimizer: int
+    """Optimizer state and fp32 master weights on the device."""
+    offloaded: int
+    """Model states held in host memory instead (offload)."""
+
+    @property
+    def device_total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer
+
+
+def model_states(recipe: Recipe, param_count: int) -> ModelStates:
+    """Model states per device at the optimizer step for ``recipe`` with ``param_count``
+    parameters: the part DeepSpeed's ``estimate_zero{2,3}_model_states_mem_needs`` compute
+    (without their buffers for gathered layers, which ``compose`` adds from the trace)."""
+    p, n, d = param_count, recipe.workers, weight_bytes(recipe)
+    k = optimizer_state_per_param(recipe)
+    mode = recipe.parallelism
+    if mode in ("single", "ddp"):
+        grads = 4 * p * (2 if mode == "ddp" else 1)
+        return ModelStates(parameters=4 * p, gradients=grads, optimizer=k * p, offloaded=0)
+    if mode == "fsdp":
+        return ModelStates(parameters=4 * p // n, gradients=4 * p // n, optimizer=k * p // n,
+                           offloaded=0)
+    weights = d * p if mode != "zero3" else d * p // n
+    optimizer = 4 * p // n + k * p // n  # fp32 master partition and optimizer state
+    grads_fp32 = 4 * p // n
+    grads_16 = d * p // n if mode in ("zero2", "zero3") else 0
+    if not recipe.offload:
+        return ModelStates(parameters=weights, gradients=grads_fp32 + grads_16,
+                           optimizer=optimizer, offloaded=0)
+    offloaded = optimizer + grads_fp32 + grads_16 + (weights if mode == "zero3" else 0)
+    return ModelStates(parameters=0 if mode == "zero3" else weights, gradients=0, optimizer=0,
+                       offloaded=offloaded)
+
+
+def compose(trace: StepTrace, recipe: Recipe, device_type: str) -> dict[str, Any]:
+    """The fields of a ``Prediction``: the trace's phases with the recipe's parallel mode
+    applied, and the larger phase taken."""
+    mode = recipe.parallelism
+    if mode == "single":
+        phases = {name: dict(phase) for name, phase in trace.phases.items()}
+        offloaded = 0
+    elif mode == "ddp":
+        phases = {name: _plus(phase, gradients=trace.gradient_bytes)
+                  for name, phase in trace.phases.items()}
+        offloaded = 0
+    elif mode == "fsdp":
+        phases, offloaded = _fsdp(trace, recipe), 0
+    else:
+        phases, offloaded = _zero(trace, recipe)
+    if offloaded and device_type == "cpu":
+        # On the CPU the host is the device: what is offloaded still counts (on a GPU it is
+        # outside the device's categories already).
+        phases = {name: _plus(phase, optimizer=offloaded) for name, phase in phases.items()}
+    name, peak = max(phases.items(), key=lambda kv: kv[1]["total"])
+    method = trace.method if mode == "single" else (
+        f"{trace.method} + analytic {mode} x{recipe.workers}")
+    return {
+        "peak_bytes": peak["total"],
+        "parameters_bytes": peak["parameters"],
+        "gradients_bytes": peak["gradients"],
+        "optimizer_bytes": peak["optimizer"],
+        "activations_bytes": peak["activations"],
+        "offloaded_bytes": offloaded,
+        "device_type": device_type,
+        "parallelism": mode,
+        "workers": recipe.workers,
+        "phase": name,
+        "method": method,
+    }
+
+
+def _plus(phase: dict[str, int], **extra: int) -> dict[str, int]:
+    out = {k: phase.get(k, 0) + extra.get(k, 0)
+           for k in ("parameters", "gradients", "optimizer", "activations")}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _phase(**parts: int) -> dict[str, int]:
+    return _plus({}, **parts)
+
+
+def _fsdp(trace: StepTrace, recipe: Recipe) -> dict[str, dict[str, int]]:
+    """FSDP2 phases. At the trace's forward/backward peak a share of the gradients exists
+    (``g``, the trace's gradients then over all of them); FSDP holds that share of its
+    sharded gradients, and once the backward pass has started, one block's unsharded
+    gradients and their reduce-scatter copy in flight."""
+    n = recipe.workers
+    fb, step = trace.phases["forward_backward"], trace.phases["optimizer_step"]
+    sharded = trace.param_bytes // n + trace.mask_bytes // n
+    block = 4 * trace.block_params
+    root = 4 * (trace.param_count - trace.blocks_total_params)
+    g = fb["gradients"] / trace.gradient_bytes if trace.gradient_bytes else 0.0
+    in_flight = 2 * block if fb["gradients"] else 0
+    return {
+        "forward_backward": _phase(
+            parameters=sharded + root + block,
+            gradients=int(g * trace.gradient_bytes / n) + in_flight,
+            optimizer=trace.optimizer_bytes // n, activations=fb["activations"]),
+        "optimizer_step": _phase(
+            parameters=sharded, gradients=trace.gradient_bytes // n,
+            optimizer=step["optimizer"] // n, activations=step["activations"]),
+    }
+
+
+def _zero(trace: StepTrace, recipe: Recipe) -> tuple[dict[str, dict[str, int]], int]:
+    """ZeRO phases and the offloaded bytes (see the module table)."""
+    n, d, p = recipe.workers, weight_bytes(recipe), trace.param_count
+    stage = int(recipe.parallelism[-1])
+    states = model_states(recipe, p)
+    fb, step = trace.phases["forward_backward"], trace.phases["optimizer_step"]
+    bucket = int(deepspeed_setting(recipe, "reduce_bucket_size")) * d
+    if stage < 3 and deepspeed_setting(recipe, "overlap_comm"):
+        bucket *= 2
+    buffers = trace.param_bytes - d * p + trace.mask_bytes  # buffers and pruning masks
+    gathered = 0
+    if stage == 3:
+        live = int(deepspeed_setting(recipe, "stage3_max_live_parameters")) + int(
+            deepspeed_setting(recipe, "stage3_prefetch_bucket_size"))
+        gathered = d * min(p, live)
+    # The optimizer's temporaries (foreach Adam), as a share of its state, on a partition.
+    temps = max(0, step["optimizer"] - trace.optimizer_bytes) // n
+    held_16 = d * p // n if stage == 3 and not recipe.offload else 0  # allocated at setup
+    resident = states.parameters + buffers
+    optimizer = states.optimizer
+    phases = {
+        "forward_backward": _phase(
+            parameters=resident + gathered, gradients=bucket + held_16 + (
+                fb["gradients"] if stage == 1 else 0),
+            optimizer=optimizer, activations=fb["activations"]),
+        "optimizer_step": _phase(
+            parameters=resident, gradients=bucket + states.gradients,
+            optimizer=optimizer + (0 if recipe.offload else temps),
+            activations=step["activations"]),
+    }
+    return phases, states.offloaded

@@ -1,0 +1,233 @@
+"""Tensor memory of one device's training step, traced without allocating it.
+
+``trace_step(task, recipe)`` builds the task's model and runs an optimizer step of the
+recipe's micro-batch on one device under ``FakeTensorMode`` (device ``cpu``: tensors have
+shapes, dtypes and storages but no data), with ``TensorTracker`` (torch's ``MemTracker``)
+watching every tensor. It is the second step that is traced, because the optimizer's state
+exists only from the first step on (the first one is taken on zero gradients, without a
+forward pass); gradient accumulation traces two micro-batches, because the second one runs
+while the first one's gradients are held. The step is the trial's own: the same model factory,
+checkpointing, pruning masks, autocast, loss scaling and optimizer (``autotune.train.knobs``).
+
+The batch is ``largest_batch``: the micro-batch of the training examples with the most
+non-zero inputs, the worst case for tasks that cut padding per batch (``bert`` keeps its full
+padded length under fake tensors). A model or loss that reads tensor values (``.item()``,
+data-dependent shapes) cannot run on fake tensors; then the step runs on real tensors on the
+CPU, tracked the same way (``method`` says which).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autotune.memory._measured import CATEGORIES, TensorTracker
+from autotune.recipe import Recipe
+from autotune.tasks import Task
+
+FAKE = "fake_trace"
+"""``StepTrace.method``: traced on fake tensors (nothing allocated)."""
+REAL = "cpu_trace"
+"""``StepTrace.method``: the model or loss needs real values, so the step ran on the CPU."""
+
+PHASES = ("forward_backward", "optimizer_step")
+
+
+@dataclass(frozen=True)
+class StepTrace:
+    """What a single-device training step holds, from a trace (see the module docstring)."""
+
+    phases: dict[str, dict[str, int]]
+    """Phase (``forward_backward``, ``optimizer_step``) -> breakdown at its peak, in bytes:
+    ``parameters`` (with buffers and pruning masks), ``gradients``, ``optimizer``,
+    ``activations`` (with temporaries) and ``total``."""
+    param_count: int
+    """Trainable parameters (shared ones counted once)."""
+    param_bytes: int
+    """Parameters and buffers as the model holds them (fp32 weights under autocast)."""
+    mask_bytes: int
+    """Pruning masks (one byte per pruned weight entry), held as long as the model."""
+    gradient_bytes: int
+    """All gradients, as they are at the end of a backward pass."""
+    optimizer_bytes: int
+    """The optimizer's state after a step (Adam: two fp32 moments; SGD: one momentum)."""
+    largest_layer_params: int
+    """Parameters of the largest leaf module (what DeepSpeed's ZeRO-3 estimator assumes is
+    gathered at once)."""
+    block_params: int
+    """Parameters of the largest block of the model's ``ModuleList``s (what FSDP gathers at
+    once besides the root group); 0 when it has none."""
+    blocks_total_params: int
+    """Parameters of every block of the model's ``ModuleList``s (what FSDP shards block by
+    block; the rest is the root group, gathered for the whole forward and backward pass)."""
+    method: str
+    """``fake_trace`` or ``cpu_trace``."""
+    seconds: float = 0.0
+    """Wall time the trace took."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(p["total"] for p in self.phases.values())
+
+
+def largest_batch(task: Task, batch_size: int) -> list[torch.Tensor]:
+    """The ``batch_size`` training examples with the most non-zero input entries (labels, the
+    last tensor, excluded): for padded sequences the longest ones, the batch whose step uses
+    the most memory; for fixed-shape inputs any batch is as large, and this is one of them."""
+    inputs = task.train[:-1] or task.train
+    score = torch.zeros(task.num_train, dtype=torch.float64)
+    for tensor in inputs:
+        score += tensor.reshape(tensor.shape[0], -1).ne(0).sum(dim=1).double()
+    count = min(batch_size, task.num_train)
+    # Stable order among ties, so the batch (and its trace) does not depend on topk's choice.
+    idx = torch.argsort(-score, stable=True)[:count]
+    return [t.index_select(0, idx) for t in task.train]
+
+
+def trace_step(task: Task, recipe: Recipe, weights_dtype: torch.dtype | None = None) -> StepTrace:
+    """Trace an optimizer step of ``recipe``'s micro-batch on one device (see the module
+    docstring); the parallel mode of ``recipe`` is ignored (``autotune.memory`` adds it).
+
+    ``weights_dtype`` casts the model's weights before the step, as DeepSpeed does for its
+    bf16/fp16 modes (autocast alone keeps fp32 weights, whose activations differ)."""
+    start = time.perf_counter()
+    try:
+        trace = _trace(task, recipe, fake=True, weights_dtype=weights_dtype)
+    except Exception as exc:  # noqa: BLE001 - any model that needs real values: trace for real
+        trace = _trace(task, recipe, fake=False, weights_dtype=weights_dtype)
+        note = f"fake tensors failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        trace = _with(trace, notes=(*trace.notes, note))
+    return _with(trace, seconds=time.perf_counter() - start)
+
+
+def _with(trace: StepTrace, **changes: Any) -> StepTrace:
+    import dataclasses
+
+    return dataclasses.replace(trace, **changes)
+
+
+def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | None) -> StepTrace:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from autotune.train import knobs
+
+    mode = FakeTensorMode() if fake else None
+    fake_ctx = mode if mode is not None else contextlib.nullcontext()
+    rng = torch.get_rng_state()
+    try:
+        with fake_ctx:
+            model = task.build_model()
+            model.train()
+            if weights_dtype is not None:
+                _cast_weights(model, weights_dtype)
+            if recipe.checkpointing:
+                knobs.apply_checkpointing(model)
+        batch = largest_batch(task, recipe.batch_size)
+        if mode is not None:
+            batch = [mode.from_tensor(t) for t in batch]
+        micro = [batch] * (2 if recipe.accumulation_steps > 1 else 1)
+        with fake_ctx:
+            tracker = TensorTracker(model)
+            with tracker:
+                tracker.phase("setup")
+                masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
+                optimizer = knobs.build_optimizer(model.parameters(), recipe)
+                scaler = knobs.make_grad_scaler(recipe.precision, "cpu")
+                _create_optimizer_state(model, optimizer)
+                _step(task, model, micro, optimizer, scaler, recipe, masks, tracker)
+            stats = _model_stats(model, optimizer, masks)
+    finally:
+        torch.set_rng_state(rng)
+    phases = {name: _masks_as_parameters(tracker.phase_peaks[name], stats["mask_bytes"])
+              for name in PHASES}
+    return StepTrace(phases=phases, method=FAKE if fake else REAL, **stats)
+
+
+def _cast_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating-point parameters and buffers in place, as DeepSpeed does (``.data``
+    assignment: ``module.to`` cannot swap fake parameters)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(dtype)
+
+
+def _create_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Give the optimizer its state as its first step would, from zero gradients, without a
+    forward and backward pass: the traced step is then the second one, whose peak holds the
+    state. (Half the work of tracing two full steps.)"""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _step(task: Task, model: nn.Module, micro: list[list[torch.Tensor]],
+          optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+          recipe: Recipe, masks: dict[nn.Parameter, torch.Tensor],
+          tracker: TensorTracker) -> None:
+    """One optimizer step as ``autotune.train.loop.optimizer_step`` takes it, without reading
+    the loss's value (fake tensors have none): the loss scaler always steps."""
+    from autotune.train import knobs
+
+    for batch in micro:
+        tracker.phase("forward_backward")
+        with knobs.autocast_context(recipe.precision, "cpu"):
+            loss = task.loss(model, batch)
+        scaled = loss / len(micro)
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        del loss, scaled
+    tracker.phase("optimizer_step")
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    optimizer.step()
+    if scaler is not None:
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    knobs.apply_masks(masks)
+
+
+def _model_stats(model: nn.Module, optimizer: torch.optim.Optimizer,
+                 masks: dict[nn.Parameter, torch.Tensor]) -> dict[str, int]:
+    params = {id(p): p for p in model.parameters()}
+    trainable = [p for p in params.values() if p.requires_grad]
+    buffers = {id(b): b for b in model.buffers()}
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    leaves = [m for m in model.modules() if not list(m.children())]
+    # The blocks FSDP shards one by one (``autotune.train.parallel._fully_shard``).
+    blocks = [b for m in model.modules() if isinstance(m, nn.ModuleList) for b in m
+              if any(p.requires_grad for p in b.parameters())]
+    block_sizes = [sum(p.numel() for p in b.parameters()) for b in blocks]
+    param_count = sum(p.numel() for p in trainable)
+    return {
+        "param_count": param_count,
+        "param_bytes": sum(_nbytes(t) for t in (*params.values(), *buffers.values())),
+        "mask_bytes": sum(_nbytes(m) for m in masks.values()),
+        "gradient_bytes": sum(_nbytes(p) for p in trainable),
+        "optimizer_bytes": sum(_nbytes(t) for t in state),
+        "largest_layer_params": max(
+            (sum(p.numel() for p in m.parameters(recurse=False)) for m in leaves), default=0),
+        "block_params": max(block_sizes, default=0),
+        "blocks_total_params": sum(
+            p.numel() for p in {id(p): p for b in blocks for p in b.parameters()}.values()),
+    }
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return int(t.numel() * t.element_size())
+
+
+def _masks_as_parameters(phase: dict[str, int], mask_bytes: int) -> dict[str, int]:
+    """Pruning masks are created outside a forward pass, so the tracker files them under
+    activations; they live as long as the model, so they are reported with the parameters."""
+    out = dict(phase)
+    moved = min(mask_bytes, out["activations"])
+    out["activations"] -= moved
+    out["parameters"] += moved
+    return {k: out[k] for k in (*CATEGORIES, "total")}
