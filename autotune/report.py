@@ -113,7 +113,7 @@ def started_line(record: dict[str, Any], total: int) -> str:
 
 
 def confirming_line(info: dict[str, Any]) -> str:
-    return (f"confirming: the {info['recipes']} fastest recipes (and the baseline) run again "
+    return (f"confirming: {info['recipes']} recipes (the fastest, and the baseline) run again "
             f"with {info['seeds']} more seeds each ({info['trials']} runs); the winner is the "
             "lowest median time-to-accuracy")
 
