@@ -424,7 +424,9 @@ def _make_searcher(config: SearchConfig, points: list[dict[str, Any]], start: fl
                 penalty = gate.reject(point)
                 if penalty is None:
                     self._ot_trials[trial_id] = ot_trial
-                    return point
+                    # The trial takes the gate's prediction instead of tracing the step again.
+                    peak = gate.predictions.get(_key(point), {}).get("peak_bytes")
+                    return {**point, "_predicted_peak_bytes": peak} if peak else point
                 self._ot_study.tell(ot_trial, penalty)
             return Searcher.FINISHED
 
@@ -620,6 +622,7 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
     params = _unwrap(params)
     seed = int(params.get("_seed", setup.seed))
     max_train = float(params.get("_max_train_seconds", setup.max_train_seconds))
+    predicted = params.get("_predicted_peak_bytes")
     params = _search_params(params)
     try:
         recipe = recipe_for(params, setup.space, setup.baseline, setup.workers_per_trial)
@@ -634,6 +637,7 @@ def _trainable(params: dict[str, Any], setup: _TrialSetup) -> None:
         target=setup.target,
         budget_bytes=setup.budget_bytes,
         seed=seed,
+        predicted_peak_bytes=predicted,
     )
     reporter = _ThrottledReport(setup.report_interval_s, recipe)
     node = ray.get_runtime_context().get_node_id()
