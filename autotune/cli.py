@@ -9,22 +9,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune import objective
-from autotune.errors import UserError
+from autotune import __version__, objective
+from autotune.errors import ConfigError, UserError
 from autotune.recipe import BASELINE_NOTE, Recipe, baseline_recipe
+from autotune.report import (
+    confirming_line,
+    finished_line,
+    leaderboard,
+    plan_lines,
+    resumed_line,
+    started_line,
+    verdict_lines,
+)
+from autotune.results import TRIALS_FILE, TrialRecord
+from autotune.search import (
+    DEFAULT_TIME_BUDGET_S,
+    DEFAULT_TRIALS,
+    SearchInterrupted,
+    SearchRequest,
+    search,
+    summarize,
+)
+from autotune.search.settings import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
 from autotune.units import format_bytes, format_duration, parse_bytes, parse_duration
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-DEFAULT_TRIALS = 20
-DEFAULT_TIME_BUDGET = "8m"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Example: autotune search --model bert --budget 16GB",
     )
+    parser.add_argument("--version", action="version", version=f"autotune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_search(sub)
     _add_train(sub)
@@ -121,7 +137,7 @@ def _add_search(sub: Any) -> None:
                    help=f"most trials to run, the baseline included (default {DEFAULT_TRIALS})")
     p.add_argument("--time-budget", default=None,
                    help="no trial starts after this much search time: 300, 90s, 5m, 1h "
-                   f"(default {DEFAULT_TIME_BUDGET}; running trials finish)")
+                   f"(default {format_duration(DEFAULT_TIME_BUDGET_S)}; running trials finish)")
     p.add_argument("--max-trial-time", default=None,
                    help="training-time limit of one trial, e.g. 60s (default: the task's)")
     p.add_argument("--output", default=None,
@@ -145,13 +161,13 @@ def _add_search(sub: Any) -> None:
     p.add_argument("--placement", choices=["pack", "spread"], default="pack",
                    help="how Ray places a multi-worker trial's workers: pack (one machine "
                    "where they fit, default) or spread (over machines)")
-    p.add_argument("--confirm", type=int, default=3, metavar="N",
+    p.add_argument("--confirm", type=int, default=DEFAULT_CONFIRM_TOP, metavar="N",
                    help="after the search, run the N fastest recipes (and the baseline) again "
-                   "with --confirm-seeds more seeds and pick the lowest median time-to-accuracy "
-                   "(default 3; 0 turns it off); the search keeps a quarter of --time-budget "
-                   "for these runs")
-    p.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
-                   help="further seeds per confirmed recipe (default 2: three runs each)")
+                   "with --confirm-seeds more seeds and pick the lowest median time-to-target "
+                   f"(default {DEFAULT_CONFIRM_TOP}; 0 turns it off); the search keeps a "
+                   "quarter of --time-budget for these runs")
+    p.add_argument("--confirm-seeds", type=int, default=DEFAULT_CONFIRM_SEEDS, metavar="K",
+                   help=f"further seeds per confirmed recipe (default {DEFAULT_CONFIRM_SEEDS})")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the interrupted search whose results are in DIR, with its "
                    "settings: finished trials are not run again and the sampler learns from "
@@ -279,282 +295,92 @@ def _load_task(args: argparse.Namespace) -> Any:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autotune.report import (
-        best_recipe_document,
-        best_so_far,
-        confirming_line,
-        device_description,
-        finished_line,
-        leaderboard,
-        started_line,
-        summarize,
-        write_yaml,
-    )
-    from autotune.search import SearchConfig, check_ray_available, run_search
-    from autotune.space import load_space, shipped_space_path
-
-    state = _resume_state(args) if args.resume else None
-    if args.trials is None:
-        args.trials = DEFAULT_TRIALS
-    if args.time_budget is None:
-        args.time_budget = DEFAULT_TIME_BUDGET
-    budget = parse_bytes(args.budget) if args.budget is not None else None
-    time_budget = parse_duration(args.time_budget) if args.time_budget else None
-    if state is not None and time_budget is not None and not state["time_budget_given"]:
-        time_budget = max(0.0, time_budget - _spent_seconds(state))
-    max_trial = parse_duration(args.max_trial_time, what="--max-trial-time") \
-        if args.max_trial_time else None
-    if args.trials < 1:
-        raise UserError(f"--trials must be >= 1, got {args.trials}")
-    if args.confirm < 0 or args.confirm_seeds < 0:
-        raise UserError(f"--confirm and --confirm-seeds must be >= 0, got {args.confirm} and "
-                        f"{args.confirm_seeds}")
-    for flag, value in (("--cpus-per-trial", args.cpus_per_trial),
-                        ("--gpus-per-trial", args.gpus_per_trial),
-                        ("--max-concurrent-trials", args.max_concurrent_trials)):
-        if value is not None and value <= 0 and not (flag == "--gpus-per-trial" and value == 0):
-            raise UserError(f"{flag} must be > 0, got {value}")
-    space_path = Path(args.space) if args.space else shipped_space_path(args.model)
-    if state is not None:
-        space_path = Path(args.resume) / SPACE_COPY
-    if args.space is None and not space_path.exists():
-        raise UserError(
-            f"no search space ships for model {args.model!r}; write one (see "
-            f"search_spaces/bert.yaml for the format) and pass it with --space PATH"
-        )
-    space = load_space(space_path)
-    check_ray_available()
-    task, device = _load_task(args)
-    workers = _workers_per_trial(args.workers_per_trial, space, device)
-    target = task.target if args.target is None else args.target
-    if not (target > 0 and target == target and target != float("inf")):
-        raise UserError(f"--target must be a positive number, got {args.target}")
-    baseline = baseline_recipe(task.default_batch_size, task.default_lr)
-    suggestions = tuple(_suggested(baseline, task))
-    results_dir = Path(args.results_dir) if args.results_dir else (
-        Path("autotune_runs") / f"{_safe(args.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    output = Path(args.output) if args.output else results_dir / "best_recipe.yaml"
-    config = SearchConfig(
-        model=args.model, space=space, baseline=baseline, target=target,
-        max_train_seconds=max_trial or task.max_train_seconds, results_dir=results_dir,
-        budget_bytes=budget, trials=args.trials, time_budget_s=time_budget, seed=args.seed,
-        task_options=_task_options(args.task_option), device=args.device, address=args.address,
-        suggestions=suggestions, workers_per_trial=workers,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent_trials=args.max_concurrent_trials, storage_path=args.storage,
-        placement_strategy=args.placement.upper(), resume=state is not None,
-        confirm_top=args.confirm, confirm_seeds=args.confirm_seeds,
-    )
-    if state is None:
-        _save_search_args(args, results_dir, space_path)
-    else:
-        done = sum(1 for r in state["records"] if r.get("status") != objective.INTERRUPTED)
-        print(f"resuming the search in {results_dir}: {done} of {config.trials} trials "
-              f"finished; {format_duration(time_budget) if time_budget is not None else 'no'} "
-              "time budget left")
-    _print_plan(config, task, space_path, device)
-    records: list[dict[str, Any]] = [r for r in (state or {}).get("records", [])
-                                     if r.get("status") != objective.INTERRUPTED]
-
-    def on_event(kind: str, record: dict[str, Any]) -> None:
-        if kind == "started":
-            print(started_line(record, config.trials), flush=True)
-        elif kind == "confirming":
-            print(confirming_line(record), flush=True)
-        else:
-            records.append(record)
-            print(finished_line(record, config.trials, best_so_far(records)), flush=True)
-
-    _begin_session(results_dir)
-    previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    """Parse the flags into a ``SearchRequest``, run ``autotune.search.search``, render."""
+    request, given = search_request(args)
+    printer = _SearchPrinter(request.trials)
     try:
-        outcome = run_search(config, on_event)
-    except KeyboardInterrupt:
-        _end_session(results_dir)
-        finished = sum(1 for r in records if r.get("status") != objective.INTERRUPTED)
-        print(f"\nautotune: search interrupted. The {finished} trials finished in this run, "
-              f"and those that were running (as 'interrupted', with what they measured so far), "
-              f"are in {results_dir / 'trials.jsonl'}. Resume the search with:\n"
-              f"  autotune search --resume {results_dir}", file=sys.stderr)
+        outcome = search(request, printer, given)
+    except SearchInterrupted as stop:
+        print(f"\nautotune: search interrupted. The {stop.finished} trials finished in this run, "
+              "and those that were running (as 'interrupted', with what they measured so far), "
+              f"are in {stop.run_dir / TRIALS_FILE}. Resume the search with:\n"
+              f"  {stop.resume_command}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    _end_session(results_dir)
-    summary = summarize(outcome.records)
     print(f"\nsearch finished: {len(outcome.records)} trials in "
-          f"{format_duration(outcome.wall_seconds)}; results in {results_dir}/")
+          f"{format_duration(outcome.wall_seconds)}; results in {outcome.run_dir}/")
     print(leaderboard(outcome.records))
-    context = {
-        "device": device_description(str(device)),
-        "task": {"name": args.model, "metric": task.metric, "target": target,
-                 "options": config.task_options, "description": task.description},
-        "search": {"seed": args.seed, "trials_run": len(outcome.records),
-                   "budget_bytes": budget, "space": str(space_path),
-                   "max_train_seconds": config.max_train_seconds,
-                   "wall_seconds": round(outcome.wall_seconds, 1),
-                   "results_dir": str(results_dir)},
-    }
-    write_yaml(results_dir / "search.yaml", {**context, "baseline_recipe": baseline.to_dict()})
-    if summary.best is None:
-        best_metric = max((r.get("best_metric") or 0.0 for r in outcome.records), default=0.0)
-        counts: dict[str, int] = {}
-        for r in outcome.records:
-            counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
-        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        hint = ""
-        if counts.get(objective.INFEASIBLE):
-            hint = (" Infeasible trials were predicted over the budget, ran out of memory or "
-                    "exceeded it: raise --budget (autotune estimate shows what fits).")
-        raise UserError(
-            f"no trial reached the target {task.metric} {target} (best seen: {best_metric:.4f}; "
-            f"trials: {states}).{hint} Every trial's measurements are in "
-            f"{results_dir / 'trials.jsonl'}. Lower the target with --target, allow longer "
-            "trials with --max-trial-time, or run more --trials."
-        )
-    header = (f"# Best recipe found by: autotune search --model {args.model}"
-              f"{' --budget ' + args.budget if args.budget else ''} --seed {args.seed}\n"
-              f"# Apply it: autotune train --recipe {output} --model {args.model}\n")
-    write_yaml(output, best_recipe_document(summary, context), header)
-    best = summary.best
-    print(f"\nbest recipe (trial #{best['trial']}): {Recipe.from_dict(best['recipe']).describe()}")
-    runs = ""
-    if best.get("tta_runs"):
-        shown = ", ".join("-" if t is None else f"{t:.1f}" for t in best["tta_runs"])
-        runs = f" (median of {len(best['tta_runs'])} seeds: {shown})"
-    print(f"  time-to-accuracy {best['tta_seconds']:.1f}s{runs} to {task.metric} >= {target}, "
-          f"peak memory {format_bytes(best.get('peak_memory_bytes'))}")
-    baseline_rec = summary.baseline or {}
-    base_tta = baseline_rec.get("tta_seconds")
-    base_text = f"{base_tta:.1f}s" if base_tta else f"not reached ({baseline_rec.get('status')})"
-    if base_tta and baseline_rec.get("tta_runs"):
-        base_text += f" (median of {len(baseline_rec['tta_runs'])})"
-    print(f"  baseline time-to-accuracy {base_text}; speedup {summary.speedup_text()}")
-    print(f"wrote {output}")
+    if outcome.no_winner:
+        raise UserError(outcome.no_winner)
+    print()
+    for line in verdict_lines(outcome):
+        print(line)
     return 0
 
 
-SEARCH_ARGS = "search_args.json"
-"""The search's command-line settings, written when it starts, read by ``--resume``."""
-SPACE_COPY = "space.yaml"
-"""A copy of the search space as the search started with it (``--resume`` uses it)."""
-_RESUMABLE = ("trials", "time_budget", "address", "cpus_per_trial", "gpus_per_trial",
-              "max_concurrent_trials", "storage")
-"""Flags that may be given again with ``--resume`` to change them; the rest are the search's."""
+def search_request(args: argparse.Namespace) -> tuple[SearchRequest, dict[str, Any]]:
+    """The request the flags ask for, and the resumable settings given explicitly (for
+    ``--resume``). Every flag problem is reported at once (one ``ConfigError``)."""
+    problems: list[str] = []
 
-
-def _save_search_args(args: argparse.Namespace, results_dir: Path, space_path: Path) -> None:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / SPACE_COPY).write_text(space_path.read_text())
-    saved = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
-    saved["results_dir"] = str(results_dir)
-    saved["space_source"] = str(space_path)
-    _write_text(results_dir / SEARCH_ARGS,
-                json.dumps({"args": saved, "sessions": []}, indent=2) + "\n")
-
-
-def _resume_state(args: argparse.Namespace) -> dict[str, Any]:
-    """Replace ``args`` by the settings saved in ``--resume DIR`` (keeping the resumable flags
-    given now) and return what the resumed search needs to know."""
-    from autotune.search import read_records
-
-    directory = Path(args.resume)
-    path = directory / SEARCH_ARGS
-    if not path.exists():
-        raise UserError(f"--resume {directory}: no {SEARCH_ARGS} there; give the results "
-                        "directory of a search started by autotune (it holds trials.jsonl)")
-    try:
-        saved = json.loads(path.read_text())
-        old = saved["args"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"--resume {directory}: {path} is not readable ({exc})") from None
-    given = {k: getattr(args, k) for k in _RESUMABLE if getattr(args, k, None) is not None}
-    for key, value in old.items():
-        setattr(args, key, value)
-    for key, value in given.items():
-        setattr(args, key, value)
-    args.results_dir = str(directory)
-    return {"sessions": saved.get("sessions", []), "time_budget_given": "time_budget" in given,
-            "records": read_records(directory)}
-
-
-def _spent_seconds(state: dict[str, Any]) -> float:
-    """Search time used by earlier runs: each run's start to its end (or, for a run whose
-    driver died, to its last finished trial)."""
-    spent = 0.0
-    finished = [r.get("finished_at") or 0.0 for r in state["records"]]
-    for s in state["sessions"]:
-        end = s.get("ended_at") or max([t for t in finished if t >= s["started_at"]],
-                                      default=s["started_at"])
-        spent += max(0.0, end - s["started_at"])
-    return spent
-
-
-def _begin_session(results_dir: Path) -> None:
-    """Note this run's start in ``search_args.json`` (time-budget accounting on resume)."""
-    _update_sessions(results_dir, lambda sessions: sessions.append({"started_at": time.time()}))
-
-
-def _end_session(results_dir: Path) -> None:
-    _update_sessions(results_dir, lambda sessions: sessions[-1].update(ended_at=time.time())
-                     if sessions else None)
-
-
-def _update_sessions(results_dir: Path, change: Any) -> None:
-    path = results_dir / SEARCH_ARGS
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return
-    change(saved.setdefault("sessions", []))
-    _write_text(path, json.dumps(saved, indent=2) + "\n")
-
-
-def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM (a scheduler or `kill` ending the search) is handled like Ctrl-C: the trials
-    running are recorded and the search can be resumed."""
-    raise KeyboardInterrupt
-
-
-def _print_plan(config: Any, task: Any, space_path: Path, device: Any) -> None:
-    budget = (f"{config.budget_bytes:,} bytes ({format_bytes(config.budget_bytes)})"
-              if config.budget_bytes else "none")
-    time_budget = format_duration(config.time_budget_s) if config.time_budget_s else "none"
-    print(f"task {config.model}: {task.description}")
-    print(f"target {task.metric} >= {config.target}; trial limit "
-          f"{format_duration(config.max_train_seconds)} of training; device {device.type}; "
-          f"memory budget {budget}")
-    print(f"space {space_path}: {config.space.size_hint()}")
-    print(f"up to {config.trials} trials, no new trial after {time_budget}; results in "
-          f"{config.results_dir}/", flush=True)
-
-
-def _workers_per_trial(asked: int | None, space: Any, device: Any) -> int:
-    if asked is not None:
-        if asked < 1:
-            raise UserError(f"--workers-per-trial must be >= 1, got {asked}")
-        return asked
-    if device.type == "cuda":
-        import torch
-
-        return max(1, torch.cuda.device_count())
-    parallel = [k for k in space.knobs if k.knob == "parallelism" and k.choices
-                and any(c != "single" for c in k.choices)]
-    return 2 if parallel else 1
-
-
-def _suggested(baseline: Recipe, task: Any) -> list[Recipe]:
-    out = []
-    for changes in task.suggested_recipes:
+    def parsed(parse: Any, value: Any, *extra: Any) -> Any:
+        if value is None:
+            return None
         try:
-            out.append(baseline.replace(**changes))
+            return parse(value, *extra)
         except UserError as exc:
-            print(f"warning: task {task.name!r} suggests an invalid recipe {changes}: {exc}")
-    return out
+            problems.append(str(exc))
+            return None
+
+    budget = parsed(parse_bytes, args.budget)
+    time_budget = parsed(lambda v: parse_duration(v, what="--time-budget"), args.time_budget)
+    max_trial = parsed(lambda v: parse_duration(v, what="--max-trial-time"), args.max_trial_time)
+    options = parsed(_task_options, args.task_option) or {}
+    given = {k: v for k, v in {
+        "trials": args.trials, "time_budget_s": time_budget, "address": args.address,
+        "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+        "max_concurrent_trials": args.max_concurrent_trials, "storage": args.storage,
+    }.items() if v is not None}
+    request = SearchRequest(
+        model=args.model, task_options=options, budget_bytes=budget, space=args.space,
+        target=args.target, seed=args.seed, device=args.device,
+        max_trial_seconds=max_trial, results_dir=args.results_dir, output=args.output,
+        placement=args.placement, workers_per_trial=args.workers_per_trial,
+        confirm_top=args.confirm, confirm_seeds=args.confirm_seeds, resume=args.resume,
+        **given,
+    )
+    problems += request.problems()
+    if problems:
+        raise ConfigError("autotune search", problems)
+    return request, given
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+class _SearchPrinter:
+    """Renders the search's events as progress lines (``autotune.report``)."""
+
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+        self.metric = "acc"
+        self.records: list[TrialRecord] = []
+
+    def __call__(self, kind: str, payload: Any) -> None:
+        if kind == "plan":
+            self.trials, self.metric = payload.request.trials, payload.task.metric
+            for line in plan_lines(payload):
+                print(line)
+        elif kind == "resumed":
+            print(resumed_line(payload, payload["run_dir"]))
+            self.records += payload["records"]
+        elif kind == "started":
+            print(started_line(payload, self.trials))
+        elif kind == "confirming":
+            print(confirming_line(payload))
+        elif kind == "finished":
+            self.records.append(payload)
+            print(finished_line(payload, self.trials, summarize(self.records).best,
+                                self.metric))
+        elif kind == "warning":
+            print(f"warning: {payload}", file=sys.stderr)
+        sys.stdout.flush()
 
 
 def cmd_train(args: argparse.Namespace) -> int:

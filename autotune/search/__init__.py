@@ -1,22 +1,47 @@
-"""The search backend: Ray Tune trials, Optuna proposals, ASHA early stopping.
+"""The search: a Python API (``search``) over Ray Tune trials and Optuna proposals.
 
-Ray and Optuna are imported only when a search runs, so the rest of autotune works without them.
+Modules, in the order a search goes through them:
+
+- ``settings``: ``SearchRequest``, the typed settings and their defaults (one source).
+- ``api``: ``search(request) -> SearchOutcome``: resume, paths, lock, files, the verdict.
+- ``plan``: the request resolved against its task (space, baseline, target, warm start).
+- ``_run``: one run on Ray Tune: the search phase, then the confirmation phase.
+- ``_ray``: Ray start-up and shutdown, SIGTERM, trial resources and placement.
+- ``_searcher``: Optuna's ask/tell study in the run directory, the memory gate, the deadline.
+- ``_scheduler``: ASHA plus the time-aware stopping rule.
+- ``_trainable``: what runs in a trial process; ``_workers``: a trial's workers as Ray actors.
+- ``_recorder``: trial events to typed records in the run directory, and progress events.
+- ``winner``: confirmation points, medians over seeds, the winner and the speedup.
+- ``documents``: the content of ``search.yaml`` and ``best_recipe.yaml``.
+
+Importing this package imports neither Ray nor Optuna; ``search`` imports them when it runs,
+and says what to install when they are missing.
 """
 
-from autotune.search._tune import (
-    TRIALS_FILE,
-    SearchConfig,
+from autotune.search.api import (
+    SearchInterrupted,
     SearchOutcome,
     check_ray_available,
-    read_records,
-    run_search,
+    search,
 )
+from autotune.search.plan import SearchPlan
+from autotune.search.settings import (
+    DEFAULT_TIME_BUDGET_S,
+    DEFAULT_TRIALS,
+    SearchRequest,
+)
+from autotune.search.winner import Candidate, Summary, summarize
 
 __all__ = [
-    "TRIALS_FILE",
-    "SearchConfig",
+    "DEFAULT_TIME_BUDGET_S",
+    "DEFAULT_TRIALS",
+    "Candidate",
+    "SearchInterrupted",
     "SearchOutcome",
+    "SearchPlan",
+    "SearchRequest",
+    "Summary",
     "check_ray_available",
-    "read_records",
-    "run_search",
+    "search",
+    "summarize",
 ]

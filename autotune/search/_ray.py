@@ -1,0 +1,133 @@
+"""Ray start-up, and what each trial holds: resources, placement, concurrency.
+
+``ray_session`` connects to a cluster (``--address`` or ``RAY_ADDRESS``) or starts a local Ray
+for the search and shuts down (and removes the temporary directory of) what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+from ray.tune import PlacementGroupFactory
+
+from autotune.errors import UserError
+from autotune.search._workers import placement
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray for the length of a search (see the module docstring)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C reaches autotune, which records the trials in flight and says where results are.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # A trial that fails before its first evaluation has no metric to report; the scheduler
+    # then skips that result instead of Tune failing the search.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if ray.is_initialized():
+        yield
+        return
+    # Trial processes import user tasks (package.module:function) the way the driver does:
+    # from the directory the command runs in (on a cluster: the same path on every node).
+    paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    address = address or os.environ.get("RAY_ADDRESS")
+    temp_dir = None
+    if address:
+        _connect(address)
+    else:
+        temp_dir = tempfile.mkdtemp(prefix="autotune_ray_")
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=temp_dir, configure_logging=True, logging_level="ERROR")
+    try:
+        # After ray.init, which installs its own SIGTERM handler in the driver.
+        with sigterm_as_interrupt():
+            yield
+    finally:
+        ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler, ``kill``) ends the search like Ctrl-C while the block runs,
+    so the running trials are recorded and the search can be resumed. The one place autotune
+    handles a signal (only on the main thread, where handlers can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _connect(address: str) -> None:
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}. "
+            "Start one with `ray start --head` (see docs/cluster.md), or leave out --address "
+            "(and RAY_ADDRESS) to run on this machine."
+        ) from None
+
+
+def trial_resources(device: str | None, cpus_per_trial: float | None,
+                    gpus_per_trial: float | None) -> dict[str, float]:
+    """What one trial holds. Where there are GPUs: one GPU and that GPU's share of its node's
+    CPUs, so trials run one per GPU. On CPUs: a whole node (the smallest alive node, so a trial
+    fits on any), so trials do not share cores and their timings are not distorted by each
+    other. ``cpus_per_trial``/``gpus_per_trial`` override either."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    gpu_nodes = [n for n in nodes if n.get("GPU", 0) > 0]
+    use_gpu = bool(gpu_nodes) and device != "cpu"
+    gpus = gpus_per_trial if gpus_per_trial is not None else (1 if use_gpu else 0)
+    if cpus_per_trial is not None:
+        cpus = cpus_per_trial
+    elif gpus:
+        cpus = max(1, min(int(n.get("CPU", 0) // n["GPU"]) for n in gpu_nodes))
+    else:
+        cpus = max(1, min((int(n["CPU"]) for n in nodes if n.get("CPU", 0) >= 1), default=1))
+    out: dict[str, float] = {"cpu": cpus}
+    if gpus:
+        out["gpu"] = gpus
+    return out
+
+
+def resources_for(base: dict[str, float], workers: int, strategy: str
+                  ) -> dict[str, float] | PlacementGroupFactory:
+    """A single-worker trial holds ``base``; a multi-worker trial a placement group with a
+    bundle per worker (``autotune.search._workers.placement``)."""
+    if workers <= 1:
+        return base
+    return placement(workers, base["cpu"], bool(base.get("gpu")), strategy)
+
+
+def max_concurrent(base: dict[str, float], cap: int | None) -> int:
+    """As many trials as the cluster's nodes fit with ``base`` each (at most ``cap``)."""
+    fit = 0
+    for node in (n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
+        by_cpu = int(node.get("CPU", 0) // base["cpu"]) if base["cpu"] else 10**6
+        by_gpu = int(node.get("GPU", 0) // base["gpu"]) if base.get("gpu") else 10**6
+        fit += min(by_cpu, by_gpu)
+    fit = max(1, fit)
+    return min(fit, cap) if cap else fit
+

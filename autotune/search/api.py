@@ -1,0 +1,239 @@
+"""The search as one Python call: ``search(SearchRequest(...)) -> SearchOutcome``.
+
+The CLI, the benchmarks and users' code all call this. It owns the whole search: checking the
+request and every path it will write before the first trial, loading the task and the space,
+resuming (the saved settings, the stored Optuna study, the time already spent), the run
+directory's lock, interruption (Ctrl-C, and SIGTERM, which ``autotune.search._ray`` turns into
+the same: the running trials are recorded, ``SearchInterrupted`` names the resume command),
+the trials and confirmation runs on Ray Tune, the winner, the no-winner
+diagnosis, and the files. It prints nothing: progress reaches ``on_event`` as
+``(kind, payload)``:
+
+- ``("plan", SearchPlan)`` before the first trial; ``("resumed", dict)`` on a resumed search;
+- ``("started", TrialRecord)`` and ``("finished", TrialRecord)`` as trials start and end;
+- ``("confirming", dict)`` before the confirmation runs; ``("warning", str)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autotune import objective
+from autotune.errors import UserError
+from autotune.recipe import Recipe, baseline_recipe
+from autotune.results import RunDirectory, TrialRecord, check_writable
+from autotune.search.documents import best_recipe_document, search_document
+from autotune.search.plan import SearchPlan
+from autotune.search.settings import SearchRequest
+from autotune.search.winner import Summary, confirm_points, no_winner_reason, summarize
+from autotune.space import load_space, parse_space, shipped_space_path
+from autotune.tasks import Task, load_task
+
+EventFn = Callable[[str, Any], None]
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What a finished search measured and decided."""
+
+    plan: SearchPlan
+    records: list[TrialRecord]
+    """Every trial's record, earlier runs of a resumed search included, in the order they
+    ended (interrupted trials left out)."""
+    summary: Summary
+    """The winner (median over seeds where confirmed), the baseline and the speedup."""
+    wall_seconds: float
+    """Wall time of this run of the search."""
+    best_recipe_path: Path | None
+    """``best_recipe.yaml`` (or ``--output``); None when no trial reached the target."""
+    no_winner: str | None = None
+    """Why there is no winner and what to change, when there is none."""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.plan.run_dir.path
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended the search; what was measured is in the run directory."""
+
+    def __init__(self, run_dir: Path, finished: int) -> None:
+        super().__init__(f"search interrupted; {finished} trials finished")
+        self.run_dir = run_dir
+        self.finished = finished
+
+    @property
+    def resume_command(self) -> str:
+        return f"autotune search --resume {self.run_dir}"
+
+
+def check_ray_available() -> None:
+    """Raise ``UserError`` naming the install command when Ray Tune or Optuna is missing."""
+    missing = []
+    for module in ("ray.tune", "optuna"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise UserError(f"the search needs {', '.join(missing)}, which is not installed; run: "
+                        "pip install 'ray[tune]' optuna")
+
+
+def search(request: SearchRequest, on_event: EventFn | None = None,
+           given: dict[str, Any] | None = None) -> SearchOutcome:
+    """Run the search ``request`` describes (see the module docstring). With
+    ``request.resume``, the saved request of that directory is used, with the resumable
+    settings in ``given`` (name -> value) changed."""
+    emit = on_event or (lambda kind, payload: None)
+    request.check()
+    run_dir, request, resumed = _resolve_request(request, given or {})
+    check_ray_available()
+    plan = make_plan(request, run_dir, resumed)
+    with run_dir.locked():
+        if not resumed:
+            run_dir.save_settings(request.to_json(), _space_text(plan))
+        prior = [r for r in run_dir.records(lambda w: emit("warning", w))
+                 if r.status != objective.INTERRUPTED]
+        if resumed:
+            plan = _with_time_left(plan, run_dir, prior, given or {})
+            emit("resumed", {"finished": sum(r.is_search_trial for r in prior),
+                             "trials": request.trials, "time_left_s": plan.time_budget_s,
+                             "run_dir": run_dir.path, "records": prior})
+        emit("plan", plan)
+        return _run_and_write(plan, prior, emit)
+
+
+def _resolve_request(request: SearchRequest, given: dict[str, Any]
+                     ) -> tuple[RunDirectory, SearchRequest, bool]:
+    if request.resume:
+        run_dir = RunDirectory(request.resume)
+        request = request.resumed(run_dir.load_settings(), given)
+        return run_dir, request, True
+    path = Path(request.results_dir) if request.results_dir else Path("autotune_runs") / (
+        f"{_safe(request.model)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = RunDirectory(path)
+    if run_dir.exists():
+        raise UserError(f"{path} already holds a search; continue it with "
+                        f"--resume {path}, or choose another --results-dir")
+    return run_dir, request.replace(results_dir=str(path)), False
+
+
+def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> SearchPlan:
+    """Resolve ``request``: load the task and space, check every path, fill the defaults."""
+    output = Path(request.output) if request.output else run_dir.best_path
+    check_writable(run_dir.path, "--results-dir", is_dir=True)
+    check_writable(output, "--output", is_dir=False)
+    if request.storage and "://" not in request.storage:
+        check_writable(Path(request.storage), "--storage", is_dir=True)
+    space, source = _load_space(request, run_dir, resumed)
+    device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    task = load_task(request.model, device, request.task_options)
+    target = task.target if request.target is None else request.target
+    baseline = Recipe.from_dict(request.baseline) if request.baseline else \
+        baseline_recipe(task.default_batch_size, task.default_lr)
+    return SearchPlan(
+        request=request, task=task, space=space, space_source=source, baseline=baseline,
+        target=target, max_train_seconds=request.max_trial_seconds or task.max_train_seconds,
+        time_budget_s=request.time_budget_s,
+        workers_per_trial=_workers_per_trial(request, space, device), run_dir=run_dir,
+        output=output, device_type=device, suggestions=_suggestions(baseline, task),
+    )
+
+
+def _load_space(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> tuple[Any, str]:
+    if resumed:
+        return load_space(run_dir.space_path), str(run_dir.space_path)
+    path = Path(request.space) if request.space else shipped_space_path(request.model)
+    if request.space is None and not path.exists():
+        raise UserError(f"no search space ships for model {request.model!r}; write one (see "
+                        "docs/spaces.md for the format) and pass it with --space PATH")
+    return load_space(path), str(path)
+
+
+def _space_text(plan: SearchPlan) -> str:
+    text = Path(plan.space_source).read_text()
+    parse_space(text, source=plan.space_source)  # the copy must load as the original did
+    return text
+
+
+def _workers_per_trial(request: SearchRequest, space: Any, device: str) -> int:
+    if request.workers_per_trial is not None:
+        return request.workers_per_trial
+    if device == "cuda":
+        return max(1, torch.cuda.device_count())
+    parallel = [k for k in space.knobs if k.knob == "parallelism" and k.choices
+                and any(c != "single" for c in k.choices)]
+    return 2 if parallel else 1
+
+
+def _suggestions(baseline: Recipe, task: Task) -> tuple[Recipe, ...]:
+    out = []
+    for changes in task.suggested_recipes:
+        try:
+            out.append(baseline.replace(**changes))
+        except UserError:
+            continue  # a suggestion this recipe format cannot hold is not tried
+    return tuple(out)
+
+
+def _with_time_left(plan: SearchPlan, run_dir: RunDirectory, prior: list[TrialRecord],
+                    given: dict[str, Any]) -> SearchPlan:
+    """A resumed search's time budget counts its earlier runs, unless a new budget is given."""
+    budget = plan.time_budget_s
+    if budget is None or "time_budget_s" in given:
+        return plan
+    left = max(0.0, budget - run_dir.spent_seconds(prior))
+    return dataclasses.replace(plan, time_budget_s=left)
+
+
+def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) -> SearchOutcome:
+    """Run the trials (lazily importing the Ray side), then write the documents."""
+    from autotune.search import _run  # lazy: Ray Tune and Optuna are heavy optional imports
+
+    run_dir = plan.run_dir
+    start = time.time()
+    run_dir.begin_session()
+    new: list[TrialRecord] = []
+    try:
+        if not _nothing_left(plan, prior):
+            new = _run.run(plan, emit, prior, start)
+    except KeyboardInterrupt:
+        run_dir.end_session()
+        finished = [r for r in run_dir.records() if r.status != objective.INTERRUPTED]
+        raise SearchInterrupted(run_dir.path, len(finished) - len(prior)) from None
+    run_dir.end_session()
+    records = prior + new
+    wall = time.time() - start
+    summary = summarize(records)
+    context = search_document(plan, len(records), wall)
+    run_dir.write_yaml(run_dir.path / "search.yaml", context)
+    if summary.best is None:
+        reason = no_winner_reason(records, plan.task.metric, plan.target,
+                                  str(run_dir.trials_path))
+        return SearchOutcome(plan, records, summary, wall, None, reason)
+    r = plan.request
+    header = (f"# Best recipe found by: autotune search --model {r.model} --seed {r.seed}"
+              f"{' --budget ' + str(r.budget_bytes) + 'B' if r.budget_bytes else ''}\n"
+              f"# Apply it: autotune train --recipe {plan.output} --model {r.model}\n")
+    run_dir.write_yaml(plan.output, best_recipe_document(summary, context), header)
+    return SearchOutcome(plan, records, summary, wall, plan.output)
+
+
+def _nothing_left(plan: SearchPlan, prior: list[TrialRecord]) -> bool:
+    """A resumed search whose trials and confirmation runs are all done."""
+    r = plan.request
+    searched = sum(x.is_search_trial for x in prior)
+    return searched >= r.trials and not confirm_points(
+        prior, r.confirm_top, r.confirm_seeds, r.seed, plan.max_train_seconds)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
