@@ -2,10 +2,11 @@
 
 Two entry points:
 
-- ``configure(recipe, model)`` for a hand-written training loop: it moves the model to the
-  device, prunes it, and builds the optimizer, learning-rate scheduler and (for fp16) the grad
-  scaler with the functions of ``autotune.train.knobs``; ``Configured.step`` runs one optimizer
-  step through ``autotune.train.loop.optimizer_step``, exactly as a trial does::
+- ``configure(recipe, model)`` for a hand-written training loop: it prepares the model as a
+  trial does (``autotune.train.parallel.prepare``: to the device, checkpointing, pruning, the
+  optimizer, learning-rate scheduler and, for fp16, the grad scaler, from the knob functions
+  of ``autotune.knobs``); ``Configured.step`` runs one optimizer step through
+  ``autotune.knobs.optimizer_step``, the step a trial takes::
 
       recipe = autotune.Recipe.load("best_recipe.yaml")
       run = autotune.configure(recipe, model)
@@ -20,37 +21,20 @@ Multi-worker recipes (``parallelism`` other than ``single``) are not applied her
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from autotune.errors import UserError
+from autotune.knobs import Diverged, LossFn, autocast_context, optimizer_step
 from autotune.recipe import Recipe
 from autotune.tasks import Task
-from autotune.train import knobs
-from autotune.train.loop import (
-    TrialLimits,
-    TrialResult,
-    _Diverged,
-    optimizer_step,
-    pick_device,
-    run_trial,
-)
-
-LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
-"""``loss_fn(model, batch) -> mean loss``, like ``Task.loss``; ``batch`` is a micro-batch."""
+from autotune.train import TrialLimits, TrialResult, pick_device, run_trial
+from autotune.train.parallel import prepare
 
 __all__ = ["Configured", "LossFn", "configure", "fit"]
-
-
-@dataclass(frozen=True)
-class _LossOnly:
-    """The one part of a ``Task`` that ``optimizer_step`` reads: its ``loss``."""
-
-    loss: LossFn
-
 
 @dataclass(frozen=True, eq=False)
 class Configured:
@@ -66,13 +50,16 @@ class Configured:
     model: nn.Module
     """The model, moved to ``device`` and pruned (the same object that was passed in)."""
     optimizer: torch.optim.Optimizer
-    """The recipe's optimizer (``knobs.build_optimizer``) over all of the model's parameters."""
+    """The recipe's optimizer (``autotune.knobs.build_optimizer``) over all of the model's
+    parameters."""
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    """Warmup and decay per optimizer step (``knobs.build_scheduler``); ``step`` advances it."""
+    """Warmup and decay per optimizer step (``autotune.knobs.build_scheduler``); ``step``
+    advances it."""
     scaler: torch.amp.GradScaler | None
-    """Loss scaler for fp16 (``knobs.make_grad_scaler``); None for fp32 and bf16."""
+    """Loss scaler for fp16 (``autotune.knobs.make_grad_scaler``); None for fp32 and bf16."""
     masks: dict[nn.Parameter, torch.Tensor]
-    """Keep-masks of the pruned weights (``knobs.prune_by_magnitude``); empty with no pruning."""
+    """Keep-masks of the pruned weights (``autotune.knobs.prune_by_magnitude``); empty with no
+    pruning."""
     device: torch.device
     """Where the model lives; put batches there before ``step``."""
 
@@ -87,9 +74,10 @@ class Configured:
         return self.recipe.accumulation_steps
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """A fresh autocast context for the recipe's precision (``knobs.autocast_context``);
-        ``step`` uses it for training; wrap evaluation forward passes in it too."""
-        return knobs.autocast_context(self.recipe.precision, self.device.type)
+        """A fresh autocast context for the recipe's precision
+        (``autotune.knobs.autocast_context``); ``step`` uses it for training; wrap evaluation
+        forward passes in it too."""
+        return autocast_context(self.recipe.precision, self.device.type)
 
     def split(self, batch: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Cut one batch (tensors sharing their first dimension) into micro-batches of
@@ -113,17 +101,10 @@ class Configured:
             raise ValueError("step() needs at least one micro-batch; got an empty sequence")
         try:
             return optimizer_step(
-                self.model,
-                _LossOnly(loss_fn),  # type: ignore[arg-type] - optimizer_step reads only .loss
-                micro_batches,
-                self.optimizer,
-                self.scheduler,
-                self.recipe,
-                self.device.type,
-                self.scaler,
-                self.masks,
+                self.model, loss_fn, micro_batches, self.optimizer, self.scheduler, self.recipe,
+                self.device.type, scaler=self.scaler, masks=self.masks,
             )
-        except _Diverged as exc:
+        except Diverged as exc:
             raise FloatingPointError(
                 f"{exc}; lower the learning rate (recipe lr={self.recipe.lr:g}) or use fp32 "
                 f"(precision={self.recipe.precision!r})"
@@ -143,19 +124,15 @@ def configure(
     """
     _require_single(recipe)
     dev = pick_device(str(device) if device is not None else None)
-    model = model.to(dev)
     model.train()
-    if recipe.checkpointing:
-        knobs.apply_checkpointing(model)
-    masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
-    optimizer = knobs.build_optimizer(model.parameters(), recipe)
+    prepared = prepare(model, recipe, dev)  # a trial's own setup, in the same order
     return Configured(
         recipe=recipe,
-        model=model,
-        optimizer=optimizer,
-        scheduler=knobs.build_scheduler(optimizer, recipe),
-        scaler=knobs.make_grad_scaler(recipe.precision, dev.type),
-        masks=masks,
+        model=prepared.model,
+        optimizer=prepared.optimizer,
+        scheduler=prepared.scheduler,
+        scaler=prepared.scaler,
+        masks=prepared.masks,
         device=dev,
     )
 

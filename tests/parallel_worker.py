@@ -15,6 +15,7 @@ from torch import nn
 
 from autotune.recipe import Recipe
 from autotune.tasks import Task
+from autotune.train.parallel import init_worker, prepare
 
 DIM, HIDDEN, CLASSES, BATCH = 8, 16, 3, 8
 """BATCH is one worker's micro-batch; the single-process reference takes 2 x BATCH."""
@@ -69,8 +70,6 @@ def micro_batches(rank: int, workers: int, accumulation: int) -> list[list[torch
 
 
 def step_in_mode(rank: int, workers: int, port: int, recipe_dict: dict, out_path: str) -> None:
-    from autotune.train.parallel import init_worker, prepare
-
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     init_worker(rank, workers, "127.0.0.1", port, "cpu")
     try:

@@ -31,8 +31,8 @@ from autotune.export import (
     hf_unsupported,
     torchrun_command,
 )
+from autotune.knobs import lr_factor
 from autotune.recipe import Recipe
-from autotune.train.knobs import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSIONS_DIR = Path.home() / ".cache" / "autotune" / "torch_extensions"

@@ -4,18 +4,19 @@ import pytest
 import torch
 from torch import nn
 
-from autotune.recipe import Recipe
-from autotune.train import (
+from autotune.knobs import (
+    Diverged,
     autocast_context,
     build_optimizer,
     build_scheduler,
     lr_factor,
     make_grad_scaler,
     optimizer_step,
+    prunable_weights,
     prune_by_magnitude,
     sparsity,
 )
-from autotune.train.knobs import prunable_weights
+from autotune.recipe import Recipe
 from tests.toy_task import make_toy_task
 
 
@@ -48,27 +49,47 @@ def test_bf16_training_step_differs_from_fp32_but_is_close():
         recipe = Recipe(precision=precision, optimizer="sgd", lr=0.1, momentum=0.0,
                         weight_decay=0.0)
         opt = build_optimizer(model.parameters(), recipe)
-        optimizer_step(model, task, [batch], opt, None, recipe, "cpu")
+        optimizer_step(model, task.loss, [batch], opt, None, recipe, "cpu")
         results[precision] = torch.cat([p.detach().flatten() for p in model.parameters()])
     diff = (results["fp32"] - results["bf16"]).abs().max().item()
     assert 0 < diff < 1e-2  # bf16 rounding changes the step, slightly
+
+
+def _sgd_step(task, micro, accum: int) -> list[torch.Tensor]:
+    """Parameters after one plain-SGD step (no momentum: the update is ``lr * gradient``, so it
+    shows the gradient's scale, which one Adam step, about ``lr * sign(g)``, would hide)."""
+    torch.manual_seed(0)
+    model = task.build_model()
+    recipe = Recipe(batch_size=32 // accum, accumulation_steps=accum, optimizer="sgd", lr=0.5,
+                    momentum=0.0, weight_decay=0.0)
+    opt = build_optimizer(model.parameters(), recipe)
+    optimizer_step(model, task.loss, micro, opt, None, recipe, "cpu")
+    return [p.detach().clone() for p in model.parameters()]
 
 
 def test_accumulation_of_4x8_equals_one_batch_of_32():
     task = make_toy_task()
     batch = [t[:32] for t in task.train]
     micro = [[t[i * 8:(i + 1) * 8] for t in batch] for i in range(4)]
-    params = {}
-    for name, batches, accum in (("one", [batch], 1), ("accum", micro, 4)):
-        torch.manual_seed(0)
-        model = task.build_model()
-        recipe = Recipe(batch_size=32 // accum, accumulation_steps=accum, optimizer="adamw",
-                        lr=1e-2)
-        opt = build_optimizer(model.parameters(), recipe)
-        optimizer_step(model, task, batches, opt, None, recipe, "cpu")
-        params[name] = [p.detach().clone() for p in model.parameters()]
-    for a, b in zip(params["one"], params["accum"]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    before = [p.detach().clone() for p in task.build_model().parameters()]
+    one, accum = _sgd_step(task, [batch], 1), _sgd_step(task, micro, 4)
+    for b, a, c in zip(before, one, accum):
+        assert (a - b).abs().max() > 1e-3  # the step moved every parameter visibly
+        # Same update, not merely the same direction: a sum of the 4 micro-batches' gradients
+        # (no division by their count) would move 4x as far.
+        torch.testing.assert_close(c - b, a - b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_nan_loss_raises_diverged_before_its_backward_pass():
+    task = make_toy_task()
+    model = task.build_model()
+    recipe = Recipe(optimizer="sgd", lr=0.1, momentum=0.0)
+    opt = build_optimizer(model.parameters(), recipe)
+    with pytest.raises(Diverged, match="nan"):
+        optimizer_step(model, lambda m, b: task.loss(m, b) * torch.nan,
+                       [[t[:8] for t in task.train]], opt, None, recipe, "cpu")
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_prune_ratio_zeroes_that_fraction_and_keeps_it_through_training():
@@ -83,7 +104,7 @@ def test_prune_ratio_zeroes_that_fraction_and_keeps_it_through_training():
     recipe = Recipe(optimizer="adamw", lr=1e-2)
     opt = build_optimizer(model.parameters(), recipe)
     for i in range(5):
-        optimizer_step(model, task, [[t[i * 16:(i + 1) * 16] for t in task.train]], opt, None,
+        optimizer_step(model, task.loss, [[t[i * 16:(i + 1) * 16] for t in task.train]], opt, None,
                        recipe, "cpu", masks=masks)
     assert sparsity(weights) == pytest.approx(0.3, abs=0.005)
 

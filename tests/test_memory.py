@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from autotune import objective
+from autotune.knobs import apply_checkpointing
 from autotune.memory import (
     SAFETY_MARGIN,
     TensorTracker,
@@ -27,8 +28,7 @@ from autotune.memory import (
 from autotune.memory._model_states import DEEPSPEED_DEFAULTS, model_states
 from autotune.recipe import Recipe
 from autotune.tasks import Task, load_task
-from autotune.train import TrialLimits, apply_checkpointing, run_trial
-from autotune.train.loop import measure_step_memory
+from autotune.train import TrialLimits, measure_step_memory, run_trial
 
 CPU = torch.device("cpu")
 

@@ -27,8 +27,10 @@ offload           master weights, optimizer state and fp32 gradients (ZeRO-3: al
 
 Activations and temporaries come from the trace (for DeepSpeed's bf16/fp16 modes the trace
 casts the weights, as DeepSpeed does). These rules were checked against live measurements of
-2-worker gloo runs (``benchmarks/memory_accuracy.py``). ``model_states`` is the part that
-DeepSpeed's own estimators also compute; ``tests/test_memory.py`` states how they compare.
+2-worker gloo runs (``benchmarks/memory_accuracy.py``). Bytes per weight and of optimizer state
+per parameter come from ``autotune.knobs`` (training needs them too). ``model_states`` is the
+part that DeepSpeed's own estimators also compute; ``tests/test_memory.py`` states how they
+compare.
 """
 
 from __future__ import annotations
@@ -36,8 +38,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from autotune.knobs import optimizer_state_per_param, weight_bytes, zero_config
 from autotune.memory._trace import StepTrace
-from autotune.recipe import ZERO_MODES, Recipe
+from autotune.recipe import Recipe
+
+__all__ = [
+    "DEEPSPEED_DEFAULTS",
+    "ModelStates",
+    "compose",
+    "deepspeed_setting",
+    "model_states",
+    "optimizer_state_per_param",
+    "weight_bytes",
+]
+"""``optimizer_state_per_param`` and ``weight_bytes`` live in ``autotune.knobs``; they are
+re-exported for ``autotune.cli``. TODO(cli.py): import them from ``autotune.knobs``."""
 
 DEEPSPEED_DEFAULTS: dict[str, Any] = {
     "reduce_bucket_size": 500_000_000,
@@ -49,25 +64,9 @@ DEEPSPEED_DEFAULTS: dict[str, Any] = {
 on for ZeRO-3 only); a test checks them against ``DeepSpeedZeroConfig``."""
 
 
-def weight_bytes(recipe: Recipe) -> int:
-    """Bytes of one weight as the recipe's run holds it: DeepSpeed casts the model to bf16 or
-    fp16 in those modes; everything else keeps fp32 weights (autocast computes in 16 bits)."""
-    return 2 if recipe.parallelism in ZERO_MODES and recipe.precision != "fp32" else 4
-
-
-def optimizer_state_per_param(recipe: Recipe) -> int:
-    """Bytes of fp32 optimizer state per parameter: Adam/AdamW keep two moments, SGD with
-    momentum one buffer, plain SGD none."""
-    if recipe.optimizer in ("adam", "adamw"):
-        return 8
-    return 4 if recipe.momentum > 0 else 0
-
-
 def deepspeed_setting(recipe: Recipe, key: str) -> Any:
-    """A ZeRO setting as a trial's DeepSpeed config sets it (``autotune.train.parallel.
-    zero_config``), else DeepSpeed's default."""
-    from autotune.train.parallel import zero_config
-
+    """A ZeRO setting as a trial's DeepSpeed config sets it (``autotune.knobs.zero_config``),
+    else DeepSpeed's default."""
     zero = zero_config(recipe, "cuda").get("zero_optimization", {})
     value = zero.get(key, DEEPSPEED_DEFAULTS[key])
     if key == "overlap_comm" and value is None:

@@ -25,15 +25,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
-from autotune.memory._model_states import compose, weight_bytes
+from autotune.knobs import DTYPES, unsupported_reason, weight_bytes
+from autotune.memory._model_states import compose
 from autotune.memory._trace import StepTrace, trace_step
 from autotune.recipe import Recipe
 from autotune.tasks import Task
 
 DEVICE_TYPES = ("cpu", "cuda")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SAFETY_MARGIN = 0.05
 """``check_budget`` launches a recipe only if its predicted peak x 1.05 fits the budget."""
 
@@ -169,7 +167,7 @@ def predict_peak(
                          f"{device_type!r}")
     cache = TRACE_CACHE if cache is None else cache
     traced = single_device_recipe(recipe)
-    dtype = None if weight_bytes(recipe) == 4 else _DTYPES[recipe.precision]
+    dtype = None if weight_bytes(recipe) == 4 else DTYPES[recipe.precision]
     trace = cache.get(trace_key(task, recipe), task.build_model,
                       lambda: trace_step(task, traced, weights_dtype=dtype))
     return Prediction(**compose(trace, recipe, device_type))
@@ -199,8 +197,6 @@ def estimate_recipes(
     """One row per recipe for ``autotune estimate``: ``recipe`` (its knobs), ``prediction``
     (``Prediction.to_dict()``) and ``fits`` (``check_budget``), or ``unsupported`` (why the
     recipe cannot run on ``device_type``, e.g. DeepSpeed's fp16 on a CPU) instead."""
-    from autotune.train.parallel import unsupported_reason
-
     rows: list[dict[str, Any]] = []
     for recipe in recipes:
         reason = unsupported_reason(recipe, device_type)

@@ -6,8 +6,9 @@ shapes, dtypes and storages but no data), with ``TensorTracker`` (torch's ``MemT
 watching every tensor. It is the second step that is traced, because the optimizer's state
 exists only from the first step on (the first one is taken on zero gradients, without a
 forward pass); gradient accumulation traces two micro-batches, because the second one runs
-while the first one's gradients are held. The step is the trial's own: the same model factory,
-checkpointing, pruning masks, autocast, loss scaling and optimizer (``autotune.train.knobs``).
+while the first one's gradients are held. The step is the trial's own function,
+``autotune.knobs.optimizer_step`` (with ``read_values=False``: fake tensors have no values),
+after the same model factory, checkpointing, pruning masks, loss scaler and optimizer.
 
 The batch is ``largest_batch``: the micro-batch of the training examples with the most
 non-zero inputs, the worst case for tasks that cut padding per batch (``bert`` keeps its full
@@ -19,13 +20,22 @@ CPU, tracked the same way (``method`` says which).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
+from autotune.knobs import (
+    apply_checkpointing,
+    build_optimizer,
+    make_grad_scaler,
+    optimizer_step,
+    prune_by_magnitude,
+)
 from autotune.memory._measured import CATEGORIES, TensorTracker
 from autotune.recipe import Recipe
 from autotune.tasks import Task
@@ -107,16 +117,10 @@ def trace_step(task: Task, recipe: Recipe, weights_dtype: torch.dtype | None = N
 
 
 def _with(trace: StepTrace, **changes: Any) -> StepTrace:
-    import dataclasses
-
     return dataclasses.replace(trace, **changes)
 
 
 def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | None) -> StepTrace:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from autotune.train import knobs
-
     mode = FakeTensorMode() if fake else None
     fake_ctx = mode if mode is not None else contextlib.nullcontext()
     rng = torch.get_rng_state()
@@ -127,7 +131,7 @@ def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | 
             if weights_dtype is not None:
                 _cast_weights(model, weights_dtype)
             if recipe.checkpointing:
-                knobs.apply_checkpointing(model)
+                apply_checkpointing(model)
         batch = largest_batch(task, recipe.batch_size)
         if mode is not None:
             batch = [mode.from_tensor(t) for t in batch]
@@ -136,11 +140,13 @@ def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | 
             tracker = TensorTracker(model)
             with tracker:
                 tracker.phase("setup")
-                masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
-                optimizer = knobs.build_optimizer(model.parameters(), recipe)
-                scaler = knobs.make_grad_scaler(recipe.precision, "cpu")
+                masks = prune_by_magnitude(model, recipe.prune_ratio)
+                optimizer = build_optimizer(model.parameters(), recipe)
+                scaler = make_grad_scaler(recipe.precision, "cpu")
                 _create_optimizer_state(model, optimizer)
-                _step(task, model, micro, optimizer, scaler, recipe, masks, tracker)
+                optimizer_step(model, task.loss, micro, optimizer, None, recipe, "cpu",
+                               scaler=scaler, masks=masks, read_values=False,
+                               phase=tracker.phase)
             stats = _model_stats(model, optimizer, masks)
     finally:
         torch.set_rng_state(rng)
@@ -166,31 +172,6 @@ def _create_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) 
             p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def _step(task: Task, model: nn.Module, micro: list[list[torch.Tensor]],
-          optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-          recipe: Recipe, masks: dict[nn.Parameter, torch.Tensor],
-          tracker: TensorTracker) -> None:
-    """One optimizer step as ``autotune.train.loop.optimizer_step`` takes it, without reading
-    the loss's value (fake tensors have none): the loss scaler always steps."""
-    from autotune.train import knobs
-
-    for batch in micro:
-        tracker.phase("forward_backward")
-        with knobs.autocast_context(recipe.precision, "cpu"):
-            loss = task.loss(model, batch)
-        scaled = loss / len(micro)
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        del loss, scaled
-    tracker.phase("optimizer_step")
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    optimizer.step()
-    if scaler is not None:
-        scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    knobs.apply_masks(masks)
 
 
 def _model_stats(model: nn.Module, optimizer: torch.optim.Optimizer,

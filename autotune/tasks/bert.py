@@ -178,6 +178,7 @@ def describe(
 
 def build_bert(shape: BertSize, max_length: int) -> nn.Module:
     """A fresh BERT classifier on the CPU, initialised from the torch RNG; downloads nothing."""
+    # lazy: heavy optional dependency (transformers takes seconds to import; mnist needs none)
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
@@ -310,7 +311,7 @@ def write_cache(path: Path, tensors: tuple[torch.Tensor, ...]) -> None:
 
 def read_sentences(data_path: Path) -> tuple[list[str], list[int]]:
     """Fresh (1) and rotten (0) review sentences, stripped, without empty or repeated texts."""
-    import pandas as pd
+    import pandas as pd  # lazy: heavy optional dependency, read once when the cache is cold
 
     df = pd.read_csv(data_path, usecols=["category", "text"])
     df = df[df["category"].isin(["fresh", "rotten"])]
@@ -324,7 +325,7 @@ def tokenize(
     texts: list[str], vocab_path: Path, max_length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower-cased WordPiece ids and attention masks, truncated and padded to ``max_length``."""
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers import BertWordPieceTokenizer  # lazy: heavy optional dependency
 
     tokenizer = BertWordPieceTokenizer(str(vocab_path), lowercase=True)
     tokenizer.enable_truncation(max_length=max_length)

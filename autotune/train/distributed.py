@@ -2,7 +2,8 @@
 
 ``run_workers`` starts ``recipe.workers`` processes (``spawn``), each of which rebuilds the task
 from its name (``Task.load_spec``; a Task holds functions that do not pickle), joins a process
-group (gloo on CPUs, NCCL on GPUs) and runs ``run_trial`` as its part of the run. Worker 0
+group (gloo on CPUs, NCCL on GPUs) and runs ``train_in_process`` (``autotune.train.loop``) as
+its part of the run. Worker 0
 sends its progress and result back through a queue; this process forwards progress to
 ``report`` and returns worker 0's result. A worker that dies (crash, killed by the OOM killer)
 ends the trial as failed with the reason, and the other workers are stopped, instead of
@@ -24,11 +25,15 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from autotune import objective
 from autotune.recipe import Recipe
-from autotune.tasks import Task
+from autotune.tasks import Task, load_task
+from autotune.train.loop import pick_device, train_in_process
+from autotune.train.parallel import init_worker
+from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
 WORKER_JOIN_SECONDS = 30.0
 
@@ -39,10 +44,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_workers(task: Task, recipe: Recipe, limits: Any, report: Any, device: str | None) -> Any:
+def run_workers(task: Task, recipe: Recipe, limits: TrialLimits, report: ReportFn | None,
+                device: str | None) -> TrialResult:
     """Run a multi-worker trial; returns worker 0's ``TrialResult``."""
-    from autotune.train.loop import pick_device
-
     dev = pick_device(device)
     gpus = torch.cuda.device_count() if dev.type == "cuda" else None
     refused = check_launch(task, recipe, limits, dev.type, gpus)
@@ -74,39 +78,30 @@ def run_workers(task: Task, recipe: Recipe, limits: Any, report: Any, device: st
     return result_from_final(final, why, str(dev), limits)
 
 
-def check_launch(task: Task, recipe: Recipe, limits: Any, device_type: str,
-                 gpus_visible: int | None) -> Any:
+def check_launch(task: Task, recipe: Recipe, limits: TrialLimits, device_type: str,
+                 gpus_visible: int | None) -> TrialResult | None:
     """The result of a multi-worker trial that cannot start (None when it can)."""
-    from autotune.train.loop import TrialResult
-
-    def failed(status: str, message: str) -> Any:
-        return TrialResult(status=status, score=objective.score(
-            status, None, None, limits.target, limits.max_train_seconds),
-            device=device_type, message=message)
-
     if task.load_spec is None:
-        return failed(objective.ERROR, "a multi-worker recipe needs a task loaded by name "
-                      "(autotune.load_task), so that each worker process can build it")
+        return TrialResult.failed(
+            objective.ERROR, "a multi-worker recipe needs a task loaded by name "
+            "(autotune.load_task), so that each worker process can build it", limits, device_type)
     if device_type == "cuda" and gpus_visible is not None and gpus_visible < recipe.workers:
-        return failed(objective.INFEASIBLE, f"{recipe.workers} workers need {recipe.workers} "
-                      f"GPUs; {gpus_visible} visible")
+        return TrialResult.failed(
+            objective.INFEASIBLE, f"{recipe.workers} workers need {recipe.workers} GPUs; "
+            f"{gpus_visible} visible", limits, device_type)
     return None
 
 
-def result_from_final(final: dict[str, Any] | None, why: str, device: str, limits: Any) -> Any:
+def result_from_final(final: dict[str, Any] | None, why: str, device: str,
+                      limits: TrialLimits) -> TrialResult:
     """Worker 0's final report as a ``TrialResult``; ``why`` names workers that died."""
-    from autotune.train.loop import TrialResult
-
-    if final is not None and why and final.get("status") != objective.REACHED:
+    if final is None:
+        return TrialResult.failed(objective.ERROR, why or "the workers ended without a result",
+                                  limits, device)
+    final = dict(final)
+    if why and final.get("status") != objective.REACHED:
         # Worker 0 saw the others' death as a broken connection: name the cause first.
         final["message"] = f"{why}; worker 0: {final.get('message', '')}"
-    if final is None:
-        return TrialResult(
-            status=objective.ERROR, score=objective.score(
-                objective.ERROR, None, None, limits.target, limits.max_train_seconds),
-            device=device, message=why or "the workers ended without a result",
-        )
-    final = dict(final)
     final.pop("final", None)
     curve = [tuple(point) for point in final.pop("curve", [])]
     return TrialResult(**final, curve=curve)
@@ -150,12 +145,6 @@ def worker_main(rank: int, world: int, master_addr: str, port: int, spec: tuple[
                 report: Any) -> None:
     """One worker's part of a multi-worker trial, in whatever process runs it (a spawned
     process here, a Ray actor in a search): join the group, build the task, train."""
-    import torch.distributed as dist
-
-    from autotune.tasks import load_task
-    from autotune.train.loop import TrialLimits, run_trial
-    from autotune.train.parallel import init_worker
-
     if device_type == "cpu":
         torch.set_num_threads(threads)
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -164,8 +153,8 @@ def worker_main(rank: int, world: int, master_addr: str, port: int, spec: tuple[
         name, options = spec
         task = load_task(name, device_type, options)
         device = f"cuda:{rank % torch.cuda.device_count()}" if device_type == "cuda" else "cpu"
-        run_trial(task, Recipe.from_dict(recipe_dict), TrialLimits(**limits_dict),
-                  report=report if rank == 0 else None, device=device)
+        train_in_process(task, Recipe.from_dict(recipe_dict), TrialLimits(**limits_dict),
+                         report=report if rank == 0 else None, device=device)
         gc.collect()  # free DDP/FSDP/DeepSpeed wrappers while the process group exists
         dist.barrier()
     finally:

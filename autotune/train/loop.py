@@ -1,9 +1,11 @@
-"""One trial: train a task's model with a recipe until the target metric or the time limit.
+"""One process's part of a trial: train a task's model with a recipe until the target metric
+or the time limit (``train_in_process``; ``autotune.train.trial.run_trial`` is the entry point).
 
-``run_trial(task, recipe, limits, report)`` is an ordinary function: it runs the same way in a
-Ray Tune worker, in ``autotune train``, and in a unit test. It never raises for what a recipe
-does to a run (out of memory, NaN loss, over budget): those end in a ``TrialResult`` with the
-matching status, so a search records them and goes on.
+It is an ordinary function: it runs the same way in a Ray Tune worker, in ``autotune train``,
+in a worker process of a multi-worker trial, and in a unit test. It never raises for what a
+recipe does to a run (out of memory, NaN loss, over budget): those end in a ``TrialResult``
+with the matching status, so a search records them and goes on. Each optimizer step is
+``Prepared.step`` (``autotune.train.parallel``), that is ``autotune.knobs.optimizer_step``.
 
 The time-to-accuracy clock counts training only: forward, backward and optimizer steps,
 including data slicing. It is paused for evaluations (which are measured separately) and does
@@ -26,128 +28,32 @@ same run as without the measurement (its first steps run on warmed-up kernels).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed as dist
 
 from autotune import objective
+from autotune.knobs import Diverged, autocast_context, unsupported_reason
 from autotune.memory import (
     TensorTracker,
     cap_device_memory,
     is_out_of_memory,
+    largest_batch,
+    predict_peak,
     read_peak,
     reset_peak,
 )
 from autotune.recipe import Recipe
 from autotune.tasks import Task, accuracy
-from autotune.train import knobs
-
-ReportFn = Callable[[dict[str, Any]], None]
-LaunchFn = Callable[..., "TrialResult"]
-"""Starts the workers of a multi-worker trial: ``(task, recipe, limits, report, device)`` ->
-worker 0's ``TrialResult``."""
+from autotune.train.parallel import Prepared, prepare
+from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
 
-@dataclass(frozen=True)
-class TrialLimits:
-    """What bounds one trial, independent of the recipe."""
-
-    max_train_seconds: float
-    """Training-clock limit: a trial that has not reached the target by then stops."""
-    eval_every_seconds: float
-    """Training seconds between evaluations (the resolution of time-to-accuracy)."""
-    target: float
-    """Validation metric value to reach."""
-    budget_bytes: int | None = None
-    """Peak memory allowed on one device; a run whose measured peak exceeds it is infeasible."""
-    seed: int = 0
-    """Seeds the model's initial weights and the data order."""
-    max_steps: int | None = None
-    """Optional cap on optimizer steps (tests use it to bound work)."""
-    predicted_peak_bytes: int | None = None
-    """The peak the search predicted for this recipe (``autotune.memory.check_budget``);
-    None: the trial predicts it itself (cached per process)."""
-
-    @classmethod
-    def for_task(
-        cls,
-        task: Task,
-        *,
-        target: float | None = None,
-        max_train_seconds: float | None = None,
-        budget_bytes: int | None = None,
-        seed: int = 0,
-    ) -> TrialLimits:
-        return cls(
-            max_train_seconds=max_train_seconds or task.max_train_seconds,
-            eval_every_seconds=task.eval_every_seconds,
-            target=task.target if target is None else target,
-            budget_bytes=budget_bytes,
-            seed=seed,
-        )
-
-
-@dataclass
-class TrialResult:
-    """Everything measured in one trial; plain data, written to the results directory."""
-
-    status: str
-    """One of ``autotune.objective``'s states (reached, not_reached, infeasible, ...)."""
-    score: float
-    """What the searcher minimises (see ``autotune.objective``)."""
-    tta_seconds: float | None = None
-    """Training seconds to the first evaluation at or above the target; None if never."""
-    best_metric: float | None = None
-    last_metric: float | None = None
-    train_seconds: float = 0.0
-    """Training clock when the trial ended."""
-    eval_seconds: float = 0.0
-    """Wall time spent in evaluations (not counted in TTA)."""
-    setup_seconds: float = 0.0
-    """Model building and moving data to the device (not counted in TTA)."""
-    steps: int = 0
-    """Optimizer steps taken."""
-    examples: int = 0
-    """Training examples processed."""
-    peak_memory_bytes: int | None = None
-    """Measured peak per device, what the budget is checked against (``peak_memory_source``:
-    ``cuda_allocated`` on a GPU, ``cpu_tracked`` tensor memory on the CPU)."""
-    peak_memory_source: str | None = None
-    peak_reserved_bytes: int | None = None
-    """GPU only: the caching allocator's peak reservation."""
-    peak_rss_bytes: int | None = None
-    """The process's peak resident set size (interpreter and libraries included)."""
-    predicted_peak_bytes: int | None = None
-    """Predicted peak per device (``autotune.memory.predict_peak``), before training."""
-    prediction_error: float | None = None
-    """measured / predicted - 1 (``peak_memory_bytes`` against ``predicted_peak_bytes``)."""
-    tracked_peak_bytes: int | None = None
-    """CPU: peak tracked tensor memory of two optimizer steps on the largest micro-batch."""
-    memory_breakdown: dict[str, int] | None = None
-    """CPU: the tracked peak by kind (parameters, gradients, optimizer, activations)."""
-    memory_cap_fraction: float | None = None
-    """GPU: the fraction of the card the process was capped at (the budget), if capped."""
-    device: str = "cpu"
-    message: str = ""
-    """Why the trial ended without a TTA, in words."""
-    curve: list[tuple[float, float]] = field(default_factory=list)
-    """(training seconds, metric) at each evaluation."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["curve"] = [list(point) for point in self.curve]
-        return out
-
-
-class _Diverged(Exception):
-    pass
+class _Unsupported(Exception):
+    """The recipe cannot run on this device (``autotune.knobs.unsupported_reason``)."""
 
 
 class _Clock:
@@ -194,63 +100,6 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def optimizer_step(
-    model: nn.Module,
-    task: Task,
-    micro_batches: Sequence[Sequence[torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    recipe: Recipe,
-    device_type: str,
-    scaler: torch.amp.GradScaler | None = None,
-    masks: dict[nn.Parameter, torch.Tensor] | None = None,
-    skip_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-    strict: bool = True,
-) -> float:
-    """One optimizer step over ``micro_batches`` (gradient accumulation), applying precision,
-    loss scaling and pruning masks. Returns the mean loss; raises ``_Diverged`` on NaN/inf.
-
-    Each micro-batch's mean loss is divided by their count, so N micro-batches of B examples give
-    the gradient of one batch of N*B examples. ``skip_sync`` (DDP's ``no_sync``) wraps all but
-    the last micro-batch, so gradients are averaged across workers once per step. With
-    ``strict=False`` a NaN/inf loss does not raise but makes the returned loss NaN: workers of
-    a parallel run must leave the step together, so they decide after it, collectively.
-    """
-    total = 0.0
-    n = len(micro_batches)
-    for i, batch in enumerate(micro_batches):
-        last = i == n - 1
-        with (skip_sync() if skip_sync is not None and not last else contextlib.nullcontext()):
-            with knobs.autocast_context(recipe.precision, device_type):
-                loss = task.loss(model, batch)
-            total += check_finite(loss, _step_of(scheduler)) if strict else float(loss.detach())
-            scaled = loss / n
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if scheduler is not None:
-        scheduler.step()
-    if masks:
-        knobs.apply_masks(masks)
-    return total / n
-
-
-def check_finite(loss: torch.Tensor, step: int) -> float:
-    """The loss as a float; raises ``_Diverged`` when it is NaN or infinite."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise _Diverged(f"loss became {value} at optimizer step {step}")
-    return value
-
-
-def _step_of(scheduler: Any) -> int:
-    return int(getattr(scheduler, "last_epoch", 0)) if scheduler is not None else 0
-
-
 class _Batches:
     """Endless shuffled micro-batches from tensors already on the device (seeded order)."""
 
@@ -276,35 +125,21 @@ class _Batches:
         return [t.index_select(0, idx) for t in self.data]
 
 
-def run_trial(
+def train_in_process(
     task: Task,
     recipe: Recipe,
     limits: TrialLimits,
     report: ReportFn | None = None,
     device: str | None = None,
-    launch: LaunchFn | None = None,
 ) -> TrialResult:
-    """Train ``task``'s model with ``recipe`` until ``limits.target`` or the time limit.
+    """This process's part of a trial: the whole trial for one worker, or, inside a worker of
+    a multi-worker trial (process group initialised), that worker's share, where only rank 0
+    reports. ``autotune.train.run_trial`` is the entry point that also starts the workers.
 
+    Trains ``task``'s model with ``recipe`` until ``limits.target`` or the time limit;
     ``report`` is called after each evaluation with the running measurements (the fields of
     ``TrialResult`` plus ``final``), so a scheduler can stop a losing trial early.
-
-    A multi-worker recipe (``workers > 1``) starts its workers here through ``launch``
-    (default: one local process each, ``autotune.train.distributed.run_workers``; a search
-    passes a launcher that places them as Ray actors); inside a worker (process group
-    initialised) this function is that worker's part of the run, and only rank 0 reports.
     """
-    import torch.distributed as dist
-
-    if recipe.workers > 1 and not dist.is_initialized():
-        from autotune.train.distributed import run_workers
-
-        result = (launch or run_workers)(task, recipe, limits, report, device)
-        if report is not None:
-            report({**result.to_dict(), "final": True})
-        return result
-    from autotune.train.parallel import prepare, unsupported_reason
-
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     dev = pick_device(device)
     result = TrialResult(status=objective.RUNNING, score=0.0, device=str(dev))
@@ -329,30 +164,33 @@ def run_trial(
         result.setup_seconds = time.perf_counter() - setup_start
         _train(task, recipe, limits, prepared, batches, dev, result,
                report if rank == 0 else None, world)
-    except _Diverged as exc:
-        result.status, result.message = objective.DIVERGED, str(exc)
-    except _Unsupported as exc:
-        result.status, result.message = objective.INFEASIBLE, f"not possible here: {exc}"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded trial
-        if is_out_of_memory(exc):
-            result.status = objective.INFEASIBLE
-            result.message = f"out of memory: {str(exc).splitlines()[0][:300]}"
-            measured = read_peak(dev, result.tracked_peak_bytes).peak_bytes
-            result.message += _estimator_miss(result, measured, limits)
-        else:
-            result.status = objective.ERROR
-            first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
-            result.message = f"{type(exc).__name__}: {first_line}"
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+        _record_failure(result, exc, dev, limits)
     _finish(result, limits, dev)
     if report is not None and rank == 0:
         report({**result.to_dict(), "final": True})
     return result
 
 
-class _Unsupported(Exception):
-    pass
+def _record_failure(result: TrialResult, exc: Exception, dev: torch.device,
+                    limits: TrialLimits) -> None:
+    """What ended the trial, as its status and message: diverged (NaN/inf loss), infeasible
+    (not possible on this device, or out of memory), else an error."""
+    if isinstance(exc, Diverged):
+        result.status, result.message = objective.DIVERGED, str(exc)
+    elif isinstance(exc, _Unsupported):
+        result.status, result.message = objective.INFEASIBLE, f"not possible here: {exc}"
+    elif is_out_of_memory(exc):
+        result.status = objective.INFEASIBLE
+        result.message = f"out of memory: {str(exc).splitlines()[0][:300]}"
+        measured = read_peak(dev, result.tracked_peak_bytes).peak_bytes
+        result.message += _estimator_miss(result, measured, limits)
+    else:
+        result.status = objective.ERROR
+        first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+        result.message = f"{type(exc).__name__}: {first_line}"
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _decide(flags: list[float], world: int) -> list[float]:
@@ -360,8 +198,6 @@ def _decide(flags: list[float], world: int) -> list[float]:
     a worker that leaves a loop early would leave the others waiting in a collective."""
     if world == 1:
         return flags
-    import torch.distributed as dist
-
     tensor = torch.tensor(flags, dtype=torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()
@@ -371,7 +207,7 @@ def _train(
     task: Task,
     recipe: Recipe,
     limits: TrialLimits,
-    prepared: Any,
+    prepared: Prepared,
     batches: _Batches,
     dev: torch.device,
     result: TrialResult,
@@ -393,14 +229,14 @@ def _train(
         diverged, elapsed, out_of_steps = _decide(
             [float(not math.isfinite(loss)), elapsed, float(out_of_steps)], world)
         if diverged:
-            raise _Diverged(f"loss became non-finite at optimizer step {result.steps}")
+            raise Diverged(f"loss became non-finite at optimizer step {result.steps}")
         out_of_time = elapsed >= limits.max_train_seconds
         if elapsed >= next_eval or out_of_time or out_of_steps:
             while next_eval <= elapsed:
                 next_eval += limits.eval_every_seconds
             eval_start = time.perf_counter()
             # DeepSpeed's bf16/fp16 hold 16-bit weights, so float inputs need autocast there too.
-            ctx = knobs.autocast_context(recipe.precision, dev.type) if prepared.engine \
+            ctx = autocast_context(recipe.precision, dev.type) if prepared.engine \
                 else contextlib.nullcontext()
             with ctx:
                 metric = accuracy(task, prepared.model, dev)
@@ -460,8 +296,6 @@ def _finish(
 def _predict(task: Task, recipe: Recipe, dev: torch.device, result: TrialResult) -> int | None:
     """The predicted peak per device (cached per process); None, with a note in the
     message, when the estimator cannot trace this task."""
-    from autotune.memory import predict_peak
-
     try:
         return predict_peak(task, recipe, dev.type).peak_bytes
     except Exception as exc:  # noqa: BLE001 - a missing estimate must not fail the trial
@@ -510,9 +344,6 @@ def measure_step_memory(
     the parallel mode's setup and steps pair up. Why a copy, during setup: see the module
     docstring.
     """
-    from autotune.memory import largest_batch
-    from autotune.train.parallel import prepare
-
     seed_everything(seed)
     model = task.build_model()
     model.train()

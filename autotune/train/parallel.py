@@ -3,7 +3,7 @@
 ``prepare(model, recipe, device)`` returns a ``Prepared`` whose ``step(task, micro_batches)``
 does one optimizer step the way the recipe's ``parallelism`` asks:
 
-- ``single``: the plain step (``autotune.train.loop.optimizer_step``).
+- ``single``: the plain step (``autotune.knobs.optimizer_step``, the one training step).
 - ``ddp``: ``DistributedDataParallel``: every worker holds the whole model; gradients are
   averaged across workers (all-reduce) once per optimizer step (``no_sync`` on the other
   micro-batches of an accumulation).
@@ -11,7 +11,9 @@ does one optimizer step the way the recipe's ``parallelism`` asks:
   (transformer layers) and on the root: parameters, gradients and optimizer state are sharded.
 - ``zero1``/``zero2``/``zero3``: DeepSpeed ZeRO stage 1/2/3 (optimizer state / + gradients /
   + parameters sharded), with CPU offload of optimizer state (and for ZeRO-3 parameters) when
-  ``recipe.offload``. DeepSpeed is imported only here, only for these modes.
+  ``recipe.offload``. DeepSpeed is imported only here, only for these modes. The engine steps
+  itself, but through the shared pieces of the step (``micro_batch_loss``, ``loss_value``,
+  ``apply_masks``).
 
 Every mode steps with the same optimizer, learning-rate schedule and pruning masks as a single
 worker; each worker trains on its own micro-batches, so one step covers
@@ -37,11 +39,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from autotune.knobs import (
+    apply_checkpointing,
+    apply_masks,
+    build_optimizer,
+    build_scheduler,
+    loss_value,
+    make_grad_scaler,
+    micro_batch_loss,
+    optimizer_step,
+    prune_by_magnitude,
+    unsupported_reason,
+    zero_config,
+)
 from autotune.recipe import ZERO_MODES, Recipe
 from autotune.tasks import Task
-from autotune.train import knobs
 
-MODES = ("single", "ddp", "fsdp", *ZERO_MODES)
+__all__ = ["Prepared", "extensions_dir", "init_worker", "prepare", "unsupported_reason"]
+"""``unsupported_reason`` is re-exported for ``autotune.cli`` and ``autotune.search._tune``.
+TODO(cli.py, search/_tune.py): import it from ``autotune.knobs``, then drop it here."""
 
 
 def init_worker(
@@ -57,17 +73,6 @@ def init_worker(
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(minutes=10))
-
-
-def unsupported_reason(recipe: Recipe, device_type: str) -> str | None:
-    """Why this recipe cannot run on this kind of device (None when it can)."""
-    if recipe.parallelism in ZERO_MODES and recipe.precision == "fp16" and device_type == "cpu":
-        return "DeepSpeed does not support fp16 on the CPU (use bf16 or fp32)"
-    if recipe.parallelism == "zero3" and recipe.prune_ratio > 0:
-        return "pruning is not supported with ZeRO-3 (its parameters are partitioned)"
-    if recipe.parallelism == "fsdp" and recipe.precision == "fp16":
-        return "fp16 with FSDP2 needs a sharded gradient scaler, which autotune does not use"
-    return None
 
 
 @dataclass
@@ -90,33 +95,38 @@ class Prepared:
     ) -> float:
         """One optimizer step over this worker's micro-batches; returns their mean loss.
 
-        ``strict``: raise on a NaN/inf loss at once; otherwise return NaN after the step (see
-        ``optimizer_step``)."""
-        from autotune.train.loop import check_finite, optimizer_step
-
+        ``strict``: raise ``Diverged`` on a NaN/inf loss at once; otherwise return NaN after
+        the step (see ``autotune.knobs.optimizer_step``)."""
         if self.engine is not None:
-            total = 0.0
-            for batch in micro_batches:
-                # DeepSpeed's bf16/fp16 keep 16-bit weights; autocast casts float inputs too.
-                with knobs.autocast_context(self.recipe.precision, self.device.type):
-                    loss = task.loss(self.engine, batch)
-                value = float(loss.detach())
-                total += check_finite(loss, self.engine.global_steps) if strict else value
-                self.engine.backward(loss)
-                self.engine.step()
-            knobs.apply_masks(self.masks)
-            return total / len(micro_batches)
+            return self._engine_step(task, micro_batches, strict)
         sync = getattr(self.model, "no_sync", None)
         return optimizer_step(
-            self.model, task, micro_batches, self.optimizer, self.scheduler, self.recipe,
-            self.device.type, self.scaler, self.masks,
+            self.model, task.loss, micro_batches, self.optimizer, self.scheduler, self.recipe,
+            self.device.type, scaler=self.scaler, masks=self.masks,
             skip_sync=(lambda: sync()) if sync is not None else None, strict=strict,
         )
+
+    def _engine_step(
+        self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool
+    ) -> float:
+        """DeepSpeed's variant of the step: the engine accumulates (it divides by the
+        accumulation count itself), scales fp16 losses and steps at the last micro-batch; the
+        loss, the finite check and the masks are the shared step's."""
+        total = 0.0
+        for batch in micro_batches:
+            # DeepSpeed's bf16/fp16 keep 16-bit weights; autocast casts float inputs too.
+            loss = micro_batch_loss(self.engine, task.loss, batch, self.recipe.precision,
+                                    self.device.type)
+            total += loss_value(loss, self.engine.global_steps, strict)
+            self.engine.backward(loss)
+            self.engine.step()
+        apply_masks(self.masks)
+        return total / len(micro_batches)
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """Every parameter gathered in full on every worker (for tests and checkpoints)."""
         if self.engine is not None and self.recipe.parallelism == "zero3":
-            import deepspeed
+            import deepspeed  # lazy: heavy optional dependency
 
             params = list(self.engine.module.parameters())
             with deepspeed.zero.GatheredParameters(params):
@@ -139,8 +149,8 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     activation checkpointing and pruning first (on the plain model), then the parallel mode."""
     model = model.to(device)
     if recipe.checkpointing:
-        knobs.apply_checkpointing(model)
-    masks = knobs.prune_by_magnitude(model, recipe.prune_ratio)
+        apply_checkpointing(model)
+    masks = prune_by_magnitude(model, recipe.prune_ratio)
     mode = recipe.parallelism
     if mode in ZERO_MODES:
         return _prepare_zero(model, recipe, device, masks)
@@ -152,16 +162,17 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
         by_name = {names[id(p)]: m for p, m in masks.items()}
         model = _fully_shard(model)
         masks = _shard_masks(model, by_name)
-    optimizer = knobs.build_optimizer(model.parameters(), recipe)
+    optimizer = build_optimizer(model.parameters(), recipe)
     return Prepared(
         model=model, recipe=recipe, device=device, optimizer=optimizer,
-        scheduler=knobs.build_scheduler(optimizer, recipe),
-        scaler=knobs.make_grad_scaler(recipe.precision, device.type), masks=masks,
+        scheduler=build_scheduler(optimizer, recipe),
+        scaler=make_grad_scaler(recipe.precision, device.type), masks=masks,
     )
 
 
 def _fully_shard(model: nn.Module) -> nn.Module:
     """FSDP2: shard each block of every ``ModuleList`` (transformer layers), then the root."""
+    # lazy: torch.distributed.fsdp takes 0.4 s to import (measured), for FSDP recipes only
     from torch.distributed.fsdp import fully_shard
 
     for module in list(model.modules()):
@@ -181,6 +192,7 @@ def _shard_masks(
     ``fully_shard`` keeps parameter names, so masks are matched by name."""
     if not masks:
         return {}
+    # lazy: torch.distributed.tensor takes 0.4 s to import (measured), for FSDP recipes only
     from torch.distributed.tensor import distribute_tensor
 
     params = dict(model.named_parameters())
@@ -200,41 +212,24 @@ def extensions_dir() -> Path:
     return Path(base) / "torch_extensions"
 
 
-def zero_config(recipe: Recipe, device_type: str) -> dict[str, Any]:
-    """The DeepSpeed config a trial trains with: the exported config (``autotune export
-    --format deepspeed``: stage, offload, batch sizes, precision) without its optimizer and
-    schedule, which are autotune's own, passed to ``deepspeed.initialize`` as objects."""
-    from autotune.export import deepspeed_config
-
-    config = deepspeed_config(recipe, device_type=device_type, with_scheduler=False)
-    config.pop("optimizer", None)
-    config.update(
-        zero_allow_untested_optimizer=True,  # a client torch optimizer (SGD, Adam, AdamW)
-        zero_force_ds_cpu_optimizer=False,  # offload with torch SGD is allowed, if slower
-        steps_per_print=10**9,
-        wall_clock_breakdown=False,
-    )
-    return config
-
-
 def _prepare_zero(
     model: nn.Module, recipe: Recipe, device: torch.device,
     masks: dict[nn.Parameter, torch.Tensor],
 ) -> Prepared:
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if device.type == "cpu" else "cuda")
-    import deepspeed
+    import deepspeed  # lazy: heavy optional dependency (and reads DS_ACCELERATOR on import)
 
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.offload and recipe.optimizer in ("adam", "adamw"):
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # lazy: heavy optional dependency
 
         optimizer: Any = DeepSpeedCPUAdam(
             params, lr=recipe.lr, weight_decay=recipe.weight_decay,
             adamw_mode=recipe.optimizer == "adamw",
         )
     else:
-        optimizer = knobs.build_optimizer(params, recipe)
-    scheduler = knobs.build_scheduler(optimizer, recipe)
+        optimizer = build_optimizer(params, recipe)
+    scheduler = build_scheduler(optimizer, recipe)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
     with contextlib.redirect_stdout(io.StringIO()):
         engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(

@@ -1,0 +1,60 @@
+"""What a recipe does to a training step, below both ``autotune.train`` and ``autotune.memory``.
+
+- the knobs, each a pure function testable on a tiny model without a trainer: precision
+  (``autocast_context``, ``make_grad_scaler``), optimizer and schedule (``build_optimizer``,
+  ``build_scheduler``, ``lr_factor``), pruning (``prune_by_magnitude``, ``apply_masks``,
+  ``sparsity``) and activation checkpointing (``apply_checkpointing``);
+- THE training step (``optimizer_step``, module ``step``), which trials, ``autotune.configure``
+  and the memory estimator's trace all run; a NaN/inf loss raises ``Diverged``;
+- what both sides need to know about a recipe (module ``modes``): whether a device can run it
+  (``unsupported_reason``), bytes per weight and of optimizer state, and its DeepSpeed config.
+
+This package imports only ``autotune.recipe``, ``autotune.tasks``, ``autotune.errors`` and
+torch; never training, memory, search or CLI code.
+"""
+
+from autotune.knobs.checkpointing import apply_checkpointing
+from autotune.knobs.modes import (
+    MODES,
+    deepspeed_config,
+    optimizer_state_per_param,
+    unsupported_reason,
+    weight_bytes,
+    zero_config,
+)
+from autotune.knobs.optim import FINAL_LR_FRACTION, build_optimizer, build_scheduler, lr_factor
+from autotune.knobs.precision import DTYPES, autocast_context, make_grad_scaler
+from autotune.knobs.pruning import apply_masks, prunable_weights, prune_by_magnitude, sparsity
+from autotune.knobs.step import (
+    Diverged,
+    LossFn,
+    loss_value,
+    micro_batch_loss,
+    optimizer_step,
+)
+
+__all__ = [
+    "DTYPES",
+    "FINAL_LR_FRACTION",
+    "MODES",
+    "Diverged",
+    "LossFn",
+    "apply_checkpointing",
+    "apply_masks",
+    "autocast_context",
+    "build_optimizer",
+    "build_scheduler",
+    "deepspeed_config",
+    "loss_value",
+    "lr_factor",
+    "make_grad_scaler",
+    "micro_batch_loss",
+    "optimizer_state_per_param",
+    "optimizer_step",
+    "prunable_weights",
+    "prune_by_magnitude",
+    "sparsity",
+    "unsupported_reason",
+    "weight_bytes",
+    "zero_config",
+]

@@ -1,0 +1,117 @@
+"""THE training step: one optimizer step of a recipe, shared by every caller.
+
+A search trial (``autotune.train``, every parallel mode but DeepSpeed's engine, whose thin
+variant calls ``micro_batch_loss`` and ``loss_value`` from here), ``autotune.configure``
+(``autotune.apply``) and the memory estimator's trace (``autotune.memory``) all step through
+``optimizer_step``: gradient accumulation, autocast, fp16 loss scaling, DDP's ``no_sync``,
+the finite check, the optimizer and scheduler steps, and the pruning masks. The memory
+prediction is therefore of the step that trains, not of a copy that must be kept in line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from autotune.knobs.precision import autocast_context
+from autotune.knobs.pruning import apply_masks
+from autotune.recipe import Recipe
+from autotune.tasks import Batch
+
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+"""``loss_fn(model, micro_batch) -> mean loss``, like ``Task.loss``."""
+PhaseFn = Callable[[str], None]
+"""Told ``forward_backward`` before each micro-batch and ``optimizer_step`` before the update
+(``autotune.memory.TensorTracker.phase`` keeps each phase's peak apart)."""
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite: the recipe diverged (a trial ends as *diverged*)."""
+
+
+def loss_value(loss: torch.Tensor, step: int, strict: bool = True) -> float:
+    """The loss as a float. ``strict``: raise ``Diverged`` when it is NaN or infinite;
+    otherwise return it as it is (NaN/inf), for workers that must decide together."""
+    value = float(loss.detach())
+    if strict and not math.isfinite(value):
+        raise Diverged(f"loss became {value} at optimizer step {step}")
+    return value
+
+
+def micro_batch_loss(model: nn.Module, loss_fn: LossFn, batch: Batch, precision: str,
+                     device_type: str) -> torch.Tensor:
+    """One micro-batch's mean loss, computed under the recipe's autocast."""
+    with autocast_context(precision, device_type):
+        return loss_fn(model, batch)
+
+
+def optimizer_step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    micro_batches: Sequence[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    recipe: Recipe,
+    device_type: str,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    masks: dict[nn.Parameter, torch.Tensor] | None = None,
+    skip_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    strict: bool = True,
+    read_values: bool = True,
+    phase: PhaseFn | None = None,
+) -> float:
+    """One optimizer step over ``micro_batches`` (gradient accumulation), applying precision,
+    loss scaling and pruning masks. Returns the mean loss; raises ``Diverged`` on NaN/inf.
+
+    Each micro-batch's mean loss is divided by their count, so N micro-batches of B examples
+    give the gradient of one batch of N*B examples. ``skip_sync`` (DDP's ``no_sync``) wraps all
+    but the last micro-batch, so gradients are averaged across workers once per step. With
+    ``strict=False`` a NaN/inf loss does not raise but makes the returned loss NaN: workers of
+    a parallel run must leave the step together, so they decide after it, collectively.
+
+    ``read_values=False`` is for fake tensors (the memory trace), which have no values: the
+    loss is not read (returns NaN) and an fp16 step is not skipped on inf gradients (the
+    scaler's check reads them). ``phase`` marks the step's phases for a memory tracker.
+    """
+    n = len(micro_batches)
+    total = 0.0
+    step = int(getattr(scheduler, "last_epoch", 0)) if scheduler is not None else 0
+    for i, batch in enumerate(micro_batches):
+        if phase is not None:
+            phase("forward_backward")
+        last = i == n - 1
+        with (skip_sync() if skip_sync is not None and not last else contextlib.nullcontext()):
+            loss = micro_batch_loss(model, loss_fn, batch, recipe.precision, device_type)
+            if read_values:
+                total += loss_value(loss, step, strict)
+            scaled = loss / n
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            del loss, scaled  # not held through the next micro-batch's forward pass
+    if phase is not None:
+        phase("optimizer_step")
+    _update(optimizer, scaler, read_values)
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    apply_masks(masks)
+    return total / n if read_values else math.nan
+
+
+def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+            read_values: bool) -> None:
+    """The optimizer's update; with a loss scaler, on unscaled gradients, skipped (when values
+    can be read) if they hold inf/NaN, and the scale adjusted after."""
+    if scaler is None:
+        optimizer.step()
+        return
+    scaler.unscale_(optimizer)
+    if read_values:
+        scaler.step(optimizer)
+    else:
+        optimizer.step()
+    scaler.update()

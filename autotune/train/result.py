@@ -1,0 +1,119 @@
+"""What bounds a trial (``TrialLimits``) and what it measured (``TrialResult``): plain data.
+
+Every way a trial runs (one process, local worker processes, Ray actors) hands back a
+``TrialResult``; one that could not start or whose workers died is built by
+``TrialResult.failed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune import objective
+from autotune.tasks import Task
+
+ReportFn = Callable[[dict[str, Any]], None]
+"""Called with the running measurements (``TrialResult.to_dict()`` plus ``final``)."""
+
+
+@dataclass(frozen=True)
+class TrialLimits:
+    """What bounds one trial, independent of the recipe."""
+
+    max_train_seconds: float
+    """Training-clock limit: a trial that has not reached the target by then stops."""
+    eval_every_seconds: float
+    """Training seconds between evaluations (the resolution of time-to-accuracy)."""
+    target: float
+    """Validation metric value to reach."""
+    budget_bytes: int | None = None
+    """Peak memory allowed on one device; a run whose measured peak exceeds it is infeasible."""
+    seed: int = 0
+    """Seeds the model's initial weights and the data order."""
+    max_steps: int | None = None
+    """Optional cap on optimizer steps (tests use it to bound work)."""
+    predicted_peak_bytes: int | None = None
+    """The peak the search predicted for this recipe (``autotune.memory.check_budget``);
+    None: the trial predicts it itself (cached per process)."""
+
+    @classmethod
+    def for_task(
+        cls,
+        task: Task,
+        *,
+        target: float | None = None,
+        max_train_seconds: float | None = None,
+        budget_bytes: int | None = None,
+        seed: int = 0,
+    ) -> TrialLimits:
+        return cls(
+            max_train_seconds=max_train_seconds or task.max_train_seconds,
+            eval_every_seconds=task.eval_every_seconds,
+            target=task.target if target is None else target,
+            budget_bytes=budget_bytes,
+            seed=seed,
+        )
+
+
+@dataclass
+class TrialResult:
+    """Everything measured in one trial; plain data, written to the results directory."""
+
+    status: str
+    """One of ``autotune.objective``'s states (reached, not_reached, infeasible, ...)."""
+    score: float
+    """What the searcher minimises (see ``autotune.objective``)."""
+    tta_seconds: float | None = None
+    """Training seconds to the first evaluation at or above the target; None if never."""
+    best_metric: float | None = None
+    last_metric: float | None = None
+    train_seconds: float = 0.0
+    """Training clock when the trial ended."""
+    eval_seconds: float = 0.0
+    """Wall time spent in evaluations (not counted in TTA)."""
+    setup_seconds: float = 0.0
+    """Model building and moving data to the device (not counted in TTA)."""
+    steps: int = 0
+    """Optimizer steps taken."""
+    examples: int = 0
+    """Training examples processed."""
+    peak_memory_bytes: int | None = None
+    """Measured peak per device, what the budget is checked against (``peak_memory_source``:
+    ``cuda_allocated`` on a GPU, ``cpu_tracked`` tensor memory on the CPU)."""
+    peak_memory_source: str | None = None
+    peak_reserved_bytes: int | None = None
+    """GPU only: the caching allocator's peak reservation."""
+    peak_rss_bytes: int | None = None
+    """The process's peak resident set size (interpreter and libraries included)."""
+    predicted_peak_bytes: int | None = None
+    """Predicted peak per device (``autotune.memory.predict_peak``), before training."""
+    prediction_error: float | None = None
+    """measured / predicted - 1 (``peak_memory_bytes`` against ``predicted_peak_bytes``)."""
+    tracked_peak_bytes: int | None = None
+    """CPU: peak tracked tensor memory of two optimizer steps on the largest micro-batch."""
+    memory_breakdown: dict[str, int] | None = None
+    """CPU: the tracked peak by kind (parameters, gradients, optimizer, activations)."""
+    memory_cap_fraction: float | None = None
+    """GPU: the fraction of the card the process was capped at (the budget), if capped."""
+    device: str = "cpu"
+    message: str = ""
+    """Why the trial ended without a TTA, in words."""
+    curve: list[tuple[float, float]] = field(default_factory=list)
+    """(training seconds, metric) at each evaluation."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["curve"] = [list(point) for point in self.curve]
+        return out
+
+    @classmethod
+    def failed(cls, status: str, message: str, limits: TrialLimits,
+               device: str = "cpu") -> TrialResult:
+        """A trial that ended in ``status`` (a failed or refused one) before it trained, with
+        the score that status earns under ``limits`` and ``message`` saying why."""
+        return cls(status=status, message=message, device=device, score=objective.score(
+            status, None, None, limits.target, limits.max_train_seconds))
+
