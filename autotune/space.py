@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +41,10 @@ import yaml
 from autotune.errors import ConfigError
 from autotune.recipe import Recipe, coerce_value, knob_types, recipe_problems
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(str(files("autotune.search_spaces")))
+"""The shipped spaces: the top-level ``search_spaces/`` folder, installed as package data
+(``autotune.search_spaces``, mapped in pyproject.toml), so an editable and a wheel install both
+find them."""
 _KNOB_KEYS = {"choices", "low", "high", "step", "log", "value", "when", "help"}
 
 
@@ -238,13 +242,18 @@ def shipped_space_path(model: str) -> Path:
     return SPACES_DIR / f"{model}.yaml"
 
 
+def shipped_spaces() -> list[Path]:
+    """Every shipped search-space file, sorted by name."""
+    return sorted(SPACES_DIR.glob("*.yaml"))
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space file; every problem is reported at once."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        shipped = ", ".join(sorted(p.name for p in SPACES_DIR.glob("*.yaml")))
+        shipped = ", ".join(p.name for p in shipped_spaces())
         raise ConfigError(
             str(path), [f"file not found (shipped spaces in {SPACES_DIR}: {shipped})"]
         ) from None

@@ -1,3 +1,7 @@
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import optuna
@@ -5,9 +9,10 @@ import pytest
 
 from autotune.errors import ConfigError
 from autotune.recipe import Recipe
-from autotune.space import SPACES_DIR, load_space, parse_space
+from autotune.space import SPACES_DIR, load_space, parse_space, shipped_spaces
 
-SHIPPED = sorted(SPACES_DIR.glob("*.yaml"))
+SHIPPED = shipped_spaces()
+REPO = Path(__file__).resolve().parent.parent
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -153,4 +158,29 @@ def test_yaml_1_1_exponents_are_numbers():
 
 
 def test_spaces_dir_is_the_repository_folder():
-    assert Path(SPACES_DIR).name == "search_spaces"
+    # The tests run on the editable install: edits to search_spaces/ apply without reinstalling.
+    assert SPACES_DIR.resolve() == REPO / "search_spaces"
+
+
+def test_wheel_ships_every_space_and_every_package(tmp_path):
+    """``pip install .`` (not editable) must get the spaces and every subpackage of autotune."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("autotune", "search_spaces"):
+        shutil.copytree(REPO / folder, src / folder, ignore=ignore)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(src)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("autotune-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    spaces = {f"autotune/search_spaces/{p.name}" for p in SHIPPED}
+    assert spaces <= names, sorted(spaces - names)
+    packages = {
+        str(init.relative_to(REPO)) for init in (REPO / "autotune").rglob("__init__.py")
+    }
+    assert packages <= names, f"add to [tool.setuptools] packages: {sorted(packages - names)}"
