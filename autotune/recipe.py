@@ -74,12 +74,11 @@ class Recipe:
         """Every rule this recipe breaks, one line each (empty when valid)."""
         values = dataclasses.asdict(self)
         coerced, type_problems = _coerce(values)
-        if type_problems:
-            return type_problems
         for key, value in coerced.items():  # an int given for a float knob: store a float
             if type(value) is not type(values[key]):
                 object.__setattr__(self, key, value)
-        return recipe_problems(coerced)
+        # The rules between knobs run on the knobs that parsed, so both kinds are reported.
+        return type_problems + recipe_problems(coerced)
 
     # -- conversions ------------------------------------------------------------------------
 
@@ -100,9 +99,11 @@ class Recipe:
         values = {k: v for k, v in data.items() if k in known}
         coerced, type_problems = _coerce(values)
         problems += type_problems
-        if not type_problems:
-            merged = {**dataclasses.asdict(cls()), **coerced}
-            problems += recipe_problems(merged)
+        # Knobs left out take the baseline's value; a knob that did not parse is left out of
+        # the rules (see recipe_problems) rather than judged by a default the user never wrote.
+        unparsed = values.keys() - coerced.keys()
+        merged = {**dataclasses.asdict(cls()), **coerced}
+        problems += recipe_problems({k: v for k, v in merged.items() if k not in unparsed})
         if problems:
             raise ConfigError(source, problems)
         return cls(**coerced)
@@ -225,11 +226,16 @@ def coerce_value(kind: type, value: Any) -> tuple[bool, Any]:
 
 
 def recipe_problems(r: Mapping[str, Any]) -> list[str]:
-    """The rules between knobs, as messages that state the rule and echo the value."""
+    """The rules on knob values and between knobs, as messages that state the rule and echo the
+    value. ``r`` holds knob values of the right type; a rule that needs a knob ``r`` lacks (one
+    whose value did not parse) is skipped, so every other rule is still checked."""
     p: list[str] = []
 
+    def has(*keys: str) -> bool:
+        return all(key in r for key in keys)
+
     def choice(key: str, allowed: tuple[str, ...]) -> None:
-        if r[key] not in allowed:
+        if has(key) and r[key] not in allowed:
             p.append(f"{key}: must be one of {', '.join(allowed)}; got {r[key]!r}")
 
     choice("precision", PRECISIONS)
@@ -237,24 +243,24 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
     choice("schedule", SCHEDULES)
     choice("parallelism", PARALLELISMS)
     for key in ("batch_size", "accumulation_steps", "workers", "decay_steps"):
-        if r[key] < 1:
+        if has(key) and r[key] < 1:
             p.append(f"{key}: must be >= 1; got {r[key]!r}")
-    if r["warmup_steps"] < 0:
+    if has("warmup_steps") and r["warmup_steps"] < 0:
         p.append(f"warmup_steps: must be >= 0; got {r['warmup_steps']!r}")
-    if not 0.0 <= r["prune_ratio"] < 1.0:
+    if has("prune_ratio") and not 0.0 <= r["prune_ratio"] < 1.0:
         p.append(f"prune_ratio: must satisfy 0 <= prune_ratio < 1; got {r['prune_ratio']!r}")
-    if not (math.isfinite(r["lr"]) and r["lr"] > 0):
+    if has("lr") and not (math.isfinite(r["lr"]) and r["lr"] > 0):
         p.append(f"lr: must be a positive finite number; got {r['lr']!r}")
-    if not r["weight_decay"] >= 0:
+    if has("weight_decay") and not r["weight_decay"] >= 0:
         p.append(f"weight_decay: must be >= 0; got {r['weight_decay']!r}")
-    if not 0.0 <= r["momentum"] < 1.0:
+    if has("momentum") and not 0.0 <= r["momentum"] < 1.0:
         p.append(f"momentum: must satisfy 0 <= momentum < 1; got {r['momentum']!r}")
-    if r["parallelism"] == "single" and r["workers"] != 1:
+    if has("parallelism", "workers") and r["parallelism"] == "single" and r["workers"] != 1:
         p.append(
             f"workers: parallelism 'single' runs on one device, so workers must be 1; got "
             f"{r['workers']!r} (choose ddp, fsdp or a zero mode for several workers)"
         )
-    if r["offload"] and r["parallelism"] not in ZERO_MODES:
+    if has("offload", "parallelism") and r["offload"] and r["parallelism"] not in ZERO_MODES:
         p.append(
             f"offload: CPU offload applies only to the ZeRO modes ({', '.join(ZERO_MODES)}); "
             f"got parallelism {r['parallelism']!r}"

@@ -50,8 +50,10 @@ def test_invalid_recipe_file(tmp_path, capsys):
     bad.write_text("precision: fp16\noffload: true\nbatch_size: big\n")
     assert main(["train", "--recipe", str(bad), "--model", "mnist"]) == 2
     err = capsys.readouterr().err
-    assert "offload" not in err or "batch_size" in err
+    # The type error and the cross-knob rule (offload needs a ZeRO mode) are listed together.
     assert "batch_size: expected int" in err
+    assert "offload: CPU offload applies only to the ZeRO modes" in err
+    assert "2 problems" in err, err
 
 
 def test_help_explains_each_option():

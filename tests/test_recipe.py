@@ -45,6 +45,27 @@ def test_every_problem_is_reported_at_once():
         assert needle in text
 
 
+def test_type_errors_and_cross_knob_rules_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        Recipe.from_dict({"batch_size": "big", "offload": True, "workers": 2})
+    problems = info.value.problems
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("batch_size: expected int")
+    assert any(p.startswith("offload: CPU offload applies only") for p in problems)
+    assert any(p.startswith("workers: parallelism 'single'") for p in problems)
+    with pytest.raises(ConfigError) as info:
+        Recipe(precision=16, lr=-1.0)  # the constructor reports both kinds too
+    assert [p.split(":")[0] for p in info.value.problems] == ["precision", "lr"]
+
+
+def test_a_rule_on_a_knob_that_did_not_parse_is_skipped():
+    # parallelism did not parse: saying "offload needs ZeRO, got 'single'" would blame the
+    # default value the user never wrote; only the type error is reported.
+    with pytest.raises(ConfigError) as info:
+        Recipe.from_dict({"parallelism": 3, "offload": True, "workers": 2})
+    assert info.value.problems == ["parallelism: expected str, got 3 (int)"]
+
+
 def test_wrong_types_are_named():
     with pytest.raises(ConfigError, match=r"batch_size: expected int, got '32'"):
         Recipe.from_dict({"batch_size": "32"})
