@@ -1,13 +1,23 @@
-"""A real small search: Ray Tune runs the trials, Optuna proposes, results land on disk."""
+"""A real small search: Ray Tune runs the trials, Optuna proposes, results land on disk.
+
+The search is driven through the Python API (``autotune.search.search``); the CLI tests cover
+what the command line adds (flags, exit codes, signals).
+"""
 
 import json
 
+import optuna
 import pytest
 import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from autotune import objective
 from autotune.cli import main
+from autotune.errors import UserError
 from autotune.recipe import Recipe
+from autotune.results import RunDirectory
+from autotune.search import SearchRequest, search
 
 SPACE = """\
 model: toy
@@ -21,30 +31,44 @@ knobs:
 """
 
 
+def _records(results):
+    return [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def search_run(tmp_path_factory):
+    """A whole search with confirmation and the written files, through the Python API."""
     tmp = tmp_path_factory.mktemp("search")
     space = tmp / "space.yaml"
     space.write_text(SPACE)
-    results = tmp / "results"
-    output = tmp / "out" / "best.yaml"
-    code = main([
-        "search", "--model", "tests.toy_task:make_task", "--space", str(space),
-        "--budget", "16GB", "--trials", "4", "--time-budget", "3m", "--seed", "0",
-        "--confirm", "1", "--confirm-seeds", "1",
-        "--results-dir", str(results), "--output", str(output),
-    ])
-    return code, results, output
+    events = []
+    outcome = search(SearchRequest(
+        model="tests.toy_task:make_task", space=str(space), budget_bytes=16 * 10**9,
+        trials=4, time_budget_s=180, seed=0, confirm_top=1, confirm_seeds=1,
+        results_dir=str(tmp / "results"), output=str(tmp / "out" / "best.yaml"),
+    ), on_event=lambda kind, payload: events.append((kind, payload)))
+    return outcome, events
 
 
-def test_search_exits_cleanly(search_run):
-    code, _, _ = search_run
-    assert code == 0
+def test_the_outcome_names_the_winner_baseline_and_files(search_run):
+    outcome, events = search_run
+    assert outcome.no_winner is None
+    assert outcome.best_recipe_path is not None and outcome.best_recipe_path.exists()
+    best = outcome.summary.best
+    assert best is not None and best.confirmed and best.seeds == [0, 1]
+    assert outcome.summary.baseline.record.is_baseline
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "plan"
+    assert kinds.count("started") == kinds.count("finished") == len(outcome.records) >= 5
+    assert "confirming" in kinds
+    # the records of the outcome are the ones on disk, in order
+    assert [r.to_json() for r in outcome.records] == _records(outcome.run_dir)
 
 
 def test_every_trial_is_on_disk_with_recipe_and_measurements(search_run):
-    _, results, _ = search_run
-    everything = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    outcome, _ = search_run
+    everything = _records(outcome.run_dir)
+    assert all(r["schema"] == 1 for r in everything)
     records = [r for r in everything if r["rerun_of"] is None]
     assert len(records) == 4
     # confirmation: the fastest recipe and the baseline ran again with seed 1
@@ -63,8 +87,23 @@ def test_every_trial_is_on_disk_with_recipe_and_measurements(search_run):
     assert len({json.dumps(r["recipe"], sort_keys=True) for r in records}) == 4
 
 
+def test_the_optuna_study_in_the_run_directory_holds_every_search_trial(search_run):
+    outcome, _ = search_run
+    storage = JournalStorage(JournalFileBackend(str(outcome.run_dir / "study.journal")))
+    study = optuna.load_study(study_name="autotune", storage=storage)
+    searched = [r for r in outcome.records if r.is_search_trial]
+    assert len(study.trials) == len(searched) == 4
+    for record in searched:
+        trial = study.trials[record.study_trial]
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.value == pytest.approx(record.score)
+        assert trial.user_attrs["recipe"] == record.recipe
+        assert trial.user_attrs["status"] == record.status
+
+
 def test_best_recipe_yaml_holds_recipe_measurements_and_speedup(search_run):
-    _, results, output = search_run
+    outcome, _ = search_run
+    output = outcome.best_recipe_path
     doc = yaml.safe_load(output.read_text())
     recipe = Recipe.load(output)
     assert recipe.to_dict() == doc["recipe"]
@@ -81,30 +120,53 @@ def test_best_recipe_yaml_holds_recipe_measurements_and_speedup(search_run):
     assert "cpu" in doc["measured"]["device"]
     base = doc["baseline"]
     assert base["status"] == objective.REACHED
-    assert doc["speedup"] == pytest.approx(base["tta_seconds"] / measured["tta_seconds"], rel=1e-2)
-    assert doc["speedup"] >= 1.0  # the baseline is a candidate, so the best is never slower
-    assert (results / "search.yaml").exists()
+    # The speedup is the baseline's median over the winner's median, as measured: recompute
+    # both medians from the records on disk.
+    by_trial = {}
+    for r in _records(outcome.run_dir):
+        if r["status"] == objective.REACHED:
+            by_trial.setdefault(r["rerun_of"] or r["trial"], []).append(r["tta_seconds"])
+    winner, baseline = by_trial[measured["trial"]], by_trial[1]
+    median = sorted(baseline)[len(baseline) // 2] if len(baseline) % 2 else sum(baseline) / 2
+    assert base["tta_seconds"] == pytest.approx(median)
+    assert doc["speedup"] == pytest.approx(median / (sum(winner) / len(winner)), rel=1e-2)
+    assert (outcome.run_dir / "search.yaml").exists()
 
 
-def test_warm_start_points_put_the_baseline_first_and_skip_recipes_outside_the_space(tmp_path):
-    from autotune.search._tune import SearchConfig, warm_start_points
-    from autotune.space import parse_space
+def test_a_second_search_on_a_running_searchs_directory_is_refused(search_run):
+    outcome, _ = search_run
+    before = (outcome.run_dir / "trials.jsonl").read_text()
+    with RunDirectory(outcome.run_dir).locked():  # as a search running there holds it
+        with pytest.raises(UserError, match="another search is running"):
+            search(SearchRequest(resume=str(outcome.run_dir), trials=6))
+    assert (outcome.run_dir / "trials.jsonl").read_text() == before
+    # a finished search's directory is not started again, it is resumed
+    with pytest.raises(UserError, match="already holds a search.*--resume"):
+        search(SearchRequest(model="tests.toy_task:make_task", results_dir=str(outcome.run_dir)))
 
-    space = parse_space(SPACE)
-    baseline = Recipe(lr=1e-2)
-    config = SearchConfig(
-        model="toy", space=space, baseline=baseline, target=0.9, max_train_seconds=5,
-        results_dir=tmp_path, suggestions=(
-            baseline.replace(precision="bf16"),
-            baseline.replace(precision="fp16"),  # not in the space: skipped
-            baseline,  # the baseline again: not run twice
-            baseline.replace(batch_size=64, lr=2e-2),
-        ),
-    )
-    points = warm_start_points(config)
-    assert points[0] == space.point_for(baseline)
-    assert [p["precision"] for p in points] == ["fp32", "bf16", "fp32"]
-    assert points[2]["batch_size"] == 64 and points[2]["lr"] == 2e-2
+
+def test_output_below_a_file_is_refused_before_any_trial(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    results = tmp_path / "results"
+    code = main(["search", "--model", "tests.toy_task:make_task", "--trials", "1",
+                 "--output", str(blocker / "best.yaml"), "--results-dir", str(results)])
+    assert code == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert not (results / "trials.jsonl").exists()
+    code = main(["search", "--model", "tests.toy_task:make_task", "--trials", "1",
+                 "--results-dir", str(blocker / "run")])
+    assert code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_every_flag_problem_is_reported_at_once(capsys):
+    code = main(["search", "--model", "tests.toy_task:make_task", "--trials", "0",
+                 "--budget", "lots", "--time-budget", "soon", "--confirm", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "4 problems" in err
+    for flag in ("--trials", "--budget", "--time-budget", "--confirm"):
+        assert flag in err, flag
 
 
 def test_unreachable_target_says_so_exits_2_and_keeps_what_was_measured(tmp_path, capsys):
@@ -118,7 +180,7 @@ def test_unreachable_target_says_so_exits_2_and_keeps_what_was_measured(tmp_path
     err = capsys.readouterr().err
     assert code == 2
     assert "no trial reached the target accuracy 1.01" in err and "trials.jsonl" in err
-    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    records = _records(results)
     assert len(records) == 2 and all(r["best_metric"] > 0.5 for r in records)
     assert not (results / "best_recipe.yaml").exists()
     assert (results / "search.yaml").exists()
@@ -139,7 +201,6 @@ def test_ctrl_c_keeps_finished_trials_and_records_the_running_one(tmp_path):
          "--results-dir", str(results)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    trials = results / "trials.jsonl"
     for line in proc.stdout:  # progress lines arrive as trials start and end
         if line.startswith("[  2/20] running"):
             break
@@ -148,7 +209,7 @@ def test_ctrl_c_keeps_finished_trials_and_records_the_running_one(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "search interrupted" in err and "trials.jsonl" in err
-    records = [json.loads(line) for line in trials.read_text().splitlines()]
+    records = _records(results)
     assert records[0]["status"] == objective.NOT_REACHED
     assert records[-1]["status"] == objective.INTERRUPTED
 
@@ -172,7 +233,7 @@ def test_search_over_parallel_modes_runs_each_with_two_workers(tmp_path):
         "--confirm", "0",
     ])
     assert code == 0
-    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    records = _records(results)
     modes = {r["recipe"]["parallelism"]: r for r in records}
     assert len(modes) >= 3, [r["recipe"]["parallelism"] for r in records]
     for mode, r in modes.items():
@@ -185,72 +246,69 @@ def test_search_over_parallel_modes_runs_each_with_two_workers(tmp_path):
 
 @pytest.mark.distributed
 def test_a_dead_worker_fails_only_its_trial_and_the_search_goes_on(tmp_path):
+    # The baseline runs single, the warm start (the task's suggestion) ddp.
     space = tmp_path / "space.yaml"
-    space.write_text("knobs:\n  parallelism: {choices: [single, ddp]}\n"
-                     "  batch_size: {choices: [16, 32]}\n")
+    space.write_text("knobs:\n  parallelism: {choices: [single, ddp]}\n")
     results = tmp_path / "results"
     main(["search", "--model", "tests.toy_task:make_crashing_task", "--space", str(space),
-          "--trials", "4", "--max-trial-time", "1s", "--workers-per-trial", "2",
-          "--seed", "3", "--results-dir", str(results)])
-    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
-    assert len(records) == 4  # the search went on after the failure
+          "--task-option", 'suggest={"parallelism": "ddp", "workers": 2}',
+          "--trials", "2", "--max-trial-time", "1s", "--workers-per-trial", "2",
+          "--confirm", "0", "--results-dir", str(results)])
+    records = _records(results)
+    assert len(records) == 2  # the search went on after the failure
     crashed = [r for r in records if r["recipe"]["parallelism"] == "ddp"]
-    assert crashed, "the sampler proposed no ddp trial; change --seed"
-    for r in crashed:
-        assert r["status"] == objective.ERROR
-        assert "worker 1 on " in r["message"] and "died" in r["message"], r["message"]
-    assert all(r["status"] == objective.NOT_REACHED for r in records
-               if r["recipe"]["parallelism"] == "single")
+    assert len(crashed) == 1
+    assert crashed[0]["status"] == objective.ERROR
+    assert "worker 1 on " in crashed[0]["message"] and "died" in crashed[0]["message"]
+    assert [r["status"] for r in records if r["recipe"]["parallelism"] == "single"] == \
+        [objective.NOT_REACHED]
 
 
 @pytest.mark.distributed
 def test_early_stopped_multi_worker_trials_free_their_workers(tmp_path):
     """The scheduler stops losing ddp trials; their workers (Ray actors in the trial's placement
     group) must go with them, or the next trial waits forever for CPUs."""
-    from autotune.search import SearchConfig, run_search
-    from autotune.space import parse_space
     from tests.toy_task import make_task
 
-    space = parse_space("knobs:\n  parallelism: {value: ddp}\n"
-                        "  lr: {choices: [0.000001, 0.03]}\n  batch_size: {choices: [16, 32]}\n")
-    config = SearchConfig(
-        model="tests.toy_task:make_task", space=space,
-        baseline=Recipe(parallelism="ddp", workers=2, lr=1e-6), target=1.01,
-        max_train_seconds=3.0, results_dir=tmp_path, trials=4, seed=0,
-        report_interval_s=0.2, grace_period_s=0.3, workers_per_trial=2,
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  parallelism: {value: ddp}\n"
+                     "  lr: {choices: [0.000001, 0.03]}\n  batch_size: {choices: [16, 32]}\n")
+    request = SearchRequest(
+        model="tests.toy_task:make_task", space=str(space),
+        baseline=Recipe(parallelism="ddp", workers=2, lr=1e-6).to_dict(), target=1.01,
+        max_trial_seconds=3.0, results_dir=str(tmp_path / "run"), trials=4, seed=0,
+        report_interval_s=0.2, grace_period_s=0.3, workers_per_trial=2, confirm_top=0,
     )
-    assert make_task().target < config.target  # unreachable: only the scheduler ends trials early
-    outcome = run_search(config)
-    statuses = [r["status"] for r in outcome.records]
+    assert make_task().target < request.target  # unreachable: only the scheduler stops early
+    outcome = search(request)
+    statuses = [r.status for r in outcome.records]
     assert len(statuses) == 4, statuses  # the search did not hang after a stopped trial
     assert objective.STOPPED in statuses, statuses
     for r in outcome.records:
-        assert len(r["worker_nodes"]) == 2, r
+        assert len(r.worker_nodes) == 2, r
 
 
 def test_a_crashed_trial_process_is_recorded_and_the_search_goes_on(tmp_path):
     """A trial process killed by SIGKILL (the OOM killer, a segfault) fails that trial only."""
     space = tmp_path / "space.yaml"
-    space.write_text("knobs:\n  batch_size: {choices: [32, 64]}\n"
-                     "  lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    space.write_text("knobs:\n  batch_size: {choices: [32, 64]}\n")
     results = tmp_path / "results"
     main(["search", "--model", "tests.toy_task:make_crashing_task", "--space", str(space),
-          "--task-option", "crash_batch=64", "--trials", "4", "--max-trial-time", "1s",
-          "--seed", "1", "--results-dir", str(results)])
-    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
-    assert len(records) == 4
-    crashed = [r for r in records if r["recipe"]["batch_size"] == 64]
-    assert crashed, "the sampler proposed no batch of 64; change --seed"
-    for r in crashed:
-        assert r["status"] == objective.ERROR
-        assert "died" in r["message"] or "exit" in r["message"], r["message"]
-    assert all(r["status"] == objective.NOT_REACHED for r in records
-               if r["recipe"]["batch_size"] == 32)
+          "--task-option", "crash_batch=64", "--task-option", 'suggest={"batch_size": 64}',
+          "--trials", "2", "--max-trial-time", "1s",
+          "--confirm", "0", "--results-dir", str(results)])
+    records = _records(results)
+    assert sorted(r["recipe"]["batch_size"] for r in records) == [32, 64]
+    crashed = next(r for r in records if r["recipe"]["batch_size"] == 64)
+    assert crashed["status"] == objective.ERROR
+    assert "died" in crashed["message"] or "exit" in crashed["message"], crashed["message"]
+    assert next(r for r in records if r["recipe"]["batch_size"] == 32)["status"] == \
+        objective.NOT_REACHED
 
 
 def test_a_tight_budget_launches_no_trial_that_exceeds_it(tmp_path):
-    """Recipes predicted over the budget are recorded as infeasible with their prediction and
-    never launched; every launched trial's measured peak fits."""
+    """Recipes predicted over the budget are recorded as infeasible with their prediction, told
+    to the study, and never launched; every launched trial's measured peak fits."""
     from autotune.memory import predict_peak
     from autotune.tasks import load_task
 
@@ -260,24 +318,26 @@ def test_a_tight_budget_launches_no_trial_that_exceeds_it(tmp_path):
     assert large > 1.3 * small
     budget = int((small * 1.1 + large) / 2)
     space = tmp_path / "space.yaml"
-    space.write_text("knobs:\n  batch_size: {choices: [32, 256]}\n"
-                     "  lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n")
-    results = tmp_path / "results"
-    main(["search", "--model", "tests.toy_task:make_task", "--space", str(space),
-          "--budget", f"{budget}B", "--trials", "6", "--confirm", "0", "--seed", "2",
-          "--results-dir", str(results)])
-    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
-    assert len(records) == 6
-    refused = [r for r in records if not r["launched"]]
-    assert refused, "the sampler proposed no batch of 256; change --seed"
+    space.write_text("knobs:\n  batch_size: {choices: [32, 256]}\n")
+    # The baseline (32) runs first, the warm start (256) second, whatever the sampler draws.
+    outcome = search(SearchRequest(
+        model="tests.toy_task:make_task", task_options={"suggest": {"batch_size": 256}},
+        space=str(space), budget_bytes=budget, trials=2,
+        confirm_top=0, results_dir=str(tmp_path / "run")))
+    refused = [r for r in outcome.records if not r.launched]
+    launched = [r for r in outcome.records if r.launched]
+    assert refused and launched
     for r in refused:
-        assert r["recipe"]["batch_size"] == 256
-        assert r["status"] == objective.INFEASIBLE and "not launched" in r["message"]
-        assert r["predicted_peak_bytes"] > budget / 1.05
-        assert r["steps"] is None if "steps" in r else True
-    launched = [r for r in records if r["launched"]]
-    assert launched
+        assert r.recipe["batch_size"] == 256
+        assert r.status == objective.INFEASIBLE and "not launched" in r.message
+        assert r.predicted_peak_bytes > budget / 1.05
+        assert r.steps is None and r.train_seconds is None  # nothing ran
     for r in launched:
-        assert r["recipe"]["batch_size"] == 32
-        assert r["peak_memory_bytes"] <= budget, r
-        assert r["predicted_peak_bytes"] > 0 and abs(r["prediction_error"]) < 0.15
+        assert r.recipe["batch_size"] == 32
+        assert r.peak_memory_bytes <= budget, r
+        assert r.predicted_peak_bytes > 0 and abs(r.prediction_error) < 0.15
+    storage = JournalStorage(JournalFileBackend(str(outcome.run_dir / "study.journal")))
+    study = optuna.load_study(study_name="autotune", storage=storage)
+    gated = [t for t in study.trials if t.user_attrs.get("launched") is False]
+    assert len(gated) == len(refused)
+    assert all(t.user_attrs["status"] == objective.INFEASIBLE for t in gated)

@@ -35,13 +35,19 @@ def make_toy_task(target: float = 0.9, n: int = 512, dim: int = 16, seed: int = 
     )
 
 
-def make_task(device: str = "cpu", target: float = 0.9) -> Task:
-    """User-task entry point: ``autotune search --model tests.toy_task:make_task``."""
-    return make_toy_task(target=target)
+def make_task(device: str = "cpu", target: float = 0.9, suggest: dict | None = None) -> Task:
+    """User-task entry point: ``autotune search --model tests.toy_task:make_task``.
+
+    ``suggest`` (changes to the baseline) becomes the task's one warm-start recipe: tests use it
+    to make a search run a given recipe second, whatever the sampler would draw."""
+    import dataclasses
+
+    task = make_toy_task(target=target)
+    return dataclasses.replace(task, suggested_recipes=(suggest,)) if suggest else task
 
 
 def make_crashing_task(device: str = "cpu", crash_rank: int = 1, after_calls: int = 3,
-                       crash_batch: int | None = None) -> Task:
+                       crash_batch: int | None = None, suggest: dict | None = None) -> Task:
     """The toy task, except that worker ``crash_rank`` of a multi-worker run dies (SIGKILL, as
     the OOM killer does it) on its ``after_calls``-th loss: fakes the machine, not the logic.
     With ``crash_batch``, instead a single-process trial whose micro-batch has that many
@@ -64,4 +70,5 @@ def make_crashing_task(device: str = "cpu", crash_rank: int = 1, after_calls: in
             os.kill(os.getpid(), signal.SIGKILL)
         return base.loss(model, batch)
 
-    return dataclasses.replace(base, loss=loss)
+    return dataclasses.replace(base, loss=loss,
+                               suggested_recipes=(suggest,) if suggest else ())
