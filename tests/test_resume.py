@@ -4,11 +4,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
+
+import optuna
+import pytest
 
 from autotune import objective
 from autotune.cli import main
-from autotune.recipe import Recipe
+from autotune.results import RunDirectory, TrialRecord
 
 SPACE = """\
 knobs:
@@ -34,6 +36,8 @@ def test_sigterm_then_resume_runs_only_what_is_left(tmp_path, capsys):
     for line in proc.stdout:
         if line.startswith("[  3/5] running"):
             break
+    import time
+
     time.sleep(1.0)  # trial 3 trains now
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -56,35 +60,44 @@ def test_sigterm_then_resume_runs_only_what_is_left(tmp_path, capsys):
     assert all(r["status"] == objective.NOT_REACHED for r in new)
     first_ids = {r["trial_id"] for r in before[:2]}
     assert not first_ids & {r["trial_id"] for r in new}
-    saved = json.loads((results / "search_args.json").read_text())
-    assert len(saved["sessions"]) == 2 and all("ended_at" in s for s in saved["sessions"])
+    sessions = RunDirectory(results).sessions()
+    assert len(sessions) == 2 and all("ended_at" in s for s in sessions)
+
+    # The stored study was reloaded, not rebuilt: the interrupted proposal is kept as failed,
+    # the five finished ones complete, each with its recipe.
+    study = optuna.load_study(study_name="autotune", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(results / "study.journal"))))
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 5
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states[interrupted["study_trial"]] == optuna.trial.TrialState.FAIL
 
     # a resumed search that is already complete runs nothing more
     assert main(["search", "--resume", str(results)]) == 2
     assert len(_records(results)) == len(after)
 
 
-def test_resumed_sampler_starts_from_the_finished_trials(tmp_path):
-    """Optuna's history is kept: the finished trials are in the new study, with their scores."""
-    from autotune.search import SearchConfig
-    from autotune.search._tune import _make_searcher
-    from autotune.space import parse_space
-
-    space = parse_space(SPACE)
-    config = SearchConfig(model="tests.toy_task:make_task", space=space, baseline=Recipe(),
-                          target=0.9, max_train_seconds=2.0, results_dir=tmp_path, trials=5)
-    done = [
-        {"params": {"batch_size": 32, "lr": 0.01}, "score": 1.5, "status": objective.REACHED},
-        {"params": {"batch_size": 64, "lr": 0.002}, "score": 4.4,
-         "status": objective.NOT_REACHED},
-    ]
-    searcher = _make_searcher(config, [], time.time(), done)
-    trials = searcher._ot_study.trials
-    assert [t.params for t in trials] == [d["params"] for d in done]
-    assert [t.value for t in trials] == [1.5, 4.4]
-    assert searcher._ot_study.best_params == {"batch_size": 32, "lr": 0.01}
-
-
 def test_resume_of_a_directory_without_a_search_says_so(tmp_path, capsys):
     assert main(["search", "--resume", str(tmp_path)]) == 2
-    assert "search_args.json" in capsys.readouterr().err
+    assert "settings.json" in capsys.readouterr().err
+
+
+def test_resumed_time_budget_counts_earlier_runs(tmp_path):
+    """Each earlier run counts from its start to its end, or, for a run whose driver died, to
+    the last trial that ended in it."""
+    run = RunDirectory(tmp_path)
+    run.create()
+    run.save_settings({}, "knobs: {}\n")
+    run.begin_session()
+    run.end_session()
+    run.begin_session()  # this driver died: no end
+    sessions = run.sessions()
+    first, second = sessions
+    first["started_at"], first["ended_at"] = 1000.0, 1100.0
+    second["started_at"] = 2000.0
+    (tmp_path / "settings.json").write_text(json.dumps({"settings": {}, "sessions": sessions}))
+    records = [TrialRecord(trial=1, status="reached", finished_at=1050.0),
+               TrialRecord(trial=2, status="reached", finished_at=2030.0),
+               TrialRecord(trial=3, status="reached", finished_at=2045.0)]
+    assert run.spent_seconds(records) == pytest.approx(100.0 + 45.0)
+    assert run.spent_seconds([]) == pytest.approx(100.0)
