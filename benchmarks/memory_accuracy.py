@@ -5,7 +5,7 @@ checkpointing, accumulation, pruning, and parallel modes with 2 workers), this s
 the peak memory of one device (``autotune.memory.predict_peak``) and measures it for real:
 
 - on the CPU (``--device cpu``): the peak of tracked tensor memory of two optimizer steps on
-  the task's largest micro-batch (``autotune.train.loop.measure_step_memory``, the
+  the task's largest micro-batch (``autotune.train.measure_step_memory``, the
   measurement every trial records), live on real tensors; parallel recipes run one gloo
   process per worker, and the busiest worker's peak is taken;
 - on a GPU (``--device cuda``): ``torch.cuda.max_memory_allocated`` over the same two steps
@@ -35,9 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from autotune.knobs import unsupported_reason, weight_bytes
 from autotune.memory import SAFETY_MARGIN, check_budget
-from autotune.recipe import Recipe
+from autotune.memory._model_states import deepspeed_setting
+from autotune.recipe import ZERO_MODES, Recipe
+from autotune.tasks import load_task
+from autotune.train import measure_step_memory
+from autotune.train.parallel import init_worker
 from autotune.units import format_bytes
 
 TARGET_MEDIAN = 0.05
@@ -90,11 +97,7 @@ def _free_port() -> int:
 def measure(task_name: str, recipe: Recipe, device: str) -> int:
     """The measured peak of one device (the busiest worker) for ``recipe``."""
     if recipe.workers == 1:
-        from autotune.tasks import load_task
-
         return _measure_here(load_task(task_name, device), recipe, device)
-    import torch.multiprocessing as mp
-
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"memory_accuracy_{os.getpid()}.json"
     mp.spawn(_worker, args=(recipe.workers, _free_port(), task_name, recipe.to_dict(), device,
                             str(out)), nprocs=recipe.workers, join=True)
@@ -105,8 +108,6 @@ def measure(task_name: str, recipe: Recipe, device: str) -> int:
 
 def _measure_here(task: Any, recipe: Recipe, device: str) -> int:
     """One process's peak: tracked tensor memory on the CPU, the allocator's peak on a GPU."""
-    from autotune.train.loop import measure_step_memory
-
     dev = torch.device(device if device == "cpu" else f"cuda:{torch.cuda.current_device()}")
     if dev.type == "cpu":
         phases = measure_step_memory(task, recipe, dev, seed=0)
@@ -120,11 +121,6 @@ def _measure_here(task: Any, recipe: Recipe, device: str) -> int:
 
 def _worker(rank: int, world: int, port: int, task_name: str, recipe_dict: dict, device: str,
             out: str) -> None:
-    import torch.distributed as dist
-
-    from autotune.tasks import load_task
-    from autotune.train.parallel import init_worker
-
     warnings.filterwarnings("ignore")
     if device == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
@@ -143,13 +139,9 @@ def _worker(rank: int, world: int, port: int, task_name: str, recipe_dict: dict,
 
 def run(device: str, only: str | None, parallel: bool) -> list[dict[str, Any]]:
     """Predict and measure every selected recipe; one row per recipe."""
-    from autotune.tasks import load_task
-
     tasks: dict[str, Any] = {}
     rows = []
     gpus = torch.cuda.device_count() if device == "cuda" else 0
-    from autotune.train.parallel import unsupported_reason
-
     for task_name, changes in RECIPES:
         if only and task_name != only:
             continue
@@ -183,9 +175,7 @@ def _deepspeed_bucket(recipe: Recipe) -> int:
     """DeepSpeed's gradient bucket in a ZeRO recipe's peak (0 otherwise): a fixed
     ``reduce_bucket_size`` elements, whatever the model's size, which dwarfs a small model's
     own memory; the error of the rest is reported beside the total's."""
-    from autotune.memory._model_states import deepspeed_setting, weight_bytes
-
-    if recipe.parallelism not in ("zero1", "zero2", "zero3"):
+    if recipe.parallelism not in ZERO_MODES:
         return 0
     buffers = 2 if recipe.parallelism != "zero3" and deepspeed_setting(recipe, "overlap_comm") \
         else 1

@@ -16,6 +16,7 @@ from autotune.knobs import (
     optimizer_step,
     prune_by_magnitude,
     unsupported_reason,
+    weight_bytes,
 )
 from autotune.recipe import Recipe
 from tests import parallel_worker as w
@@ -101,9 +102,13 @@ def test_one_step_matches_the_single_process_step(mode, changes, tmp_path):
         assert step > 1e-3, f"the reference step did not move {name}"
         # The result itself moved by about as much (not merely: it differs from the start).
         assert (got[name] - before[name]).abs().max() > 0.5 * step, f"{mode}: {name} stayed"
-    # bf16: DeepSpeed keeps bf16 weights where autocast keeps fp32 ones; the result is rounded
-    # to bf16's 8 bits of mantissa, 3-7% of this step. fp32 agrees to reduction-order noise.
-    tol = 0.15 if recipe.precision == "bf16" else 1e-3
+    # DeepSpeed's bf16 keeps bf16 weights where autocast keeps fp32 ones: its result is rounded
+    # to bf16's 8 bits of mantissa, about 5% of this step (measured). bf16 autocast with fp32
+    # weights differs by 0.3%, fp32 by reduction-order noise (1e-7). Summed gradients: 100%.
+    if weight_bytes(recipe) == 2:
+        tol = 0.1
+    else:
+        tol = 1e-2 if recipe.precision == "bf16" else 1e-4
     errors = movement_error(got, expected, before)
     assert max(errors.values()) < tol, f"{mode}: the step differs from the reference's " \
         f"by this fraction of the step, per parameter: {errors}"
