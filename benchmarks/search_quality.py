@@ -59,9 +59,11 @@ import torch
 
 from autotune import objective
 from autotune.recipe import Recipe, baseline_recipe
-from autotune.report import device_description, library_versions, summarize
+from autotune.search import SearchRequest, search
+from autotune.search.documents import device_description, library_versions
 from autotune.tasks import load_task
 from autotune.train import TrialLimits, run_trial
+from autotune.units import parse_duration
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -168,25 +170,17 @@ METHODS = {
 
 
 def run_one_search(method: str, seed: int, budget_s: float, workdir: Path) -> dict[str, Any]:
-    from autotune.search import SearchConfig, run_search
-    from autotune.space import load_space
-
-    task = load_task("bert", "cpu")
-    base = baseline_recipe(task.default_batch_size, task.default_lr)
-    results_dir = workdir / f"{method}-seed{seed}"
-    config = SearchConfig(
-        model="bert", space=load_space(Path("search_spaces/bert.yaml")), baseline=base,
-        target=task.target, max_train_seconds=task.max_train_seconds, results_dir=results_dir,
-        trials=1000, time_budget_s=budget_s, seed=seed,
-        suggestions=tuple(base.replace(**c) for c in task.suggested_recipes), **METHODS[method],
-    )
+    """One whole search through the Python search API (confirmation and files included)."""
+    request = SearchRequest(model="bert", device="cpu", trials=1000, time_budget_s=budget_s,
+                            seed=seed, results_dir=str(workdir / f"{method}-seed{seed}"),
+                            **METHODS[method])
     start = time.time()
-    outcome = run_search(config)
-    summary = summarize(outcome.records)
+    outcome = search(request)
+    best = outcome.summary.best
     return {"method": method, "seed": seed, "wall_s": outcome.wall_seconds, "start": start,
-            "records": outcome.records,
-            "winner": None if summary.best is None else summary.best["recipe"],
-            "winner_search_tta": None if summary.best is None else summary.best["tta_seconds"]}
+            "records": [r.to_json() for r in outcome.records],
+            "winner": None if best is None else best.record.recipe,
+            "winner_search_tta": None if best is None else best.tta_seconds}
 
 
 def first_near_best(run: dict[str, Any], best: float) -> float | None:
@@ -198,8 +192,6 @@ def first_near_best(run: dict[str, Any], best: float) -> float | None:
 
 
 def run_searches(args: argparse.Namespace, oracle: dict[str, Any]) -> list[dict[str, Any]]:
-    from autotune.units import parse_duration
-
     budget = parse_duration(args.budget)
     task = load_task("bert", "cpu")
     workdir = Path(tempfile.mkdtemp(prefix="search_quality_"))
