@@ -14,11 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune import __version__, objective
+import torch
+import yaml
+
+from autotune import __version__, export, objective
 from autotune.errors import ConfigError, UserError
-from autotune.recipe import BASELINE_NOTE, Recipe, baseline_recipe
+from autotune.estimate import estimate_space
+from autotune.knobs import unsupported_reason
+from autotune.memory import SAFETY_MARGIN
+from autotune.recipe import BASELINE_NOTE, ZERO_MODES, Recipe
 from autotune.report import (
     confirming_line,
+    estimate_table,
     finished_line,
     leaderboard,
     plan_lines,
@@ -26,7 +33,7 @@ from autotune.report import (
     started_line,
     verdict_lines,
 )
-from autotune.results import TRIALS_FILE, TrialRecord
+from autotune.results import TRIALS_FILE, TrialRecord, write_text
 from autotune.search import (
     DEFAULT_TIME_BUDGET_S,
     DEFAULT_TRIALS,
@@ -36,6 +43,8 @@ from autotune.search import (
     summarize,
 )
 from autotune.search.settings import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
+from autotune.tasks import load_task
+from autotune.train import TrialLimits, pick_device, run_trial
 from autotune.units import format_bytes, format_duration, parse_bytes, parse_duration
 
 EXIT_USER_ERROR = 2
@@ -286,9 +295,6 @@ def _task_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _load_task(args: argparse.Namespace) -> Any:
-    from autotune.tasks import load_task
-    from autotune.train import pick_device
-
     device = pick_device(args.device)
     print(f"loading task {args.model!r} on {device.type} ...", flush=True)
     return load_task(args.model, device.type, _task_options(args.task_option)), device
@@ -384,20 +390,10 @@ class _SearchPrinter:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from autotune.train import TrialLimits, run_trial
-
+    """Train once with a recipe file through the trial's code path; compare with its claim."""
     recipe = Recipe.load(args.recipe)
-    claimed = None
-    try:
-        doc = yaml.safe_load(Path(args.recipe).read_text())
-        claimed = (doc.get("measured") or {}).get("tta_seconds") if isinstance(doc, dict) else None
-    except (OSError, yaml.YAMLError):
-        claimed = None
+    claimed = _claimed_tta(Path(args.recipe))
     task, device = _load_task(args)
-    from autotune.train.parallel import unsupported_reason
-
     reason = unsupported_reason(recipe, device.type)
     if reason:
         raise UserError(f"{args.recipe}: this recipe cannot run on {device.type}: {reason}")
@@ -416,9 +412,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = run_trial(task, recipe, limits, report=progress, device=str(device))
     if result.status != objective.REACHED:
-        print(f"no time-to-accuracy: {result.status}: {result.message}")
+        print(f"no time-to-target: {result.status}: {result.message}")
         return 1
-    print(f"time-to-accuracy {result.tta_seconds:.1f}s (peak memory "
+    print(f"time-to-target {result.tta_seconds:.1f}s (peak memory "
           f"{format_bytes(result.peak_memory_bytes)}, {result.steps} steps)")
     if claimed:
         print(f"the recipe file claims {claimed:.1f}s: ratio measured/claimed "
@@ -426,60 +422,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_estimate(args: argparse.Namespace) -> int:
-    """Print the predicted peak memory of the space's combinations (see ``_add_estimate``)."""
-    from autotune.memory import SAFETY_MARGIN, estimate_recipes
-    from autotune.memory._model_states import optimizer_state_per_param
-    from autotune.report import estimate_table
-    from autotune.space import load_space, parse_space, shipped_space_path
-    from autotune.tasks import load_task
-    from autotune.train import pick_device
+def _claimed_tta(path: Path) -> float | None:
+    """The time-to-target a ``best_recipe.yaml`` reports (None for a plain recipe file)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return (doc.get("measured") or {}).get("tta_seconds") if isinstance(doc, dict) else None
 
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    """Print the predicted peak memory of the space's combinations (``autotune.estimate``)."""
     budget = parse_bytes(args.budget) if args.budget is not None else None
     workers = args.workers or []
     if any(n < 1 for n in workers):
         raise UserError(f"--workers must be >= 1, got {min(workers)}")
     device = pick_device(args.device).type
-    space_path = Path(args.space) if args.space else shipped_space_path(args.model)
-    task = load_task(args.model, device, _task_options(args.task_option))
-    if args.space is None and not space_path.exists():
-        half = max(1, task.default_batch_size // 2)
-        sizes = sorted({half, task.default_batch_size, 2 * task.default_batch_size})
-        space = parse_space(f"knobs:\n  precision: {{choices: [fp32, bf16, fp16]}}\n"
-                            f"  batch_size: {{choices: {sizes}}}\n", source="default grid")
-        space_text = f"no space ships for {args.model!r}: default grid"
-    else:
-        space = load_space(space_path)
-        space_text = str(space_path)
     if not workers:
-        import torch
-
         workers = [max(2, torch.cuda.device_count())] if device == "cuda" else [2]
-    baseline = baseline_recipe(task.default_batch_size, task.default_lr)
-
-    def hungriest_optimizer(values: tuple) -> str:
-        return max(values, key=lambda o: optimizer_state_per_param(baseline.replace(optimizer=o)))
-
-    pick = {"optimizer": hungriest_optimizer, "accumulation_steps": max, "prune_ratio": max}
-    grid = space.grid(baseline, ["precision", "batch_size", "parallelism", "checkpointing",
-                                 "offload"], pick)
-    recipes = [r if r.parallelism == "single" else r.replace(workers=n)
-               for r in grid for n in ([1] if r.parallelism == "single" else workers)]
-    base = grid[0] if grid else baseline
+    task = load_task(args.model, device, _task_options(args.task_option))
+    est = estimate_space(task, args.model, args.space, workers, budget, device)
+    f = est.fixed
     print(f"predicted peak memory per device of {args.model} on {device} (nothing trains): "
-          f"space {space_text}; optimizer {base.optimizer}, accumulation_steps "
-          f"{max(r.accumulation_steps for r in grid)}, prune_ratio "
-          f"{max(r.prune_ratio for r in grid):g} (the space's most memory-hungry values)",
-          flush=True)
-    rows = estimate_recipes(task, recipes, budget, device)
-    print(estimate_table(rows, budget))
-    if budget is None:
-        return 0
-    fitting = sum(1 for r in rows if r.get("fits"))
-    runnable = sum(1 for r in rows if r.get("prediction"))
-    print(f"{fitting} of {runnable} combinations fit the budget of {args.budget} "
-          f"({format_bytes(budget)}) per device: predicted peak x {1 + SAFETY_MARGIN:g} "
-          "(safety margin) within it. A search launches no recipe predicted not to fit.")
+          f"space {est.space_source}; optimizer {f.optimizer}, accumulation_steps "
+          f"{f.accumulation_steps}, prune_ratio {f.prune_ratio:g} (the space's most "
+          "memory-hungry values)", flush=True)
+    print(estimate_table(est.rows, budget))
+    if budget is not None:
+        print(f"{est.fitting} of {est.runnable} combinations fit the budget of {args.budget} "
+              f"({format_bytes(budget)}) per device: predicted peak x {1 + SAFETY_MARGIN:g} "
+              "(safety margin) within it. A search launches no recipe predicted not to fit.")
     return 0
 
 
@@ -489,9 +461,6 @@ _EXPORT_ONLY = {"hf_format": ("--hf-format", "hf"), "script": ("--script", "torc
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write (or print) the recipe in one tool's format; see ``autotune.export``."""
-    from autotune import export
-    from autotune.recipe import ZERO_MODES
-
     for attr, (flag, fmt) in _EXPORT_ONLY.items():
         if getattr(args, attr) is not None and args.format != fmt:
             raise UserError(f"{flag} applies only to --format {fmt}; got --format {args.format}")
@@ -500,7 +469,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "deepspeed":
         output = Path(args.output) if args.output else beside / "ds_config.json"
         config = export.deepspeed_config(recipe, device_type=args.device)
-        _write_text(output, json.dumps(config, indent=2) + "\n")
+        write_text(output, json.dumps(config, indent=2) + "\n")
         print(f"wrote {output} (DeepSpeed config: {recipe.describe()})")
         print("launch it with:")
         print(export.torchrun_command(recipe, deepspeed_config_path=str(output)), end="")
@@ -510,7 +479,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         command = export.torchrun_command(recipe, script=args.script or "train.py", nnodes=nnodes)
         print(command, end="")
         if args.output:
-            _write_text(Path(args.output), command)
+            write_text(Path(args.output), command)
             print(f"wrote {args.output}")
         if recipe.parallelism in ZERO_MODES:
             print("the DeepSpeed config it names: autotune export "
@@ -520,24 +489,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_hf(args: argparse.Namespace, recipe: Recipe, beside: Path) -> int:
-    from autotune import export
-    from autotune.recipe import ZERO_MODES
-
     hf_format = args.hf_format or "yaml"
     output = Path(args.output) if args.output else beside / f"hf_training_args.{hf_format}"
     ds_path = None
     if recipe.parallelism in ZERO_MODES:
         ds_path = output.parent / "ds_config_hf.json"
         config = export.deepspeed_config(recipe, device_type=args.device, with_scheduler=False)
-        _write_text(ds_path, json.dumps(config, indent=2) + "\n")
+        write_text(ds_path, json.dumps(config, indent=2) + "\n")
     kwargs = export.hf_training_arguments(
         recipe, device_type=args.device, deepspeed_config_path=str(ds_path) if ds_path else None)
     unsupported = export.hf_unsupported(recipe)
     if hf_format == "json":
         text = json.dumps(kwargs, indent=2) + "\n"
     else:
-        text = _hf_yaml(kwargs, recipe, unsupported, args.recipe)
-    _write_text(output, text)
+        text = export.hf_yaml(kwargs, recipe, unsupported, args.recipe)
+    write_text(output, text)
     if ds_path:
         print(f"wrote {ds_path} (DeepSpeed config for the Trainer: optimizer and ZeRO; the "
               "Trainer keeps the schedule)")
@@ -546,65 +512,6 @@ def _export_hf(args: argparse.Namespace, recipe: Recipe, beside: Path) -> int:
     for line in unsupported:
         print(f"warning: {line}")
     return 0
-
-
-_HF_COMMENTS = {
-    "bf16": "bf16 autocast (mixed precision; weights stay fp32)",
-    "fp16": "fp16 autocast with a dynamic loss scaler",
-    "per_device_train_batch_size": "micro-batch per device",
-    "gradient_accumulation_steps": "micro-batches summed before one optimizer step",
-    "learning_rate": "peak learning rate",
-    "weight_decay": "weight decay (HF leaves biases and norm weights undecayed)",
-    "optim": "optimizer (HF has no plain Adam: adam becomes adamw_torch)",
-    "optim_args": "SGD momentum",
-    "max_grad_norm": "0: no gradient clipping, as the recipe trained (HF's default clips at 1.0)",
-    "lr_scheduler_type": "the recipe's schedule (see lr_scheduler_kwargs)",
-    "warmup_steps": "optimizer steps of linear warmup to the peak learning rate",
-    "lr_scheduler_kwargs": "decay to 10% of the peak at the recipe's decay_steps, held after "
-                           "(independent of max_steps)",
-    "fsdp": "FSDP2 sharding of parameters, gradients and optimizer state",
-    "fsdp_config": "full sharding, each transformer layer wrapped",
-    "deepspeed": "DeepSpeed config: ZeRO stage, offload, optimizer",
-    "use_cpu": "train on the CPU",
-}
-
-
-def _hf_yaml(kwargs: dict[str, Any], recipe: Recipe, unsupported: list[str], source: str) -> str:
-    """The keyword arguments as YAML with a comment saying what each setting does."""
-    import textwrap
-
-    import yaml
-
-    lines = [
-        f"# transformers.TrainingArguments keyword arguments for the recipe in {source}:",
-        f"#   {recipe.describe()}",
-        "# Use: TrainingArguments(output_dir=..., max_steps=..., **yaml.safe_load(open(PATH)))",
-        "# (the length of training is yours to set; the schedule does not depend on it).",
-    ]
-    if recipe.workers > 1:
-        lines.append(f"# Launch with {recipe.workers} processes: torchrun --nproc-per-node="
-                     f"{recipe.workers} YOUR_SCRIPT.py")
-    for line in unsupported:
-        lines += textwrap.wrap(f"Not expressed here: {line}", 96, initial_indent="# ",
-                               subsequent_indent="#   ")
-    comments = dict(_HF_COMMENTS)
-    if "deepspeed" in kwargs:  # DeepSpeed builds the optimizer from its config, over all weights
-        for key in ("optim", "optim_args", "weight_decay"):
-            comments[key] = f"{key}: the DeepSpeed config's optimizer section applies"
-    for key, value in kwargs.items():
-        lines.append(f"# {comments.get(key, key)}")
-        lines.append(yaml.safe_dump({key: value}, sort_keys=False).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    except OSError as exc:
-        raise UserError(
-            f"cannot write {path}: {exc.strerror or exc}; choose another --output"
-        ) from None
 
 
 if __name__ == "__main__":

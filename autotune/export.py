@@ -18,7 +18,10 @@ and the memory model, because a ZeRO trial trains with it too; it is exported fr
 from __future__ import annotations
 
 import shlex
+import textwrap
 from typing import Any
+
+import yaml
 
 from autotune.errors import UserError
 from autotune.knobs import FINAL_LR_FRACTION, deepspeed_config
@@ -213,3 +216,49 @@ def hf_unsupported(recipe: Recipe) -> list[str]:
             f"{{'lr': {recipe.lr:g}, 'weight_decay': {recipe.weight_decay:g}}}))."
         )
     return out
+
+
+_HF_COMMENTS = {
+    "bf16": "bf16 autocast (mixed precision; weights stay fp32)",
+    "fp16": "fp16 autocast with a dynamic loss scaler",
+    "per_device_train_batch_size": "micro-batch per device",
+    "gradient_accumulation_steps": "micro-batches summed before one optimizer step",
+    "learning_rate": "peak learning rate",
+    "weight_decay": "weight decay (HF leaves biases and norm weights undecayed)",
+    "optim": "optimizer (HF has no plain Adam: adam becomes adamw_torch)",
+    "optim_args": "SGD momentum",
+    "max_grad_norm": "0: no gradient clipping, as the recipe trained (HF's default clips at 1.0)",
+    "lr_scheduler_type": "the recipe's schedule (see lr_scheduler_kwargs)",
+    "warmup_steps": "optimizer steps of linear warmup to the peak learning rate",
+    "lr_scheduler_kwargs": "decay to 10% of the peak at the recipe's decay_steps, held after "
+                           "(independent of max_steps)",
+    "fsdp": "FSDP2 sharding of parameters, gradients and optimizer state",
+    "fsdp_config": "full sharding, each transformer layer wrapped",
+    "deepspeed": "DeepSpeed config: ZeRO stage, offload, optimizer",
+    "use_cpu": "train on the CPU",
+}
+
+
+def hf_yaml(kwargs: dict[str, Any], recipe: Recipe, unsupported: list[str], source: str) -> str:
+    """``hf_training_arguments``'s keyword arguments as YAML, with a comment saying what each
+    setting does and the knobs it cannot express (``autotune export --format hf``)."""
+    lines = [
+        f"# transformers.TrainingArguments keyword arguments for the recipe in {source}:",
+        f"#   {recipe.describe()}",
+        "# Use: TrainingArguments(output_dir=..., max_steps=..., **yaml.safe_load(open(PATH)))",
+        "# (the length of training is yours to set; the schedule does not depend on it).",
+    ]
+    if recipe.workers > 1:
+        lines.append(f"# Launch with {recipe.workers} processes: torchrun --nproc-per-node="
+                     f"{recipe.workers} YOUR_SCRIPT.py")
+    for line in unsupported:
+        lines += textwrap.wrap(f"Not expressed here: {line}", 96, initial_indent="# ",
+                               subsequent_indent="#   ")
+    comments = dict(_HF_COMMENTS)
+    if "deepspeed" in kwargs:  # DeepSpeed builds the optimizer from its config, over all weights
+        for key in ("optim", "optim_args", "weight_decay"):
+            comments[key] = f"{key}: the DeepSpeed config's optimizer section applies"
+    for key, value in kwargs.items():
+        lines.append(f"# {comments.get(key, key)}")
+        lines.append(yaml.safe_dump({key: value}, sort_keys=False).rstrip())
+    return "\n".join(lines) + "\n"

@@ -82,7 +82,7 @@ def test_train_applies_a_recipe_file_and_compares_with_its_claim(tmp_path, capsy
                                     "measured": {"tta_seconds": 0.05}}))
     assert main(["train", "--recipe", str(path), "--model", "tests.toy_task:make_task"]) == 0
     out = capsys.readouterr().out
-    assert "time-to-accuracy" in out and "claims 0.1s" in out and "ratio measured/claimed" in out
+    assert "time-to-target" in out and "claims 0.1s" in out and "ratio measured/claimed" in out
 
 
 def test_train_reports_a_recipe_that_misses_the_target(tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_train_reports_a_recipe_that_misses_the_target(tmp_path, capsys):
     code = main(["train", "--recipe", str(path), "--model", "tests.toy_task:make_task",
                  "--max-trial-time", "0.5s"])
     assert code == 1
-    assert "no time-to-accuracy: not_reached" in capsys.readouterr().out
+    assert "no time-to-target: not_reached" in capsys.readouterr().out
 
 
 def test_train_refuses_a_recipe_the_device_cannot_run(tmp_path, capsys):
