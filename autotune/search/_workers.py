@@ -32,9 +32,16 @@ import socket
 import threading
 from typing import Any
 
+import ray
+from ray.exceptions import ActorDiedError, RayActorError
+from ray.tune import PlacementGroupFactory
+from ray.util import get_current_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
 from autotune import objective
 from autotune.recipe import Recipe
 from autotune.tasks import Task
+from autotune.train import TrialResult, check_launch, result_from_final, worker_main
 
 POLL_SECONDS = 0.5
 
@@ -48,8 +55,6 @@ def placement(workers: int, trial_cpus: float, gpus: bool, strategy: str = "PACK
     On GPUs each worker gets one GPU and ``trial_cpus`` CPUs; on CPUs the workers share
     ``trial_cpus`` (a node's CPUs by default) when packed, or each get them when spread over
     machines. The empty first bundle is the trial's own process."""
-    from ray.tune import PlacementGroupFactory
-
     if gpus:
         worker = {"CPU": float(trial_cpus), "GPU": 1.0}
     elif strategy == "SPREAD":
@@ -68,7 +73,6 @@ class _Worker:
         self._lock = threading.Lock()
 
     def where(self) -> dict[str, Any]:
-        import ray
 
         ctx = ray.get_runtime_context()
         return {"node_ip": ray.util.get_node_ip_address(), "node_id": ctx.get_node_id(),
@@ -81,8 +85,6 @@ class _Worker:
 
     def run(self, rank: int, world: int, master_addr: str, port: int, spec: tuple[str, dict],
             recipe_dict: dict, limits_dict: dict, device_type: str, threads: int) -> None:
-        from autotune.train.distributed import worker_main
-
         worker_main(rank, world, master_addr, port, spec, recipe_dict, limits_dict,
                     device_type, threads, self._put if rank == 0 else None)
 
@@ -108,17 +110,12 @@ class RayLauncher:
 
     def __call__(self, task: Task, recipe: Recipe, limits: Any, report: Any,
                  device: str | None) -> Any:
-        import ray
-        from ray.util import get_current_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        from autotune.train.distributed import check_launch, result_from_final
-
         pg = get_current_placement_group()
         n = recipe.workers
         if pg is None or len(pg.bundle_specs) < n:
-            return _failed(limits, objective.ERROR, f"the trial holds no placement group for "
-                           f"its {n} workers (bundles: {pg.bundle_specs if pg else None})")
+            return TrialResult.failed(
+                objective.ERROR, f"the trial holds no placement group for its {n} workers "
+                f"(bundles: {pg.bundle_specs if pg else None})", limits)
         bundles = pg.bundle_specs[:n]
         device_type = "cuda" if bundles[0].get("GPU") else "cpu"
         refused = check_launch(task, recipe, limits, device_type, None)
@@ -156,7 +153,6 @@ class RayLauncher:
     def _pump(self, lead: Any, runs: dict[Any, int], report: Any
               ) -> tuple[dict[str, Any] | None, str]:
         """Forward worker 0's progress until every worker is done or one has failed."""
-        import ray
 
         pending = list(runs)
         failures: list[str] = []
@@ -173,7 +169,6 @@ class RayLauncher:
 
     def _drain(self, lead: Any, report: Any, final: dict[str, Any] | None
                ) -> dict[str, Any] | None:
-        import ray
 
         try:
             items = ray.get(lead.poll.remote(), timeout=30)
@@ -187,8 +182,6 @@ class RayLauncher:
         return final
 
     def _describe(self, rank: int, exc: BaseException) -> str:
-        from ray.exceptions import ActorDiedError, RayActorError
-
         node = self.nodes[rank]["node_ip"] if rank < len(self.nodes) else "?"
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, (ActorDiedError, RayActorError)):
@@ -196,9 +189,3 @@ class RayLauncher:
                     f"killer, or its machine was lost): {reason}")
         return f"worker {rank} on {node} failed: {reason}"
 
-
-def _failed(limits: Any, status: str, message: str) -> Any:
-    from autotune.train.loop import TrialResult
-
-    return TrialResult(status=status, score=objective.score(
-        status, None, None, limits.target, limits.max_train_seconds), message=message)
