@@ -1,11 +1,16 @@
 """User mistakes get one clear paragraph and exit code 2, never a traceback."""
 
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from autotune.cli import main
+from autotune.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run(*args):
@@ -101,3 +106,31 @@ def test_train_refuses_a_recipe_the_device_cannot_run(tmp_path, capsys):
                  "--device", "cpu"])
     assert code == 2
     assert "DeepSpeed does not support fp16 on the CPU" in capsys.readouterr().err
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every ``autotune ...`` line in the code blocks of README.md and docs/*.md, with its file;
+    comments dropped, continuation lines joined, ``[optional parts]`` kept."""
+    found = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("#")[0].strip()
+                if line.startswith("autotune "):
+                    found.append((path.name, re.sub(r"\[([^\]]*)\]", r"\1", line)))
+    return found
+
+
+def test_documented_commands_are_found():
+    assert len(documented_commands()) >= 10
+
+
+@pytest.mark.parametrize(("doc", "line"), documented_commands())
+def test_every_documented_command_parses(doc, line):
+    args = shlex.split(line)[1:]
+    if "--help" in args or "--version" in args:
+        return
+    try:
+        build_parser().parse_args(args)
+    except SystemExit as exc:
+        pytest.fail(f"{doc}: `{line}` is not a valid command (exit {exc.code})")
