@@ -9,7 +9,7 @@ from torch import nn
 
 from autotune import objective
 from autotune.recipe import Recipe
-from autotune.train import TrialLimits, run_trial
+from autotune.train import TrialLimits, TrialResult, check_launch, result_from_final, run_trial
 
 
 def limits(task, **kw):
@@ -153,3 +153,21 @@ def test_trial_on_each_device(toy_task, device):
     assert result.device.startswith(device)
     expected_source = "cuda_allocated" if device == "cuda" else "cpu_tracked"
     assert result.peak_memory_source == expected_source and result.peak_memory_bytes > 0
+
+
+def test_a_failed_result_scores_as_failed_and_says_why(toy_task):
+    lim = limits(toy_task)
+    failed = TrialResult.failed(objective.ERROR, "worker 1 died", lim, "cuda")
+    assert (failed.status, failed.message, failed.device) == (objective.ERROR, "worker 1 died",
+                                                              "cuda")
+    assert failed.score == 4 * lim.max_train_seconds  # worse than any trial that trained
+    # A multi-worker trial that cannot start: a task that worker processes cannot rebuild.
+    refused = check_launch(toy_task, Recipe(parallelism="ddp", workers=2), lim, "cpu", None)
+    assert refused.status == objective.ERROR and "load_task" in refused.message
+    assert refused.score == failed.score
+    gpus = check_launch(dataclasses.replace(toy_task, load_spec=("toy", {})),
+                        Recipe(parallelism="ddp", workers=4), lim, "cuda", 2)
+    assert gpus.status == objective.INFEASIBLE and "4 GPUs; 2 visible" in gpus.message
+    # Workers that ended without worker 0's final report.
+    lost = result_from_final(None, "worker 1 exited with signal 9", "cpu", lim)
+    assert lost.status == objective.ERROR and lost.message == "worker 1 exited with signal 9"
