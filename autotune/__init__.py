@@ -2,6 +2,11 @@
 
 Public API::
 
+    # the search, from Python (the CLI calls the same)
+    from autotune.search import SearchRequest, search
+    outcome = search(SearchRequest(model="bert", budget_bytes=16 * 10**9, trials=12))
+    outcome.summary.best.record.recipe, outcome.summary.speedup, outcome.best_recipe_path
+
     from autotune import Recipe, load_space, load_task, run_trial, TrialLimits
     recipe = Recipe.load("best_recipe.yaml")
 
@@ -21,6 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "Configured",
+    "SearchOutcome",
+    "SearchRequest",
     "Recipe",
     "SearchSpace",
     "TrialLimits",
@@ -44,6 +51,10 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy: importing autotune must not 
         from autotune import apply
 
         return getattr(apply, name)
+    if name in ("SearchRequest", "SearchOutcome"):
+        import autotune.search
+
+        return getattr(autotune.search, name)
     if name == "load_task":
         from autotune.tasks import load_task
 

@@ -341,3 +341,21 @@ def test_a_tight_budget_launches_no_trial_that_exceeds_it(tmp_path):
     gated = [t for t in study.trials if t.user_attrs.get("launched") is False]
     assert len(gated) == len(refused)
     assert all(t.user_attrs["status"] == objective.INFEASIBLE for t in gated)
+
+
+def test_a_missing_ray_is_named_with_the_install_command(tmp_path):
+    """Importing the CLI and the search API needs neither Ray nor Optuna; a search without
+    them says what to install instead of a traceback."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nsys.modules['ray'] = sys.modules['ray.tune'] = None\n"
+            "sys.modules['optuna'] = None\nfrom autotune.cli import main\n"
+            f"raise SystemExit(main(['search', '--model', 'tests.toy_task:make_task', "
+            f"'--results-dir', {str(tmp_path / 'run')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "ray.tune, optuna, which is not installed" in proc.stderr
+    assert "pip install 'ray[tune]' optuna" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

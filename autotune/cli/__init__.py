@@ -1,0 +1,94 @@
+"""The ``autotune`` command: the only code that parses arguments and prints.
+
+``autotune search`` (``_search``) and the tools around it, ``train``, ``export`` and
+``estimate`` (``_tools``), each parse flags, call the Python API (``autotune.search``,
+``autotune.train``, ``autotune.export``, ``autotune.estimate``) and render its result. A user
+mistake (``UserError``) prints one paragraph and exits with code 2; Ctrl-C exits 130 after
+saying where the results measured so far are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from autotune import __version__
+from autotune.cli._search import add_search
+from autotune.cli._tools import add_estimate, add_export, add_train
+from autotune.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    # A user task (--model package.module:function) imports from where the command runs, as
+    # with `python -m`; the console script alone would not look there.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"autotune: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\nautotune: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--budget -1GB`` reaches the validator (which explains the rule) instead of argparse
+    mistaking ``-1GB`` for a flag."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token[:1] == "-" \
+                and token[1:2].isdigit():
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autotune",
+        description=(
+            "Find the training recipe (precision, batch size, accumulation, pruning, warmup, "
+            "optimizer, learning rate, parallelism) that reaches a model's target accuracy in "
+            "the least training time without exceeding a memory budget. Short real trials run "
+            "as Ray Tune trials; Optuna proposes the next recipe."
+        ),
+        epilog="Example: autotune search --model bert --budget 16GB",
+    )
+    parser.add_argument("--version", action="version", version=f"autotune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_search(sub)
+    add_train(sub)
+    add_export(sub)
+    add_estimate(sub)
+    return parser
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="bert",
+        help="task to tune: a built-in (bert, mnist) or your own as package.module:function "
+        "returning an autotune.tasks.Task (default: bert)",
+    )
+    p.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        help="keyword argument for the task's factory, repeatable (e.g. size=small for bert)",
+    )
+    p.add_argument("--target", type=float, default=None,
+                   help="validation metric value to reach (default: the task's own target)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the sampler and every trial's weights and data order (default 0)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="device for training (default: a GPU where there is one, else the CPU)")
