@@ -13,3 +13,13 @@ def test_custom_task_example_trains_to_its_target_and_fits_its_space():
     space.point_for(baseline)
     result = run_trial(task, baseline, TrialLimits.for_task(task))
     assert result.status == "reached", result.message
+
+
+def test_search_from_python_example_finds_a_winner_and_writes_its_files(tmp_path, capsys):
+    from examples.search_from_python import main
+
+    assert main(str(tmp_path / "run")) == 0
+    out = capsys.readouterr().out
+    assert "winner: trial" in out and "speedup" in out
+    assert (tmp_path / "run" / "best_recipe.yaml").exists()
+    assert (tmp_path / "run" / "study.journal").exists()
