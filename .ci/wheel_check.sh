@@ -17,7 +17,13 @@ pip=("$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --no-c
 
 "$PYTHON" -m venv "$tmp/venv"
 echo "wheel check: [$((SECONDS - start))s] build the wheel"
-"$tmp/venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps -w "$tmp/dist" "$repo"
+# From a copy of the files git knows (tracked, or new and not ignored): setuptools builds in the
+# source tree, and a build/ left there by an earlier build would put deleted modules in the wheel.
+mkdir "$tmp/src"
+git -C "$repo" ls-files -z --cached --others --exclude-standard \
+    | (cd "$repo" && xargs -0 tar -cf - --ignore-failed-read) | tar -xf - -C "$tmp/src"
+"$tmp/venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps -w "$tmp/dist" \
+    "$tmp/src"
 wheel=("$tmp"/dist/autotune-*.whl)
 yamls=$("$tmp/venv/bin/python" -c 'import sys, zipfile; n = zipfile.ZipFile(sys.argv[1]).namelist();
 print(sum(x.startswith("autotune/search_spaces/") and x.endswith(".yaml") for x in n))' "$wheel")
