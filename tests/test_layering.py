@@ -171,11 +171,9 @@ def describe(cycle: list[str], graph: dict[str, dict[str, list[Import]]]) -> str
 
 
 def lazy_imports(imports: Iterable[Import]) -> list[Import]:
-    """Function-local imports that need a reason: not a heavy optional dependency, and not in
-    a unit excluded from the count for now."""
-    return [imp for imp in imports if imp.local
-            and unit(imp.target) not in HEAVY_OPTIONAL
-            and not imp.module.startswith(LAZY_COUNT_EXCLUDED)]
+    """Function-local imports that need a reason: those of anything but a heavy optional
+    dependency."""
+    return [imp for imp in imports if imp.local and unit(imp.target) not in HEAVY_OPTIONAL]
 
 
 # -- the assertions about autotune/ ------------------------------------------------------------

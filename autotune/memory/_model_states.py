@@ -42,18 +42,6 @@ from autotune.knobs import optimizer_state_per_param, weight_bytes, zero_config
 from autotune.memory._trace import StepTrace
 from autotune.recipe import Recipe
 
-__all__ = [
-    "DEEPSPEED_DEFAULTS",
-    "ModelStates",
-    "compose",
-    "deepspeed_setting",
-    "model_states",
-    "optimizer_state_per_param",
-    "weight_bytes",
-]
-"""``optimizer_state_per_param`` and ``weight_bytes`` live in ``autotune.knobs``; they are
-re-exported for ``autotune.cli``. TODO(cli.py): import them from ``autotune.knobs``."""
-
 DEEPSPEED_DEFAULTS: dict[str, Any] = {
     "reduce_bucket_size": 500_000_000,
     "overlap_comm": None,

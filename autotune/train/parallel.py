@@ -49,15 +49,12 @@ from autotune.knobs import (
     micro_batch_loss,
     optimizer_step,
     prune_by_magnitude,
-    unsupported_reason,
     zero_config,
 )
 from autotune.recipe import ZERO_MODES, Recipe
 from autotune.tasks import Task
 
-__all__ = ["Prepared", "extensions_dir", "init_worker", "prepare", "unsupported_reason"]
-"""``unsupported_reason`` is re-exported for ``autotune.cli`` and ``autotune.search._tune``.
-TODO(cli.py, search/_tune.py): import it from ``autotune.knobs``, then drop it here."""
+__all__ = ["Prepared", "extensions_dir", "init_worker", "prepare"]
 
 
 def init_worker(
