@@ -1,6 +1,6 @@
 """How a trial is scored: the one place that says what the search minimises.
 
-A trial that reaches the target scores its time-to-accuracy (TTA) in training seconds. A trial
+A trial that reaches the target scores its time-to-target (TTA) in training seconds. A trial
 with no TTA scores a penalty above any TTA the trial could have had, so the searcher ranks every
 trial that reached the target ahead of every one that did not:
 
@@ -14,7 +14,7 @@ trial that reached the target ahead of every one that did not:
 from __future__ import annotations
 
 REACHED = "reached"
-"""The trial reached the target: it has a time-to-accuracy."""
+"""The trial reached the target: it has a time-to-target."""
 NOT_REACHED = "not_reached"
 """The trial trained to its time limit without reaching the target."""
 STOPPED = "stopped"

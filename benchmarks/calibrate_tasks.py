@@ -1,4 +1,4 @@
-"""Measure time-to-accuracy (TTA) of the baseline and a few other recipes on the built-in tasks.
+"""Measure time-to-target (TTA) of the baseline and a few other recipes on the built-in tasks.
 
 Why: each built-in task's target, baseline recipe (batch size, learning rate) and time limits
 must be measured, not guessed. The baseline must reach the target for every seed, and at least one

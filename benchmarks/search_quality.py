@@ -3,7 +3,7 @@
 Three parts, each printed as a table and written to JSON (``--out``):
 
 1. **Oracle** (``--part oracle``): a reduced grid of the ``bert`` space (precision x batch size x
-   learning rate x warmup, AdamW; 24 recipes), each recipe's time-to-accuracy (TTA) measured
+   learning rate x warmup, AdamW; 24 recipes), each recipe's time-to-target (TTA) measured
    over 3 seeds with the trial code itself (``autotune.train.run_trial``, in this process, no
    Ray). A recipe that does not reach the target within ``--oracle-limit`` counts as that limit
    (it is nowhere near the best). Saved with the machine and library versions to

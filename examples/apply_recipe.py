@@ -13,7 +13,7 @@ pruned, optimizer, warmup/decay scheduler, autocast precision, fp16 grad scaler,
 search trial takes.
 
 If you wrap your model and data as a ``Task`` instead, ``autotune.fit`` trains it through the
-very code path of a trial and returns its time-to-accuracy (see ``fit_as_task`` below)::
+very code path of a trial and returns its time-to-target (see ``fit_as_task`` below)::
 
     result = autotune.fit(recipe, task, seed=0)
     print(result.status, result.tta_seconds, result.best_metric)
@@ -102,7 +102,7 @@ def fit_as_task(recipe: autotune.Recipe) -> None:
     )
     result = autotune.fit(recipe, task, seed=0)
     tta = "-" if result.tta_seconds is None else f"{result.tta_seconds:.2f}s"
-    print(f"fit: {result.status}, time-to-accuracy {tta}, best accuracy "
+    print(f"fit: {result.status}, time-to-target {tta}, best accuracy "
           f"{result.best_metric:.3f} after {result.steps} optimizer steps")
 
 

@@ -1,4 +1,4 @@
-"""The trial loop: the time-to-accuracy clock, and failures recorded instead of raised."""
+"""The trial loop: the time-to-target clock, and failures recorded instead of raised."""
 
 import dataclasses
 import time

@@ -38,7 +38,7 @@ def add_search(sub: Any) -> None:
         "search", help="search for the fastest recipe (the main command)",
         description=(
             "Run short real training trials, proposed by Optuna and run by Ray Tune, and report "
-            "the recipe with the shortest time-to-accuracy (training seconds to reach the "
+            "the recipe with the shortest time-to-target (training seconds to reach the "
             "target metric) whose peak memory fits the budget. The baseline recipe ("
             + BASELINE_NOTE + ") is always the first trial; every speedup is measured against "
             "it. Writes every trial to the results directory as it ends, and the best recipe "

@@ -44,10 +44,10 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
 
 def add_train(sub: Any) -> None:
     p = sub.add_parser(
-        "train", help="train once with a recipe file and report its time-to-accuracy",
+        "train", help="train once with a recipe file and report its time-to-target",
         description=(
             "Apply a recipe (a best_recipe.yaml written by a search, or a plain recipe file) "
-            "through the same code path as a search trial, and compare the time-to-accuracy "
+            "through the same code path as a search trial, and compare the time-to-target "
             "measured now with the one the file claims."
         ),
         epilog="Example: autotune train --recipe autotune_runs/bert-.../best_recipe.yaml "

@@ -28,7 +28,7 @@ Batch = Sequence[torch.Tensor]
 
 @dataclass(frozen=True)
 class Task:
-    """Everything the trainer needs to train a model and measure time-to-accuracy.
+    """Everything the trainer needs to train a model and measure time-to-target.
 
     The data are held as tensors (``train`` and ``validation`` are tuples of tensors sharing the
     first dimension), so a trial slices batches without a DataLoader's worker processes, which
@@ -48,7 +48,7 @@ class Task:
     predict: Callable[[nn.Module, Batch], torch.Tensor]
     """Predicted class ids for a batch, compared with the batch's last tensor (labels)."""
     target: float
-    """Validation accuracy a trial must reach; time-to-accuracy is measured to it."""
+    """Validation accuracy a trial must reach; time-to-target is measured to it."""
     metric: str = "accuracy"
     """Name of the metric, shown in progress and results."""
     default_batch_size: int = 32
@@ -57,9 +57,9 @@ class Task:
     """AdamW learning rate of the baseline recipe: one known to work for this task."""
     max_train_seconds: float = 60.0
     """Default limit of one trial's training time; a trial that has not reached the target
-    by then stops with no time-to-accuracy."""
+    by then stops with no time-to-target."""
     eval_every_seconds: float = 1.0
-    """Training seconds between two evaluations; the resolution of time-to-accuracy."""
+    """Training seconds between two evaluations; the resolution of time-to-target."""
     eval_batch_size: int = 256
     """Batch size used for evaluation (no gradients)."""
     description: str = ""

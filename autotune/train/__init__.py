@@ -1,7 +1,7 @@
 """Running a trial: a recipe applied to a real training run, timed, measured, and recorded.
 
 - ``trial``: ``run_trial``, the entry point (one process, or several workers);
-- ``loop``: one process's part of a trial (the time-to-accuracy clock, evaluations, failures
+- ``loop``: one process's part of a trial (the time-to-target clock, evaluations, failures
   recorded as statuses, the CPU's measured memory);
 - ``distributed``: the worker processes of a multi-worker trial on this machine;
 - ``parallel``: a worker's model, optimizer and step in the recipe's parallel mode;

@@ -7,7 +7,7 @@ recipe does to a run (out of memory, NaN loss, over budget): those end in a ``Tr
 with the matching status, so a search records them and goes on. Each optimizer step is
 ``Prepared.step`` (``autotune.train.parallel``), that is ``autotune.knobs.optimizer_step``.
 
-The time-to-accuracy clock counts training only: forward, backward and optimizer steps,
+The time-to-target clock counts training only: forward, backward and optimizer steps,
 including data slicing. It is paused for evaluations (which are measured separately) and does
 not include model building or data loading. On a GPU the clock synchronises the device before
 each reading.
@@ -18,7 +18,7 @@ smaller than the card caps the process's memory before training starts. On the C
 peak of tracked tensor memory of two optimizer steps on the task's largest micro-batch, taken
 during setup on a fresh copy of the model (``measure_step_memory``): tracking every tensor of
 the whole run would slow training, and tracking the first real steps would either charge the
-tracker's overhead to time-to-accuracy or hand the trial steps its clock did not count. The
+tracker's overhead to time-to-target or hand the trial steps its clock did not count. The
 peak of a step is reached by its second step (optimizer state exists from the first), and the
 largest micro-batch is the worst a step meets, so this is the peak a budget must hold. The
 copy is built from the same seed and the RNG is reseeded after it, so the timed run is the

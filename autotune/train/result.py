@@ -26,7 +26,7 @@ class TrialLimits:
     max_train_seconds: float
     """Training-clock limit: a trial that has not reached the target by then stops."""
     eval_every_seconds: float
-    """Training seconds between evaluations (the resolution of time-to-accuracy)."""
+    """Training seconds between evaluations (the resolution of time-to-target)."""
     target: float
     """Validation metric value to reach."""
     budget_bytes: int | None = None
