@@ -75,20 +75,3 @@ def build_parser() -> argparse.ArgumentParser:
     add_estimate(sub)
     return parser
 
-
-def _add_task_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default="bert",
-        help="task to tune: a built-in (bert, mnist) or your own as package.module:function "
-        "returning an autotune.tasks.Task (default: bert)",
-    )
-    p.add_argument(
-        "--task-option", action="append", default=[], metavar="KEY=VALUE",
-        help="keyword argument for the task's factory, repeatable (e.g. size=small for bert)",
-    )
-    p.add_argument("--target", type=float, default=None,
-                   help="validation metric value to reach (default: the task's own target)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed for the sampler and every trial's weights and data order (default 0)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="device for training (default: a GPU where there is one, else the CPU)")
