@@ -22,15 +22,15 @@ def rec(trial, tta=None, status=None, rerun_of=None, seed=0, recipe=None, baseli
 
 def test_the_winner_is_the_lowest_median_and_an_unreached_run_counts_as_slowest():
     records = [
-        rec(1, 10.0, baseline=True), rec(2, 2.0), rec(3, 4.0),
+        rec(1, 11.0, baseline=True), rec(2, 2.0), rec(3, 5.0),
         # trial 2 was lucky: its other two seeds did not reach the target -> median inf
         rec(4, None, rerun_of=2, seed=1), rec(5, None, rerun_of=2, seed=2),
-        rec(6, 5.0, rerun_of=3, seed=1), rec(7, 3.0, rerun_of=3, seed=2),
-        rec(8, 9.0, rerun_of=1, seed=1), rec(9, 12.0, rerun_of=1, seed=2),
+        rec(6, 4.0, rerun_of=3, seed=1), rec(7, 3.0, rerun_of=3, seed=2),
+        rec(8, 9.0, rerun_of=1, seed=1), rec(9, 10.0, rerun_of=1, seed=2),
     ]
     summary = summarize(records)
     assert summary.best.record.trial == 3
-    assert summary.best.tta_runs == [4.0, 5.0, 3.0] and summary.best.tta_seconds == 4.0
+    assert summary.best.tta_runs == [5.0, 4.0, 3.0] and summary.best.tta_seconds == 4.0
     assert summary.best.tta_spread == [3.0, 5.0]
     assert summary.baseline.tta_seconds == 10.0
     assert summary.speedup == pytest.approx(10.0 / 4.0)
