@@ -209,6 +209,9 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
         run_dir.end_session()
         finished = [r for r in run_dir.records() if r.status != objective.INTERRUPTED]
         raise SearchInterrupted(run_dir.path, len(finished) - len(prior)) from None
+    except BaseException:
+        run_dir.end_session()  # what was measured stays in trials.jsonl; resume continues it
+        raise
     run_dir.end_session()
     records = prior + new
     wall = time.time() - start
