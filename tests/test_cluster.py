@@ -1,6 +1,10 @@
 """A real two-node Ray cluster on this machine: a search through ``--address`` spreads its
 trials over both nodes, and survives the loss of one node in the middle of a trial.
 
+The cluster runs with Ray's token authentication, as the README tells users to start one: a
+token of its own (``RAY_AUTH_TOKEN_PATH``), ``RAY_AUTH_MODE=token`` for the nodes and the
+driver. A driver without the token, or with a wrong one, is refused with autotune's message.
+
 Both nodes are real ``ray start`` processes (each with its own CPU count, object store and
 node-manager port); losing a node is faked the way a machine loss looks to Ray: every process of
 that node is killed (SIGKILL) by PID. The cluster is stopped whatever the outcome, by killing
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -52,9 +57,13 @@ class Cluster:
         self.port = _free_port()
         self.second_port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+        self.token_path = Path(self.temp) / "auth_token"
+        self.token_path.write_text(secrets.token_hex(32))
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN_PATH": str(self.token_path), "RAY_USAGE_STATS_ENABLED": "0",
                     "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        self.env.pop("RAY_ADDRESS", None)
+        for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
+            self.env.pop(name, None)
 
     def start(self) -> None:
         common = ["--node-ip-address=127.0.0.1", "--num-cpus=1",
@@ -190,13 +199,14 @@ def test_losing_a_node_mid_trial_fails_that_trial_and_the_search_finishes(cluste
 
 def test_a_parallel_trials_workers_are_placed_on_both_nodes(cluster, tmp_path):
     """``--placement spread``: Ray puts the two ddp workers of a trial on different machines,
-    and they train together over gloo."""
+    and they train together over gloo. The baseline runs single, the warm start ddp."""
     space = tmp_path / "space.yaml"
     space.write_text("knobs:\n  parallelism: {choices: [single, ddp]}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "autotune.cli", "search", "--model", "tests.toy_task:make_task",
+         "--task-option", 'suggest={"parallelism": "ddp", "workers": 2}',
          "--space", str(space), "--address", cluster.address, "--workers-per-trial", "2",
-         "--placement", "spread", "--trials", "3", "--seed", "1", "--target", "1.01",
+         "--placement", "spread", "--trials", "2", "--confirm", "0", "--target", "1.01",
          "--max-trial-time", "1s", "--results-dir", str(tmp_path / "results")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster.env,
         cwd=str(ROOT),
@@ -204,12 +214,37 @@ def test_a_parallel_trials_workers_are_placed_on_both_nodes(cluster, tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out[-3000:]  # target unreachable: trials train to their end
     records = _records(tmp_path)
-    assert len(records) == 3
+    assert len(records) == 2
     assert all(r["status"] in (objective.NOT_REACHED, objective.STOPPED) for r in records), \
         [(r["status"], r["message"]) for r in records]
     parallel = [r for r in records if r["recipe"]["parallelism"] == "ddp"]
-    assert parallel, "the sampler proposed no ddp trial; change --seed"
+    assert len(parallel) == 1
     for r in parallel:
         assert r["recipe"]["workers"] == 2
         assert len(set(r["worker_nodes"])) == 2, r["worker_nodes"]
         assert r["steps"] > 0 and r["examples"] == r["steps"] * r["recipe"]["batch_size"] * 2
+
+
+def test_a_driver_without_the_clusters_token_is_refused_with_the_fix(cluster, tmp_path):
+    """No token (nothing in the environment, no ~/.ray/auth_token), then a wrong one: the
+    cluster refuses, and autotune says how to pass the token instead of a traceback."""
+    env = {k: v for k, v in cluster.env.items()
+           if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    home = tmp_path / "home"
+    home.mkdir()
+    # Ray retries a refused connection 20 times, a second apart; two show the refusal.
+    env.update(HOME=str(home), RAY_NUM_REDIS_GET_RETRIES="2")
+    wrong = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    for case in (env, wrong):
+        proc = subprocess.run(
+            [sys.executable, "-m", "autotune.cli", "search", "--model",
+             "tests.toy_task:make_task", "--space", str(space), "--address", cluster.address,
+             "--trials", "1",
+             "--results-dir", str(tmp_path / f"run{len(case)}")],
+            capture_output=True, text=True, env=case, cwd=str(ROOT), timeout=180)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "refused autotune: its token authentication" in proc.stderr, proc.stderr[-3000:]
+        assert "RAY_AUTH_MODE=token" in proc.stderr and "Traceback" not in proc.stderr
+

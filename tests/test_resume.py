@@ -1,9 +1,13 @@
 """Interrupting a real search (SIGTERM, as a scheduler or `kill` would) and resuming it."""
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import optuna
 import pytest
@@ -27,11 +31,13 @@ def test_sigterm_then_resume_runs_only_what_is_left(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     results = tmp_path / "results"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="at_", dir="/tmp"))  # the search's Ray goes here
     proc = subprocess.Popen(
         [sys.executable, "-m", "autotune.cli", "search", "--model", "tests.toy_task:make_task",
          "--space", str(space), "--target", "1.01", "--trials", "5", "--max-trial-time", "2s",
          "--results-dir", str(results)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(ray_tmp)},
     )
     for line in proc.stdout:
         if line.startswith("[  3/5] running"):
@@ -43,6 +49,8 @@ def test_sigterm_then_resume_runs_only_what_is_left(tmp_path, capsys):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert f"autotune search --resume {results}" in err
+    assert not list(ray_tmp.glob("autotune_ray_*"))  # SIGTERM too removes the Ray folder
+    shutil.rmtree(ray_tmp)
     before = _records(results)
     assert [r["status"] for r in before] == [objective.NOT_REACHED] * 2 + [objective.INTERRUPTED]
     interrupted = before[2]

@@ -1,7 +1,16 @@
 """Ray start-up, and what each trial holds: resources, placement, concurrency.
 
 ``ray_session`` connects to a cluster (``--address`` or ``RAY_ADDRESS``) or starts a local Ray
-for the search and shuts down (and removes the temporary directory of) what it started.
+for the search, and shuts down what it started and removes its temporary directory whatever
+the outcome (success, error, Ctrl-C, SIGTERM).
+
+Security: autotune keeps Ray's defaults. A local ``ray.init()`` of Ray 2.60 turns on token
+authentication (the token in ``~/.ray/auth_token``, made on first use), so every one of its
+gRPC servers refuses a client without the token; the dashboard is not started. Ray 2.60 still
+binds those servers to all interfaces (``--node-ip-address=127.0.0.1`` does not change that),
+so the token is what keeps others out. A cluster with token authentication needs the token and
+``RAY_AUTH_MODE=token`` on the driver (Ray enables it for an explicit address only then);
+``_connect`` names that fix when the cluster refuses autotune.
 """
 
 from __future__ import annotations
@@ -12,10 +21,12 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import ray
+from ray.exceptions import AuthenticationError, RayError
 from ray.tune import PlacementGroupFactory
 
 from autotune.errors import UserError
@@ -26,7 +37,6 @@ from autotune.search._workers import placement
 def ray_session(address: str | None) -> Iterator[None]:
     """Ray for the length of a search (see the module docstring)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C reaches autotune, which records the trials in flight and says where results are.
@@ -43,20 +53,37 @@ def ray_session(address: str | None) -> Iterator[None]:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     address = address or os.environ.get("RAY_ADDRESS")
     temp_dir = None
-    if address:
-        _connect(address)
-    else:
-        temp_dir = tempfile.mkdtemp(prefix="autotune_ray_")
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 _temp_dir=temp_dir, configure_logging=True, logging_level="ERROR")
     try:
+        if address:
+            _connect(address)
+        else:
+            temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     log_to_driver=False, _temp_dir=temp_dir, configure_logging=True,
+                     logging_level="ERROR")
         # After ray.init, which installs its own SIGTERM handler in the driver.
         with sigterm_as_interrupt():
             yield
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
         if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            remove_dir(temp_dir)
+
+
+TEMP_PREFIX = "autotune_ray_"
+"""Prefix of the temporary directory of a local Ray (in ``tempfile.gettempdir()``)."""
+
+
+def remove_dir(path: str, wait_s: float = 10.0) -> None:
+    """Remove ``path``; Ray's processes may still write their last logs there for a moment
+    after ``ray.shutdown()``, so try again until it is gone (or ``wait_s`` has passed)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path) or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -82,12 +109,31 @@ def _connect(address: str) -> None:
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR",
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, RayError) as exc:
+        if _refused_for_token(exc):
+            raise UserError(
+                f"the Ray cluster at {address!r} refused autotune: its token authentication "
+                "needs the cluster's token, which autotune did not send or which is wrong. "
+                "Run with RAY_AUTH_MODE=token and the token in RAY_AUTH_TOKEN, in the file "
+                "RAY_AUTH_TOKEN_PATH names, or in ~/.ray/auth_token (`ray get-auth-token` on "
+                "the head node prints it); see docs/cluster.md."
+            ) from None
         raise UserError(
             f"cannot connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}. "
             "Start one with `ray start --head` (see docs/cluster.md), or leave out --address "
             "(and RAY_ADDRESS) to run on this machine."
         ) from None
+
+
+def _refused_for_token(exc: BaseException | None) -> bool:
+    """Whether Ray's error (or one it was raised from) is its token authentication refusing
+    the connection."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def trial_resources(device: str | None, cpus_per_trial: float | None,
