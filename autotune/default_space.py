@@ -1,0 +1,269 @@
+"""A default search space for any task: built from its baseline recipe and the device.
+
+A search uses it when no ``--space`` is given and no space ships for the task. It is produced
+as commented YAML text (the format of ``search_spaces/*.yaml``, docs/spaces.md), so a user can
+save it, edit it and pass it back with ``--space``, and so it goes through the same validation
+as a file. Every range and choice is placed around the baseline's own values, and the baseline
+always lies in the space (a search always measures it).
+
+What it searches, around a baseline with batch ``B`` and learning rate ``LR``:
+
+- precision: fp32, plus bf16 where the device computes it fast, plus fp16 on CUDA;
+- batch_size: ``B/2, B, 2B, 4B`` (the baseline's batch times powers of two);
+- the learning rate on a log scale over ``LR / 4 .. LR x 4`` for the baseline's optimizer
+  family; the other family's range is converted by ``SGD_LR_PER_ADAM_LR`` and wider
+  (``/10 .. x10``), since that conversion is a rough rule;
+- warmup_steps ``0, 50, 100, 200``, schedule constant/linear/cosine, optimizer adamw/adam/sgd
+  (with ``lr@sgd`` and momentum only for SGD), accumulation_steps ``1, 2, 4``;
+- parallelism fixed at the baseline's (single: one device).
+
+Pure: no torch, Ray or Optuna; the caller passes what it knows of the device.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from collections.abc import Iterable
+
+from autotune.recipe import Recipe
+from autotune.space import SearchSpace, parse_space
+from autotune.warm_start import BATCH_FACTOR, WARMUP_STEPS
+
+LR_FACTOR = 4.0
+"""The baseline optimizer's learning rate is searched over ``[lr / LR_FACTOR, lr x LR_FACTOR]``
+(log scale): wide enough to hold the warm start's ``x sqrt2`` (Adam) or ``x2`` (SGD) and the
+usual tuning steps, narrow enough that a short search samples it densely."""
+
+OTHER_FAMILY_FACTOR = 10.0
+"""The other optimizer family's range is ``[centre / 10, centre x 10]``, wider than
+``LR_FACTOR`` because its centre comes from the rough ``SGD_LR_PER_ADAM_LR`` conversion."""
+
+SGD_LR_PER_ADAM_LR = 100.0
+"""SGD with momentum wants about 100 times the learning rate of Adam: Adam's step is about
+``lr`` per weight whatever the gradient's size, SGD's is ``lr x gradient``; the usual defaults
+differ so (Adam 1e-3, Kingma & Ba 2015; SGD 0.1 with momentum 0.9, He et al. 2016)."""
+
+COMMENT_WIDTH = 96
+"""Comment lines of the generated YAML stay within this width (the repository's 100)."""
+
+ACCUMULATION_STEPS = (1, 2, 4)
+MOMENTA = (0.8, 0.9, 0.95)
+SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LEFT_OUT = ("prune_ratio", "checkpointing", "weight_decay", "decay_steps", "workers", "offload")
+"""Knobs the default space does not search: they keep the baseline's value. Pruning trades
+quality for speed in a task-specific way, and the rest rarely decide time-to-target on one
+device; search_spaces/bert.yaml shows how to add them."""
+
+
+def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, source: str) -> str:
+    """The text of the default search space for a task whose baseline is ``baseline``, run on
+    ``device_type`` (``cuda``/``cpu``). ``bf16_fast``: on CUDA pass
+    ``torch.cuda.is_bf16_supported()``, on a CPU ``autotune.hardware.bf16_is_fast("cpu")``.
+    ``source`` is the task as given to ``--model`` (named in the header's command).
+
+    Commented YAML: a header saying where it came from and how to use an edited copy, and a
+    comment on every knob saying its effect and why its values were chosen."""
+    device = device_type.split(":", 1)[0]
+    adam_family = baseline.optimizer in ("adam", "adamw")
+    if adam_family:
+        adam_lr = (baseline.lr / LR_FACTOR, baseline.lr * LR_FACTOR)
+        sgd_centre = baseline.lr * SGD_LR_PER_ADAM_LR
+        sgd_lr = (sgd_centre / OTHER_FAMILY_FACTOR, sgd_centre * OTHER_FAMILY_FACTOR)
+    else:
+        sgd_lr = (baseline.lr / LR_FACTOR, baseline.lr * LR_FACTOR)
+        adam_centre = baseline.lr / SGD_LR_PER_ADAM_LR
+        adam_lr = (adam_centre / OTHER_FAMILY_FACTOR, adam_centre * OTHER_FAMILY_FACTOR)
+    adam_note = (
+        f"/{LR_FACTOR:g} .. x{LR_FACTOR:g} around the baseline's {_num(baseline.lr)}"
+        if adam_family
+        else f"/{OTHER_FAMILY_FACTOR:g} .. x{OTHER_FAMILY_FACTOR:g} around the baseline's SGD lr / "
+        f"{SGD_LR_PER_ADAM_LR:g} (Adam wants about 1/100 of SGD's; wider, since that is rough)"
+    )
+    sgd_note = (
+        f"/{LR_FACTOR:g} .. x{LR_FACTOR:g} around the baseline's {_num(baseline.lr)}"
+        if not adam_family
+        else f"/{OTHER_FAMILY_FACTOR:g} .. x{OTHER_FAMILY_FACTOR:g} around the baseline's lr x "
+        f"{SGD_LR_PER_ADAM_LR:g} (SGD wants about 100 times Adam's; wider, since that is rough)"
+    )
+    fast = "fast" if bf16_fast else "not fast"
+    header = (
+        f"Default search space for `{source}`, generated from its baseline recipe for this "
+        f"device ({device}, bf16 {fast}). A search uses it when no --space is given and no space "
+        "ships for the task. To change it, save this text to a file, edit it, and run:"
+    )
+    about = (
+        f"Baseline: {baseline.describe()}. Every value below is placed around it, and the "
+        "baseline itself always lies in this space (every search measures it first). "
+        "Format (docs/spaces.md): `choices: [...]`, a range `low:`/`high:` (both inclusive; "
+        "`log: true` samples on a log scale) or one fixed `value:`; `when:` samples a knob "
+        "only when an earlier knob has one of the given values; `lr@sgd` is lr's own range "
+        f"for SGD. Knobs left out keep the baseline's value: {', '.join(LEFT_OUT)}."
+    )
+    knobs = [
+        (
+            "precision",
+            "Compute precision: bf16/fp16 autocast run matmuls in 16 bits (fp16 adds a loss "
+            "scaler). Only what this device computes natively: bf16 where it is fast, fp16 on "
+            "a CUDA GPU; an emulated 16-bit format would be slower than fp32.",
+            [f"choices: {_list(_precisions(baseline, device, bf16_fast=bf16_fast))}"],
+        ),
+        (
+            "batch_size",
+            "Micro-batch per device: larger batches use the hardware better but take fewer "
+            f"optimizer steps per epoch. The baseline's {baseline.batch_size} times 1/2, 1, 2, "
+            "4 (the half only if it is whole).",
+            [f"choices: {_list(_batch_sizes(baseline.batch_size))}"],
+        ),
+        (
+            "accumulation_steps",
+            "Micro-batches summed per optimizer step: effective batch = batch_size x "
+            "accumulation_steps, at the memory of one micro-batch.",
+            [f"choices: {_list(_with(ACCUMULATION_STEPS, baseline.accumulation_steps))}"],
+        ),
+        (
+            "warmup_steps",
+            "Optimizer steps of linear learning-rate warmup from near 0 to lr: lets a higher "
+            f"lr start safely ({WARMUP_STEPS} is the warm start's; 0 is none).",
+            [f"choices: {_list(_warmups(baseline.warmup_steps))}"],
+        ),
+        (
+            "schedule",
+            "After warmup: constant, or linear/cosine decay to 10% of lr at decay_steps "
+            f"({baseline.decay_steps} optimizer steps, the baseline's).",
+            [f"choices: {_list(_with(SCHEDULES, baseline.schedule))}"],
+        ),
+        (
+            "optimizer",
+            "AdamW (decoupled weight decay), Adam (L2 weight decay), or SGD with momentum.",
+            [f"choices: {_list(_with(OPTIMIZERS, baseline.optimizer))}"],
+        ),
+        (
+            "lr",
+            f"Peak learning rate for the Adam family (log scale): {adam_note}.",
+            [f"low: {_num(adam_lr[0])}", f"high: {_num(adam_lr[1])}", "log: true",
+             "when: {optimizer: [adamw, adam]}"],
+        ),
+        (
+            "lr@sgd",
+            f"Peak learning rate for SGD (log scale): {sgd_note}.",
+            [f"low: {_num(sgd_lr[0])}", f"high: {_num(sgd_lr[1])}", "log: true",
+             "when: {optimizer: sgd}"],
+        ),
+        (
+            "momentum",
+            "SGD momentum (ignored by Adam/AdamW, so only sampled for SGD).",
+            [f"choices: {_list(_momenta(baseline))}", "when: {optimizer: sgd}"],
+        ),
+        (
+            "parallelism",
+            "How a run spreads over devices: fixed at the baseline's (single: one device, "
+            "nothing parallel; docs/parallel.md shows how to search ddp/fsdp/zero modes).",
+            [f"value: {baseline.parallelism}"],
+        ),
+    ]
+    lines = [
+        *_comment(header, ""),
+        "#",
+        f"#   autotune search --model {source} --space PATH",
+        "#",
+        *_comment(about, ""),
+        f"model: {_scalar(source)}",
+        f"description: {_scalar(f'default space from the baseline of {source} on {device}')}",
+        "knobs:",
+    ]
+    for name, comment, settings in knobs:
+        lines += [*_comment(comment, "  "), f"  {name}:", *(f"    {s}" for s in settings)]
+    return "\n".join(lines) + "\n"
+
+
+def default_space(
+    baseline: Recipe, device_type: str, *, bf16_fast: bool, source: str
+) -> SearchSpace:
+    """The default search space, parsed and validated (``parse_space`` of
+    ``default_space_yaml``): a bug in the generator raises ``ConfigError`` like a bad file."""
+    text = default_space_yaml(baseline, device_type, bf16_fast=bf16_fast, source=source)
+    return parse_space(text, source=f"<default space for {source}>")
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+def _precisions(baseline: Recipe, device: str, *, bf16_fast: bool) -> list[str]:
+    """fp32, the fast 16-bit formats of this device, and the baseline's own."""
+    allowed = {"fp32", baseline.precision}
+    if bf16_fast:
+        allowed.add("bf16")
+    if device == "cuda":
+        allowed.add("fp16")
+    return [p for p in ("fp32", "bf16", "fp16") if p in allowed]
+
+
+def _batch_sizes(batch: int) -> list[int]:
+    """The baseline's batch times 1/2, 1, 2, 4 (the warm start's x2 among them); the half only
+    when it is a whole batch of at least one example."""
+    sizes = [batch // 2] if batch % 2 == 0 else []
+    sizes += [batch * BATCH_FACTOR**k for k in range(3)]
+    return sizes
+
+
+def _warmups(baseline_warmup: int) -> list[int]:
+    """None, half, the warm start's and twice its warmup, and the baseline's."""
+    return sorted({0, WARMUP_STEPS // 2, WARMUP_STEPS, 2 * WARMUP_STEPS, baseline_warmup})
+
+
+def _momenta(baseline: Recipe) -> list[float]:
+    """The usual momenta, and an SGD baseline's own."""
+    if baseline.optimizer == "sgd":
+        return sorted({*MOMENTA, baseline.momentum})
+    return list(MOMENTA)
+
+
+def _with(values: Iterable[object], own: object) -> list[object]:
+    """``values`` with the baseline's own value added at the end if it is missing."""
+    out = list(values)
+    return out if own in out else [*out, own]
+
+
+# -- YAML text ------------------------------------------------------------------------------
+
+
+def _comment(text: str, indent: str) -> list[str]:
+    """``text`` as YAML comment lines of at most ``COMMENT_WIDTH`` characters."""
+    return textwrap.wrap(
+        text, COMMENT_WIDTH, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# ",
+        break_on_hyphens=False,
+    )
+
+
+def _scalar(text: str) -> str:
+    """``text`` as a YAML scalar: plain when it is a simple name, else double-quoted."""
+    return text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", text) else json.dumps(text)
+
+
+def _num(value: float) -> str:
+    """A float as YAML 1.1 reads it back as a float (``1.25e-04`` keeps its dot and sign),
+    rounded to 3 significant digits for reading; ranges span a factor of 16 or more around
+    the baseline, so the rounding never moves the baseline out."""
+    text = f"{value:.3g}"
+    mantissa, _, exponent = text.partition("e")
+    if not exponent:
+        return text if "." in text else f"{text}.0"
+    if "." not in mantissa:
+        mantissa += ".0"
+    return f"{mantissa}e{exponent}"
+
+
+def _list(values: Iterable[object]) -> str:
+    """A flow-style YAML list: ``[fp32, bf16]``, ``[0.8, 0.9]``, ``[false, true]``."""
+    parts = []
+    for value in values:
+        if isinstance(value, bool):
+            parts.append("true" if value else "false")
+        elif isinstance(value, float):
+            parts.append(repr(value))
+        else:
+            parts.append(str(value))
+    return f"[{', '.join(parts)}]"
