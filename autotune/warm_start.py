@@ -11,7 +11,7 @@ earlier one, is dropped):
 
 1. **precision**: the 16-bit precision the device computes natively (``native_precision``):
    bf16 where it is fast, fp16 on a CUDA GPU without bf16; none on a CPU without fast bf16
-   (emulated bf16 is slower than fp32). Only for an fp32 baseline.
+   (emulated bf16 is slower than fp32). A baseline already in it gets no precision rule.
 2. **larger batch**: ``batch_size x 2``; learning rate ``x sqrt(2)`` for Adam/AdamW (``x 2`` for
    SGD); linear warmup over ``max(baseline warmup, WARMUP_STEPS)`` optimizer steps.
 3. **both**: rule 1's precision with rule 2's batch, learning rate and warmup.
@@ -124,7 +124,7 @@ def warm_starts(baseline: Recipe, device_type: str, *, bf16_fast: bool) -> list[
     }
     batch_rule = _RULE_BATCH[exponent].format(k=BATCH_FACTOR, w=warmup)
     candidates: list[tuple[str, dict[str, Any], float | None]] = [(batch_rule, larger, exponent)]
-    if precision is not None and baseline.precision == "fp32":
+    if precision is not None:
         both = (
             f"{precision} and the {BATCH_FACTOR}x batch together, since each rule holds on its "
             "own and they cut different costs (time per matmul, optimizer steps per epoch), so "
