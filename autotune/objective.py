@@ -5,8 +5,10 @@ with no TTA scores a penalty above any TTA the trial could have had, so the sear
 trial that reached the target ahead of every one that did not:
 
 - stopped before the target (time limit, or stopped early by the scheduler):
-  ``max_train_seconds * (2 + gap)``, where ``gap = (target - best metric) / target`` clipped to
-  [0, 1], so a trial that came closer scores better;
+  ``max_train_seconds * (2 + gap)``, where ``gap`` is the relative distance of the best metric
+  from the target in the metric's direction (``(target - best) / target`` when higher is
+  better, ``(best - target) / target`` when lower is better) clipped to [0, 1], so a trial that
+  came closer scores better;
 - failed (infeasible: out of memory or over the budget; diverged: NaN/inf loss; error):
   ``max_train_seconds * 4``, the worst score.
 """
@@ -34,15 +36,34 @@ INTERRUPTED = "interrupted"
 FAILED_STATES = (INFEASIBLE, DIVERGED, ERROR)
 
 
+def reaches(value: float, target: float, higher_is_better: bool = True) -> bool:
+    """Whether a metric ``value`` is at the target, in the metric's direction."""
+    return value >= target if higher_is_better else value <= target
+
+
+def best_of(a: float | None, b: float, higher_is_better: bool = True) -> float:
+    """The better of two metric values (``a`` may be None: none yet)."""
+    if a is None:
+        return b
+    return max(a, b) if higher_is_better else min(a, b)
+
+
+def comparison(higher_is_better: bool = True) -> str:
+    """``>=`` or ``<=``: how a metric must compare with its target."""
+    return ">=" if higher_is_better else "<="
+
+
 def score(
     status: str, tta_seconds: float | None, best_metric: float | None, target: float,
-    max_train_seconds: float,
+    max_train_seconds: float, higher_is_better: bool = True,
 ) -> float:
     """The value the searcher minimises for a trial (see the module docstring)."""
     if status == REACHED and tta_seconds is not None:
         return float(tta_seconds)
     if status in FAILED_STATES:
         return 4.0 * max_train_seconds
-    best = best_metric if best_metric is not None else 0.0
-    gap = min(1.0, max(0.0, (target - best) / target))
-    return max_train_seconds * (2.0 + gap)
+    if best_metric is None:
+        gap = 1.0
+    else:
+        gap = (target - best_metric if higher_is_better else best_metric - target) / target
+    return max_train_seconds * (2.0 + min(1.0, max(0.0, gap)))

@@ -78,7 +78,8 @@ def plan_lines(plan: SearchPlan) -> list[str]:
         else "none"
     return [
         f"task {r.model}: {plan.task.description}",
-        f"target {plan.task.metric} >= {plan.target}; trial limit "
+        f"target {plan.task.metric} {objective.comparison(plan.task.higher_is_better)} "
+        f"{plan.target}; trial limit "
         f"{format_duration(plan.max_train_seconds)} of training; device {plan.device_type}; "
         f"memory budget {budget}",
         f"space {plan.space_source}: {plan.space.size_hint()}",
@@ -99,7 +100,8 @@ def verdict_lines(outcome: SearchOutcome) -> list[str]:
     best = summary.best
     if best is None:
         return []
-    metric, target = outcome.plan.task.metric, outcome.plan.target
+    task, target = outcome.plan.task, outcome.plan.target
+    metric = f"{task.metric} {objective.comparison(task.higher_is_better)}"
     runs = ""
     if best.confirmed:
         shown = ", ".join("-" if t is None else f"{t:.1f}" for t in best.tta_runs)
@@ -114,7 +116,7 @@ def verdict_lines(outcome: SearchOutcome) -> list[str]:
     assert best.tta_seconds is not None
     return [
         f"best recipe (trial #{best.record.trial}): {describe_recipe(best.record.recipe)}",
-        f"  time-to-target {best.tta_seconds:.1f}s{runs} to {metric} >= {target}, peak memory "
+        f"  time-to-target {best.tta_seconds:.1f}s{runs} to {metric} {target}, peak memory "
         f"{format_bytes(best.record.peak_memory_bytes)}",
         f"  baseline time-to-target {base_text}; speedup {summary.speedup_text()}",
         f"wrote {outcome.best_recipe_path}",

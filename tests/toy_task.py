@@ -72,3 +72,41 @@ def make_crashing_task(device: str = "cpu", crash_rank: int = 1, after_calls: in
 
     return dataclasses.replace(base, loss=loss,
                                suggested_recipes=(suggest,) if suggest else ())
+
+
+def make_loss_task(device: str = "cpu", target: float = 0.3, suggest: dict | None = None,
+                   broken_metric: str | None = None) -> Task:
+    """A metric that must go DOWN: the validation cross-entropy (``evaluate``,
+    ``higher_is_better=False``) on overlapping blobs, so that it falls from 0.69 to about 0.23
+    over a second or two at lr 1e-2 and stays near 0.69 at lr 1e-4. ``broken_metric`` makes the
+    metric fail the way a user's function can: ``"nan"`` returns NaN, ``"text"`` returns a
+    string, ``"raise"`` raises."""
+    g = torch.Generator().manual_seed(0)
+    n, dim = 1024, 16
+    labels = torch.randint(0, 2, (n,), generator=g)
+    x = (torch.randn(2, dim, generator=g) * 0.5)[labels] + torch.randn(n, dim, generator=g)
+    split = n * 3 // 4
+
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Linear(dim, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(batch[0]).float(), batch[1])
+
+    def val_loss(model: nn.Module, batches) -> float:
+        if broken_metric == "raise":
+            raise KeyError("labels")
+        total, count = 0.0, 0
+        for batch in batches:
+            total += float(nn.functional.cross_entropy(model(batch[0]).float(), batch[1],
+                                                       reduction="sum"))
+            count += len(batch[1])
+        return {"nan": float("nan"), "text": "low"}.get(broken_metric or "", total / count)
+
+    return Task(
+        name="toy_loss", build_model=build, train=(x[:split], labels[:split]),
+        validation=(x[split:], labels[split:]), loss=loss, predict=None, evaluate=val_loss,
+        higher_is_better=False, metric="val_loss", target=target, default_batch_size=32,
+        default_lr=1e-2, max_train_seconds=5.0, eval_every_seconds=0.05,
+        suggested_recipes=(suggest,) if suggest else (),
+    )

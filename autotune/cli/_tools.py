@@ -164,7 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.max_trial_time else None,
         budget_bytes=parse_bytes(args.budget) if args.budget else None,
     )
-    print(f"training {args.model} with {recipe.describe()} to {task.metric} >= {limits.target}")
+    print(f"training {args.model} with {recipe.describe()} to {task.metric} "
+          f"{objective.comparison(task.higher_is_better)} {limits.target}")
 
     def progress(point: dict[str, Any]) -> None:
         if not point.get("final"):

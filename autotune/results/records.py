@@ -149,11 +149,12 @@ def ended_status(result: dict[str, Any] | None, error: bool) -> str:
 
 
 def ended_score(status: str, result: dict[str, Any] | None, target: float,
-                max_train_seconds: float) -> float:
+                max_train_seconds: float, higher_is_better: bool = True) -> float:
     """The score of an ended trial in state ``status`` (``autotune.objective.score``)."""
     result = result or {}
     tta = result.get("tta_seconds") if status == objective.REACHED else None
-    return objective.score(status, tta, result.get("best_metric"), target, max_train_seconds)
+    return objective.score(status, tta, result.get("best_metric"), target, max_train_seconds,
+                           higher_is_better)
 
 
 def dumps(record: TrialRecord) -> str:

@@ -123,7 +123,8 @@ class Recorder(Callback):
         p = self.plan
         record = self._base(trial).with_measurements(result)
         record.status = status
-        record.score = ended_score(status, result, p.target, p.max_train_seconds)
+        record.score = ended_score(status, result, p.target, p.max_train_seconds,
+                                   p.task.higher_is_better)
         record.message = error or _stopped_message(status, result) or result.get("message", "")
         record.finished_at = time.time()
         for key in ("node_ip", "node_id", "hostname", "worker_nodes"):

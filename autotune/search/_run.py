@@ -43,7 +43,8 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
             if remaining > 0:
                 fit(_searcher(plan, study, setup, recorder, prior, again, remaining, start),
                     make_scheduler(r.scheduler, plan.max_train_seconds, r.grace_period_s,
-                                   r.time_margin, _best_tta(prior)),
+                                   r.time_margin, _best_tta(prior),
+                                   higher_is_better=plan.task.higher_is_better),
                     samples=remaining)
             reruns = confirm_points(prior + recorder.records, r.confirm_top, r.confirm_seeds,
                                     r.seed, plan.max_train_seconds)
@@ -70,7 +71,7 @@ def _searcher(plan: SearchPlan, study: Any, setup: TrialSetup, recorder: Recorde
         study, plan.space, lambda params: setup.recipe(params), proposals=remaining,
         points=points_to_run(plan.warm_points(), prior, again)[:remaining], gate=gate,
         on_refused=recorder.record_refused, deadline=deadline, target=plan.target,
-        max_train_seconds=plan.max_train_seconds,
+        max_train_seconds=plan.max_train_seconds, higher_is_better=plan.task.higher_is_better,
     )
 
 

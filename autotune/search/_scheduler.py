@@ -1,10 +1,10 @@
 """The scheduler: which running trials stop early.
 
-ASHA compares trials by their best metric at equal training time and stops the worse half at
-each rung. On top of it, a time-aware rule (``cannot_win``): a trial that has trained
-``time_margin`` x the best time-to-target so far without reaching the target cannot win, so it
-stops. ASHA alone lets such trials run: the fastest trials end before the late rungs, which
-then hold only slow trials.
+ASHA compares trials by their best metric at equal training time (higher or lower is better,
+as the task's metric goes) and stops the worse half at each rung. On top of it, a time-aware
+rule (``cannot_win``): a trial that has trained ``time_margin`` x the best time-to-target so
+far without reaching the target cannot win, so it stops. ASHA alone lets such trials run: the
+fastest trials end before the late rungs, which then hold only slow trials.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ class TimeAwareASHA(ASHAScheduler):
     """ASHA on the best metric at equal training time, plus ``cannot_win``."""
 
     def __init__(self, max_train_seconds: float, grace_period_s: float, time_margin: float,
-                 best_tta: float | None = None) -> None:
+                 best_tta: float | None = None, higher_is_better: bool = True) -> None:
         super().__init__(
-            time_attr="train_seconds", metric="best_metric", mode="max",
+            time_attr="train_seconds", metric="best_metric",
+            mode="max" if higher_is_better else "min",
             max_t=max_train_seconds * 10,  # trials stop themselves at their limit
             grace_period=grace_period_s, reduction_factor=2,
         )
@@ -51,9 +52,10 @@ class TimeAwareASHA(ASHAScheduler):
 
 
 def make_scheduler(kind: str, max_train_seconds: float, grace_period_s: float | None,
-                   time_margin: float, best_tta: float | None) -> TrialScheduler:
+                   time_margin: float, best_tta: float | None, *,
+                   higher_is_better: bool = True) -> TrialScheduler:
     """``asha`` (the default) or ``fifo`` (every trial runs to its end; for benchmarks)."""
     if kind == "fifo":
         return FIFOScheduler()
     grace = grace_period_s or max(1.0, max_train_seconds / 6)
-    return TimeAwareASHA(max_train_seconds, grace, time_margin, best_tta)
+    return TimeAwareASHA(max_train_seconds, grace, time_margin, best_tta, higher_is_better)

@@ -103,7 +103,8 @@ class StudySearcher(Searcher):
                  recipe_of: Callable[[dict[str, Any]], Recipe], *, proposals: int,
                  points: list[dict[str, Any]] | None = None, gate: MemoryGate | None = None,
                  on_refused: RefusedFn | None = None, deadline: float | None = None,
-                 target: float, max_train_seconds: float) -> None:
+                 target: float, max_train_seconds: float,
+                 higher_is_better: bool = True) -> None:
         super().__init__(metric="score", mode="min")
         self.study = study
         self.space = space
@@ -116,6 +117,7 @@ class StudySearcher(Searcher):
         self.deadline = deadline
         self.target = target
         self.max_train_seconds = max_train_seconds
+        self.higher_is_better = higher_is_better
         self.live: dict[str, optuna.trial.Trial] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -166,4 +168,5 @@ class StudySearcher(Searcher):
             value = status if key == "status" else (result or {}).get(key)
             if value is not None:
                 trial.set_user_attr(key, value if not isinstance(value, str) else value[:300])
-        self.study.tell(trial, ended_score(status, result, self.target, self.max_train_seconds))
+        self.study.tell(trial, ended_score(status, result, self.target, self.max_train_seconds,
+                                          self.higher_is_better))

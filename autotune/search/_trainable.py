@@ -84,8 +84,8 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     task = task_for(setup.model, device.type, setup.task_options)
     limits = TrialLimits(
         max_train_seconds=max_train, eval_every_seconds=task.eval_every_seconds,
-        target=setup.target, budget_bytes=setup.budget_bytes, seed=seed,
-        predicted_peak_bytes=predicted,
+        target=setup.target, higher_is_better=task.higher_is_better,
+        budget_bytes=setup.budget_bytes, seed=seed, predicted_peak_bytes=predicted,
     )
     reporter = ThrottledReport(setup.report_interval_s)
     node = ray.get_runtime_context().get_node_id()

@@ -220,7 +220,7 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
     run_dir.write_yaml(run_dir.path / "search.yaml", context)
     if summary.best is None:
         reason = no_winner_reason(records, plan.task.metric, plan.target,
-                                  str(run_dir.trials_path))
+                                  str(run_dir.trials_path), plan.task.higher_is_better)
         return SearchOutcome(plan, records, summary, wall, None, reason)
     r = plan.request
     header = (f"# Best recipe found by: autotune search --model {r.model} --seed {r.seed}"

@@ -48,6 +48,7 @@ def search_document(plan: SearchPlan, trials_run: int, wall_seconds: float) -> d
     return {
         "device": device_description(plan.device_type),
         "task": {"name": r.model, "metric": plan.task.metric, "target": plan.target,
+                 "higher_is_better": plan.task.higher_is_better,
                  "options": r.task_options, "description": plan.task.description},
         "search": {"seed": r.seed, "trials_run": trials_run, "budget_bytes": r.budget_bytes,
                    "space": plan.space_source, "max_train_seconds": plan.max_train_seconds,

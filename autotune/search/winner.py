@@ -143,9 +143,10 @@ def confirm_points(records: list[TrialRecord], top: int, seeds: int, seed: int,
 
 
 def no_winner_reason(records: list[TrialRecord], metric: str, target: float,
-                     trials_path: str) -> str:
+                     trials_path: str, higher_is_better: bool = True) -> str:
     """Why the search has no winner, and what to change, in one paragraph."""
-    best_metric = max((r.best_metric or 0.0 for r in records), default=0.0)
+    seen = [r.best_metric for r in records if r.best_metric is not None]
+    best_metric = (max(seen) if higher_is_better else min(seen)) if seen else float("nan")
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -154,7 +155,8 @@ def no_winner_reason(records: list[TrialRecord], metric: str, target: float,
     if counts.get(objective.INFEASIBLE):
         hint = (" Infeasible trials were predicted over the budget, ran out of memory or "
                 "exceeded it: raise --budget (autotune estimate shows what fits).")
-    return (f"no trial reached the target {metric} {target} (best seen: {best_metric:.4f}; "
+    return (f"no trial reached the target {metric} {objective.comparison(higher_is_better)} "
+            f"{target} (best seen: {best_metric:.4f}; "
             f"trials: {states}).{hint} Every trial's measurements are in {trials_path}. Lower "
             "the target with --target, allow longer trials with --max-trial-time, or run more "
             "--trials.")

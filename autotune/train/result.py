@@ -29,6 +29,8 @@ class TrialLimits:
     """Training seconds between evaluations (the resolution of time-to-target)."""
     target: float
     """Validation metric value to reach."""
+    higher_is_better: bool = True
+    """The metric's direction (``Task.higher_is_better``): reach ``>= target`` or ``<=``."""
     budget_bytes: int | None = None
     """Peak memory allowed on one device; a run whose measured peak exceeds it is infeasible."""
     seed: int = 0
@@ -53,6 +55,7 @@ class TrialLimits:
             max_train_seconds=max_train_seconds or task.max_train_seconds,
             eval_every_seconds=task.eval_every_seconds,
             target=task.target if target is None else target,
+            higher_is_better=task.higher_is_better,
             budget_bytes=budget_bytes,
             seed=seed,
         )
@@ -115,5 +118,6 @@ class TrialResult:
         """A trial that ended in ``status`` (a failed or refused one) before it trained, with
         the score that status earns under ``limits`` and ``message`` saying why."""
         return cls(status=status, message=message, device=device, score=objective.score(
-            status, None, None, limits.target, limits.max_train_seconds))
+            status, None, None, limits.target, limits.max_train_seconds,
+            limits.higher_is_better))
 
