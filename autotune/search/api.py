@@ -35,6 +35,7 @@ from autotune.search.settings import SearchRequest
 from autotune.search.winner import Summary, confirm_points, no_winner_reason, summarize
 from autotune.space import load_space, parse_space, shipped_space_path
 from autotune.tasks import Task, load_task
+from autotune.tasks._check import dry_run
 
 EventFn = Callable[[str, Any], None]
 
@@ -139,6 +140,7 @@ def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> S
     target = task.target if request.target is None else request.target
     baseline = Recipe.from_dict(request.baseline) if request.baseline else \
         baseline_recipe(task.default_batch_size, task.default_lr)
+    dry_run(task, baseline.batch_size, device)  # a broken task stops here, not in every trial
     return SearchPlan(
         request=request, task=task, space=space, space_source=source, baseline=baseline,
         target=target, max_train_seconds=request.max_trial_seconds or task.max_train_seconds,

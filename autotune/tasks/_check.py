@@ -1,0 +1,83 @@
+"""A one-batch dry run of a task before a search spends its budget on it.
+
+A user's task can be wrong in ways that only show when it runs: a batch size its training set
+cannot fill, samples that do not fit the model, a loss or metric that raises or returns
+something that is not a number. Each of these would fail every trial of a search in the same
+way; ``dry_run`` finds it first, on one small batch in fp32, and raises one ``UserError`` that
+names the task, the step that failed and the error, so the search stops before any trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from autotune.errors import UserError
+from autotune.tasks._base import MetricError, Task, evaluate_metric
+
+
+def dry_run(task: Task, batch_size: int, device: str = "cpu") -> None:
+    """Build the model, take one training step's loss and gradients on ``batch_size`` training
+    examples, and measure the metric on the first validation batch; ``UserError`` on the first
+    thing that fails."""
+    name = f"task {task.name!r}"
+    if task.num_train < batch_size:
+        raise UserError(
+            f"{name} has {task.num_train} training examples, fewer than its baseline batch "
+            f"size {batch_size}: a batch cannot be filled. Give the task more training data or "
+            "a smaller default_batch_size.")
+    if task.num_validation < 1:
+        raise UserError(f"{name} has no validation examples: its metric cannot be measured")
+    dev = torch.device(device)
+    rng = torch.get_rng_state()
+    try:
+        model = _step("build_model()", name, lambda: task.build_model().to(dev))
+        model.train()
+        batch = [t[:batch_size].to(dev) for t in task.train]
+        loss = _step(f"loss(model, batch) on {batch_size} training examples", name,
+                     lambda: task.loss(model, batch))
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise UserError(f"{name}: loss(model, batch) must return a scalar tensor, got "
+                            f"{type(loss).__name__}{_shape(loss)}")
+        if not math.isfinite(float(loss.detach())):
+            raise UserError(f"{name}: loss(model, batch) is {float(loss.detach())} on the first "
+                            "training batch, before any training")
+        _step("loss.backward()", name, loss.backward)
+        head = _first_validation_batches(task)
+        try:
+            evaluate_metric(head, model, dev)
+        except MetricError as exc:
+            raise UserError(f"{name}: its metric fails on the first validation batch: {exc}") \
+                from None
+        except Exception as exc:  # noqa: BLE001 - the user's predict: any failure is named
+            raise UserError(f"{name}: measuring its metric ({task.metric}) on the first "
+                            f"validation batch raised {type(exc).__name__}: {_first(exc)}") \
+                from None
+    finally:
+        torch.set_rng_state(rng)
+
+
+def _first_validation_batches(task: Task) -> Task:
+    """The task with only its first validation batch (the dry run measures no more)."""
+    n = min(task.eval_batch_size, task.num_validation)
+    return dataclasses.replace(task, validation=tuple(t[:n] for t in task.validation))
+
+
+def _step(what: str, name: str, fn):  # noqa: ANN001, ANN202 - a thunk and what it returns
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the user's code: any failure is named
+        raise UserError(f"{name}: {what} raised {type(exc).__name__}: {_first(exc)}. Every "
+                        "trial would fail the same way, so the search does not start.") \
+            from None
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
+
+
+def _shape(value: object) -> str:
+    return f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""

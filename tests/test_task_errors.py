@@ -1,0 +1,31 @@
+"""A broken user task stops the search before any trial, with one paragraph naming what failed
+(exit code 2, no traceback, no trial run)."""
+
+import pytest
+
+from autotune.cli import main
+
+CASES = {
+    "wrong_input_size": "loss(model, batch) on 32 training examples raised RuntimeError",
+    "too_few_examples": "has 30 training examples, fewer than its baseline batch size 32",
+    "nan_loss": "loss(model, batch) is nan on the first training batch",
+    "vector_loss": "must return a scalar tensor, got Tensor of shape (32,)",
+    "broken_metric": "its metric fails on the first validation batch: the task's evaluate "
+                     "function tests.toy_task.make_loss_task.<locals>.val_loss raised KeyError",
+    "broken_predict": "measuring its metric (accuracy) on the first validation batch raised",
+    "not_a_task": "the function returned dict, not an autotune.tasks.Task",
+}
+
+
+@pytest.mark.parametrize("factory", sorted(CASES))
+def test_a_broken_task_stops_the_search_before_any_trial(factory, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  lr: {choices: [0.01, 0.001]}\n")
+    results = tmp_path / "run"
+    code = main(["search", "--model", f"tests.bad_tasks:{factory}", "--space", str(space),
+                 "--results-dir", str(results)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert CASES[factory] in err, err
+    assert "Traceback" not in err
+    assert not (results / "trials.jsonl").exists()  # no trial ran
