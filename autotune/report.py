@@ -35,7 +35,9 @@ def _counter(record: TrialRecord, total: int) -> str:
 
 def started_line(record: TrialRecord, total: int) -> str:
     tag = " (baseline)" if record.is_baseline else ""
-    tag = " (warm start)" if record.warm_start else tag
+    if record.warm_start:
+        tag = f" (warm start: {record.warm_start_name})" if record.warm_start_name \
+            else " (warm start)"
     return f"{_counter(record, total)} running{tag}: {describe_recipe(record.recipe)}"
 
 
@@ -76,16 +78,23 @@ def plan_lines(plan: SearchPlan) -> list[str]:
         else "none"
     time_budget = format_duration(plan.time_budget_s) if plan.time_budget_s is not None \
         else "none"
-    return [
+    lines = [
         f"task {r.model}: {plan.task.description}",
         f"target {plan.task.metric} {objective.comparison(plan.task.higher_is_better)} "
         f"{plan.target}; trial limit "
         f"{format_duration(plan.max_train_seconds)} of training; device {plan.device_type}; "
         f"memory budget {budget}",
         f"space {plan.space_source}: {plan.space.size_hint()}",
-        f"up to {r.trials} trials, no new trial after {time_budget}; results in "
-        f"{plan.run_dir.path}/",
     ]
+    if plan.default_space:
+        lines += [f"  no space ships for {r.model}: the default space, saved as "
+                  f"{plan.run_dir.space_path} (edit a copy and pass it with --space):",
+                  *("  | " + line for line in plan.space_text.splitlines())]
+    warm = ", ".join(ws.name for ws in plan.suggestions) or "none"
+    lines += [f"warm start after the baseline: {warm}",
+              f"up to {r.trials} trials, no new trial after {time_budget}; results in "
+              f"{plan.run_dir.path}/"]
+    return lines
 
 
 def resumed_line(info: dict[str, Any], run_dir: Any) -> str:

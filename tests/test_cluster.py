@@ -204,7 +204,7 @@ def test_a_parallel_trials_workers_are_placed_on_both_nodes(cluster, tmp_path):
     space.write_text("knobs:\n  parallelism: {choices: [single, ddp]}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "autotune.cli", "search", "--model", "tests.toy_task:make_task",
-         "--task-option", 'suggest={"parallelism": "ddp", "workers": 2}',
+         "--task-option", 'suggest={"parallelism": "ddp", "workers": 2}', "--task-warm-start",
          "--space", str(space), "--address", cluster.address, "--workers-per-trial", "2",
          "--placement", "spread", "--trials", "2", "--confirm", "0", "--target", "1.01",
          "--max-trial-time", "1s", "--results-dir", str(tmp_path / "results")],

@@ -67,6 +67,7 @@ def test_a_lower_is_better_search_stops_the_worse_trial_and_confirms_the_winner(
     space.write_text("knobs:\n  lr: {choices: [0.0001, 0.01]}\n")
     outcome = search(SearchRequest(
         model="tests.toy_task:make_loss_task", task_options={"suggest": {"lr": 1e-4}},
+        task_warm_start=True,
         target=0.01, space=str(space), trials=2, confirm_top=0, max_trial_seconds=2.0,
         grace_period_s=0.3, report_interval_s=0.1, results_dir=str(tmp_path / "unreachable")))
     by_lr = {r.recipe["lr"]: r for r in outcome.records}

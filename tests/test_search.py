@@ -251,7 +251,7 @@ def test_a_dead_worker_fails_only_its_trial_and_the_search_goes_on(tmp_path):
     space.write_text("knobs:\n  parallelism: {choices: [single, ddp]}\n")
     results = tmp_path / "results"
     main(["search", "--model", "tests.toy_task:make_crashing_task", "--space", str(space),
-          "--task-option", 'suggest={"parallelism": "ddp", "workers": 2}',
+          "--task-option", 'suggest={"parallelism": "ddp", "workers": 2}', "--task-warm-start",
           "--trials", "2", "--max-trial-time", "1s", "--workers-per-trial", "2",
           "--confirm", "0", "--results-dir", str(results)])
     records = _records(results)
@@ -295,6 +295,7 @@ def test_a_crashed_trial_process_is_recorded_and_the_search_goes_on(tmp_path):
     results = tmp_path / "results"
     main(["search", "--model", "tests.toy_task:make_crashing_task", "--space", str(space),
           "--task-option", "crash_batch=64", "--task-option", 'suggest={"batch_size": 64}',
+          "--task-warm-start",
           "--trials", "2", "--max-trial-time", "1s",
           "--confirm", "0", "--results-dir", str(results)])
     records = _records(results)
@@ -322,6 +323,7 @@ def test_a_tight_budget_launches_no_trial_that_exceeds_it(tmp_path):
     # The baseline (32) runs first, the warm start (256) second, whatever the sampler draws.
     outcome = search(SearchRequest(
         model="tests.toy_task:make_task", task_options={"suggest": {"batch_size": 256}},
+        task_warm_start=True,
         space=str(space), budget_bytes=budget, trials=2,
         confirm_top=0, results_dir=str(tmp_path / "run")))
     refused = [r for r in outcome.records if not r.launched]

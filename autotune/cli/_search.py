@@ -103,6 +103,13 @@ def _add_confirm_args(p: argparse.ArgumentParser) -> None:
                    "quarter of --time-budget for these runs")
     p.add_argument("--confirm-seeds", type=int, default=DEFAULT_CONFIRM_SEEDS, metavar="K",
                    help=f"further seeds per confirmed recipe (default {DEFAULT_CONFIRM_SEEDS})")
+    p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="do not try the general warm-start rules after the baseline (lower "
+                   "precision where the device runs it natively; a larger batch with a scaled "
+                   "learning rate and warmup; see docs/concepts.md)")
+    p.add_argument("--task-warm-start", action="store_true",
+                   help="also try the recipes the task itself suggests (Task.suggested_recipes) "
+                   "right after the baseline (off by default)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the interrupted search whose results are in DIR, with its "
                    "settings: finished trials are not run again and the sampler learns from "
@@ -161,6 +168,7 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, dict[str, A
         target=args.target, seed=args.seed, device=args.device,
         max_trial_seconds=max_trial, results_dir=args.results_dir, output=args.output,
         placement=args.placement, workers_per_trial=args.workers_per_trial,
+        warm_start=args.warm_start, task_warm_start=args.task_warm_start,
         confirm_top=args.confirm, confirm_seeds=args.confirm_seeds, resume=args.resume,
         **given,
     )

@@ -46,6 +46,8 @@ class TrialRecord:
     is_baseline: bool = False
     warm_start: bool = False
     """One of the warm-start recipes tried right after the baseline."""
+    warm_start_name: str | None = None
+    """Which warm-start rule proposed it (``autotune.warm_start``), e.g. ``bf16``."""
     rerun_of: int | None = None
     """For a confirmation run: the ``trial`` it repeats with another seed."""
     seed: int = 0
@@ -129,7 +131,8 @@ class TrialRecord:
 
 MEASUREMENTS = tuple(f.name for f in fields(TrialRecord)
                      if f.name not in {"trial", "status", "score", "trial_id", "study_trial",
-                                       "is_baseline", "warm_start", "rerun_of", "seed", "recipe",
+                                       "is_baseline", "warm_start", "warm_start_name",
+                                       "rerun_of", "seed", "recipe",
                                        "params", "launched", "message", "started_at",
                                        "finished_at", "node_ip", "node_id", "hostname",
                                        "worker_nodes", "prediction"})

