@@ -3,18 +3,22 @@
 Why: each built-in task's target, baseline recipe (batch size, learning rate) and time limits
 must be measured, not guessed. The baseline must reach the target for every seed, and at least one
 other recipe must be clearly faster, so that a search has something to find. The results are
-copied into the docstring of each task module (``autotune/tasks/bert.py``, ``mnist.py``).
+copied into the docstring of each task module (``autotune/tasks/bert.py``, ``mnist.py``,
+``gpt.py``).
 
 This is a plain torch loop on purpose, independent of ``autotune.train``: shuffle each epoch with
 a seeded generator, AdamW (weight decay 0.01), optional linear warmup then a constant learning
 rate, optional bf16 autocast, evaluate every ``task.eval_every_seconds`` of training time
-(evaluation time is not counted), stop at the first evaluation that reaches ``task.target``.
+(evaluation time is not counted), stop at the first evaluation that reaches ``task.target`` in
+the metric's direction (accuracy up to it; ``gpt``'s validation loss down to it). The metric is
+``autotune.tasks.evaluate_metric``, the one a trial measures.
 
 Usage, from the repository root (one heavy process at a time; 2 threads, as on the 2-core
 reference machine)::
 
     .venv/bin/python -m benchmarks.calibrate_tasks --task mnist
     .venv/bin/python -m benchmarks.calibrate_tasks --task bert --recipes baseline warmup50
+    .venv/bin/python -m benchmarks.calibrate_tasks --task gpt --recipes baseline bf16 bs2x
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from autotune.tasks import Task, accuracy, load_task
+from autotune.tasks import Task, evaluate_metric, load_task
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class Run:
 
     tta: float | None
     steps: int
-    best_accuracy: float
+    best_metric: float | None
     evals: int
 
 
@@ -59,15 +63,20 @@ def recipes_for(task: Task) -> list[Recipe]:
         Recipe("baseline", bs, lr),
         Recipe("warmup50", bs, lr, warmup_steps=50),
         Recipe("lr2x+warmup100", bs, 2 * lr, warmup_steps=100),
+        Recipe("bs2x", 2 * bs, lr),
         Recipe("bs2x+lr2x+warmup50", 2 * bs, 2 * lr, warmup_steps=50),
         Recipe("bf16", bs, lr, bf16=True),
         Recipe("bf16+lr2x+warmup100", bs, 2 * lr, warmup_steps=100, bf16=True),
+        Recipe("bf16+bs2x", 2 * bs, lr, bf16=True),
         Recipe("bf16+bs2x+lr2x+warmup50", 2 * bs, 2 * lr, warmup_steps=50, bf16=True),
     ]
 
 
-def train_until_target(task: Task, recipe: Recipe, seed: int, max_seconds: float) -> Run:
-    """Train one model with ``recipe`` until the target or ``max_seconds`` of training time."""
+def train_until_target(
+    task: Task, recipe: Recipe, seed: int, max_seconds: float, verbose: bool = False
+) -> Run:
+    """Train one model with ``recipe`` until the target or ``max_seconds`` of training time;
+    ``verbose`` prints every evaluation (training seconds, steps, metric)."""
     torch.manual_seed(seed)
     model = task.build_model()
     model.train()
@@ -80,7 +89,7 @@ def train_until_target(task: Task, recipe: Recipe, seed: int, max_seconds: float
     cpu = torch.device("cpu")
     amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if recipe.bf16 else nullcontext
     n = task.num_train
-    clock, steps, evals, best = 0.0, 0, 0, 0.0
+    clock, steps, evals, best = 0.0, 0, 0, None
     next_eval = task.eval_every_seconds
     while clock < max_seconds:
         perm = torch.randperm(n, generator=gen)
@@ -99,10 +108,15 @@ def train_until_target(task: Task, recipe: Recipe, seed: int, max_seconds: float
             if not torch.isfinite(loss):
                 return Run(None, steps, best, evals)
             if clock >= next_eval or clock >= max_seconds:
-                acc = accuracy(task, model, cpu)
+                metric = evaluate_metric(task, model, cpu)
                 evals += 1
-                best = max(best, acc)
-                if acc >= task.target:
+                if verbose:
+                    print(f"  {recipe.name} seed {seed}: {clock:6.1f}s {steps:5d} steps "
+                          f"{task.metric} {metric:.4f}", flush=True)
+                best = metric if best is None else (
+                    max(best, metric) if task.higher_is_better else min(best, metric)
+                )
+                if reaches(task, metric):
                     return Run(clock, steps, best, evals)
                 next_eval = clock + task.eval_every_seconds
             if clock >= max_seconds:
@@ -110,13 +124,21 @@ def train_until_target(task: Task, recipe: Recipe, seed: int, max_seconds: float
     return Run(None, steps, best, evals)
 
 
+def reaches(task: Task, metric: float) -> bool:
+    """Whether ``metric`` reaches the task's target in the metric's direction."""
+    return metric >= task.target if task.higher_is_better else metric <= task.target
+
+
 def fmt_run(run: Run) -> str:
-    return f"{run.tta:5.1f}s" if run.tta is not None else f" -({run.best_accuracy:.3f})"
+    """Time-to-target, or ``-(best metric)`` for a run that never reached the target."""
+    if run.tta is not None:
+        return f"{run.tta:5.1f}s"
+    return " -(nan)" if run.best_metric is None else f" -({run.best_metric:.3f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="mnist", help="bert, mnist, or package.module:fn")
+    parser.add_argument("--task", default="mnist", help="bert, gpt, mnist, or package.module:fn")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipes", nargs="*", help="names of the recipes to run (default all)")
     parser.add_argument(
@@ -126,8 +148,14 @@ def main() -> None:
     parser.add_argument("--eval-every", type=float, help="override task.eval_every_seconds")
     parser.add_argument("--lr", type=float, help="override task.default_lr (baseline lr)")
     parser.add_argument("--batch-size", type=int, help="override task.default_batch_size")
+    parser.add_argument("--verbose", action="store_true", help="print every evaluation")
+    parser.add_argument(
+        "--threads", type=int, default=2,
+        help="torch threads (default 2; 1 on a shared, busy machine: 2 threads whose partner is "
+        "descheduled wait at every elementwise op, measured 100x slower)",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     task = load_task(args.task)
     overrides = {
         "target": args.target,
@@ -139,7 +167,9 @@ def main() -> None:
     limit = args.max_seconds or task.max_train_seconds
     print(f"task {task.name}: {task.description}")
     print(
-        f"target {task.target}, baseline bs {task.default_batch_size} lr {task.default_lr}, "
+        f"{task.metric} target {task.target} "
+        f"({'higher' if task.higher_is_better else 'lower'} is better), "
+        f"baseline bs {task.default_batch_size} lr {task.default_lr}, "
         f"eval every {task.eval_every_seconds}s, limit {limit}s, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
@@ -149,7 +179,7 @@ def main() -> None:
     for recipe in recipes_for(task):
         if args.recipes and recipe.name not in args.recipes:
             continue
-        runs = [train_until_target(task, recipe, seed, limit) for seed in args.seeds]
+        runs = [train_until_target(task, recipe, seed, limit, args.verbose) for seed in args.seeds]
         ttas = [r.tta for r in runs if r.tta is not None]
         median = f"{statistics.median(ttas):5.1f}s" if len(ttas) == len(runs) else "   -  "
         print(

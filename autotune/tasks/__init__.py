@@ -1,4 +1,5 @@
-"""Tasks: the built-in ones (``bert``, ``gpt``, ``mnist``) and user tasks named ``package.module:function``.
+"""Tasks: the built-in ones (``bert``, ``gpt``, ``mnist``) and user tasks named
+``package.module:function``.
 
 ``load_task(name, device, options)`` is the one entry point. Built-in task modules are imported
 only when named, so ``mnist`` does not pay for importing transformers.

