@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -30,24 +29,17 @@ def _client(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def _ray_processes() -> set[int]:
-    """PIDs of Ray's processes on this machine (GCS, raylets, workers, agents)."""
-    found = set()
-    for p in psutil.process_iter(["name", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if (p.info["name"] in ("raylet", "gcs_server") or cmd.startswith("ray::")
-                or "/site-packages/ray/" in cmd) and p.pid != os.getpid():
-            found.add(p.pid)
-    return found
+def _ray_children() -> list[psutil.Process]:
+    """The processes this search's Ray runs, while it runs: every descendant of this process
+    (the GCS, the raylet, its agents and workers all are; another test's Ray is not)."""
+    return psutil.Process().children(recursive=True)
 
 
-def _new_ray_processes(before: set[int], wait_s: float = 15.0) -> set[int]:
-    deadline = time.time() + wait_s
-    while True:
-        new = _ray_processes() - before
-        if not new or time.time() > deadline:
-            return new
-        time.sleep(0.5)
+def _still_alive(procs: list[psutil.Process], wait_s: float = 15.0) -> list[psutil.Process]:
+    """Those of ``procs`` still running after ``wait_s`` (orphans included: a process that
+    outlived its parent is found by its pid and start time, wherever it was reparented)."""
+    _, alive = psutil.wait_procs(procs, timeout=wait_s)
+    return alive
 
 
 @pytest.fixture
@@ -92,21 +84,33 @@ def test_a_search_leaves_no_ray_directory_or_process_behind(tmp_path, short_tmp)
     callback raised), the local Ray's processes are gone and its temporary folder too."""
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    before = _ray_processes()
-    outcome = search(SearchRequest(model="tests.toy_task:make_task", space=str(space),
-                                   trials=1, confirm_top=0, results_dir=str(tmp_path / "ok")))
-    assert outcome.records
-    assert not list(short_tmp.glob("autotune_ray_*"))
-    assert not _new_ray_processes(before)
+    seen: list[psutil.Process] = []
+    names: list[str] = []
 
-    def boom(kind: str, payload: object) -> None:
+    def watch(kind: str, payload: object) -> None:
         if kind == "started":
             assert list(short_tmp.glob("autotune_ray_*"))  # the search's Ray lives there
+            seen.extend(_ray_children())
+            names.extend(p.name() for p in seen)
+
+    outcome = search(SearchRequest(model="tests.toy_task:make_task", space=str(space),
+                                   trials=1, confirm_top=0, results_dir=str(tmp_path / "ok")),
+                     on_event=watch)
+    assert outcome.records and "raylet" in names
+    assert not list(short_tmp.glob("autotune_ray_*"))
+    assert not _still_alive(seen)
+
+    def boom(kind: str, payload: object) -> None:
+        watch(kind, payload)
+        if kind == "started":
             raise RuntimeError("the caller's callback failed")
 
+    seen.clear()
+    names.clear()
     with pytest.raises(RuntimeError, match="callback failed"):
         search(SearchRequest(model="tests.toy_task:make_task", space=str(space), trials=1,
                              confirm_top=0, results_dir=str(tmp_path / "failed")),
                on_event=boom)
+    assert "raylet" in names
     assert not list(short_tmp.glob("autotune_ray_*"))
-    assert not _new_ray_processes(before)
+    assert not _still_alive(seen)
