@@ -14,6 +14,7 @@ CASES = {
                      "function tests.toy_task.make_loss_task.<locals>.val_loss raised KeyError",
     "broken_predict": "measuring its metric (accuracy) on the first validation batch raised",
     "not_a_task": "the function returned dict, not an autotune.tasks.Task",
+    "raises": "its function raised FileNotFoundError: data/train.csv",
 }
 
 

@@ -52,7 +52,7 @@ def check_trainable(task: Task, n: int = 8) -> None:
 
 
 def test_builtin_names() -> None:
-    assert set(BUILTIN_TASKS) == {"bert", "mnist"}
+    assert set(BUILTIN_TASKS) == {"bert", "gpt", "mnist"}
     assert all(isinstance(d, str) and d for d in BUILTIN_TASKS.values())
 
 
@@ -174,7 +174,7 @@ def no_device_argument() -> Task:
 @pytest.mark.parametrize(
     ("name", "options", "expected"),
     [
-        ("resnet", None, ["unknown task 'resnet'", "bert, mnist", "package.module:function"]),
+        ("resnet", None, ["unknown task 'resnet'", "bert, gpt, mnist", "package.module:function"]),
         ("no_such_module_xyz:make", None, ["cannot import the module 'no_such_module_xyz'"]),
         ("tests.user_task:nope", None, ["has no attribute 'nope'", "make_task"]),
         ("tests.test_tasks:NOT_CALLABLE", None, ["is of type int, not a function"]),

@@ -36,8 +36,7 @@ from autotune.search.plan import SearchPlan
 from autotune.search.settings import SearchRequest
 from autotune.search.winner import Summary, confirm_points, no_winner_reason, summarize
 from autotune.space import SearchSpace, load_space, parse_space, shipped_space_path
-from autotune.tasks import Task, load_task
-from autotune.tasks._check import dry_run
+from autotune.tasks import Task, dry_run, load_task
 from autotune.warm_start import WarmStart, describe_change, snap_all_to_space, warm_starts
 
 EventFn = Callable[[str, Any], None]

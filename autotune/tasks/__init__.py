@@ -22,6 +22,7 @@ from autotune.tasks._base import (
     evaluate_metric,
     validation_batches,
 )
+from autotune.tasks._check import dry_run
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -29,6 +30,7 @@ __all__ = [
     "MetricError",
     "Task",
     "accuracy",
+    "dry_run",
     "evaluate_metric",
     "load_task",
     "validation_batches",
@@ -70,7 +72,15 @@ def load_task(name: str, device: str = "cpu", options: dict[str, Any] | None = N
     else:
         raise UserError(f"unknown task {name!r}. {_form_help()}")
     _check_options(name, factory, options)
-    task = factory(device=device, **options)
+    try:
+        task = factory(device=device, **options)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's function: any failure is named
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "(no message)"
+        raise UserError(f"task {name!r}: its function raised {type(exc).__name__}: {text}. "
+                        "Fix the task function (run it in Python to see the traceback).") \
+            from None
     if not isinstance(task, Task):
         raise UserError(
             f"task {name!r}: the function returned {type(task).__name__}, not an "
