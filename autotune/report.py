@@ -90,7 +90,7 @@ def plan_lines(plan: SearchPlan) -> list[str]:
         lines += [f"  no space ships for {r.model}: the default space, saved as "
                   f"{plan.run_dir.space_path} (edit a copy and pass it with --space):",
                   *("  | " + line for line in plan.space_text.splitlines())]
-    warm = ", ".join(ws.name for ws in plan.suggestions) or "none"
+    warm = "; ".join(ws.name for ws in plan.suggestions) or "none"
     lines += [f"warm start after the baseline: {warm}",
               f"up to {r.trials} trials, no new trial after {time_budget}; results in "
               f"{plan.run_dir.path}/"]
