@@ -25,7 +25,7 @@ def run(*args):
         (["search", "--model", "mnist", "--budget", "-1GB"], "positive memory size"),
         (["search", "--model", "mnist", "--time-budget", "soon"], "--time-budget"),
         (["search", "--model", "mnist", "--trials", "0"], "--trials must be >= 1"),
-        (["search", "--model", "gpt9"], "no search space ships for model 'gpt9'"),
+        (["search", "--model", "gpt9"], "unknown task 'gpt9'"),
         (["search", "--model", "gpt9", "--space", "search_spaces/bert.yaml"], "unknown task"),
         (["search", "--model", "mnist", "--space", "nope.yaml"], "file not found"),
         (["search", "--model", "no_such_pkg.mod:make", "--space", "search_spaces/mnist.yaml"],
