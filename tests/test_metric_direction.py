@@ -14,9 +14,16 @@ from autotune.train import TrialLimits, run_trial
 from tests.toy_task import make_loss_task
 
 
+def _limits(**changes) -> TrialLimits:
+    """An evaluation after every step (the trial's clock decides when to evaluate, so a fast
+    machine must not get past the target before the first one), direction: lower is better."""
+    return TrialLimits(**{"max_train_seconds": 30.0, "eval_every_seconds": 1e-6,
+                          "target": 0.3, "higher_is_better": False, **changes})
+
+
 def test_a_lower_is_better_trial_reaches_its_target_going_down():
     task = make_loss_task(target=0.3)
-    result = run_trial(task, Recipe(lr=1e-2), TrialLimits.for_task(task))
+    result = run_trial(task, Recipe(lr=1e-2), _limits())
     assert result.status == objective.REACHED, result.message
     values = [v for _, v in result.curve]
     assert values[-1] <= 0.3 < values[0]  # it went down to the target, not up
@@ -26,7 +33,7 @@ def test_a_lower_is_better_trial_reaches_its_target_going_down():
 
 def test_a_lower_is_better_trial_that_stays_high_is_not_reached_with_the_right_words():
     task = make_loss_task(target=0.3)
-    result = run_trial(task, Recipe(lr=1e-4), TrialLimits.for_task(task, max_train_seconds=0.5))
+    result = run_trial(task, Recipe(lr=1e-4), _limits(max_steps=30))
     assert result.status == objective.NOT_REACHED
     assert result.best_metric == min(v for _, v in result.curve) > 0.3
     assert "> target 0.3" in result.message
@@ -35,7 +42,7 @@ def test_a_lower_is_better_trial_that_stays_high_is_not_reached_with_the_right_w
     farther = objective.score(objective.NOT_REACHED, None, 0.6, 0.3, 5.0, False)
     assert closer < farther <= 3.0 * 5.0
     assert result.score == pytest.approx(objective.score(
-        objective.NOT_REACHED, None, result.best_metric, 0.3, 0.5, False))
+        objective.NOT_REACHED, None, result.best_metric, 0.3, 30.0, False))
 
 
 def test_scores_in_both_directions_are_the_distance_to_the_target():

@@ -29,10 +29,11 @@ def _client(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def _ray_children() -> list[psutil.Process]:
+def _ray_children(before: set[int]) -> list[psutil.Process]:
     """The processes this search's Ray runs, while it runs: every descendant of this process
-    (the GCS, the raylet, its agents and workers all are; another test's Ray is not)."""
-    return psutil.Process().children(recursive=True)
+    (the GCS, the raylet, its agents and workers all are; another test's Ray is not) that was
+    not there before the search (``before``: pids of earlier helpers of the test process)."""
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
 
 
 def _still_alive(procs: list[psutil.Process], wait_s: float = 15.0) -> list[psutil.Process]:
@@ -86,11 +87,12 @@ def test_a_search_leaves_no_ray_directory_or_process_behind(tmp_path, short_tmp)
     space.write_text(SPACE)
     seen: list[psutil.Process] = []
     names: list[str] = []
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
 
     def watch(kind: str, payload: object) -> None:
         if kind == "started":
             assert list(short_tmp.glob("autotune_ray_*"))  # the search's Ray lives there
-            seen.extend(_ray_children())
+            seen.extend(_ray_children(before))
             names.extend(p.name() for p in seen)
 
     outcome = search(SearchRequest(model="tests.toy_task:make_task", space=str(space),

@@ -44,8 +44,14 @@ def test_shipped_space_loads_samples_and_holds_the_baseline(path):
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_space_has_every_knob_family(path):
     knobs = {k.knob for k in load_space(path).knobs}
-    assert knobs >= {"precision", "batch_size", "accumulation_steps", "prune_ratio",
-                     "warmup_steps", "optimizer", "lr", "parallelism"}
+    families = {"precision", "batch_size", "accumulation_steps", "prune_ratio",
+                "warmup_steps", "optimizer", "lr", "parallelism"}
+    # gpt.yaml leaves pruning out on purpose (its header says why: a model that small pays for
+    # zeroed weights in loss).
+    assert knobs >= families - LEFT_OUT.get(path.name, set())
+
+
+LEFT_OUT = {"gpt.yaml": {"prune_ratio"}}
 
 
 def test_conditions_sample_only_when_they_hold():
