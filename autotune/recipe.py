@@ -62,6 +62,18 @@ class Recipe:
     """Activation (gradient) checkpointing: keep only each transformer block's inputs in the
     forward pass and recompute the rest in the backward pass. Trades about one more forward
     pass of compute for activation memory; often what lets a larger batch fit a budget."""
+    dataloader_workers: int = 0
+    """Worker processes that load training batches (the ``DataLoader``'s ``num_workers``); 0
+    loads them in the training process. Acts on tasks whose data is a ``Dataset``; a task
+    that holds tensors slices its batches on the device and has no DataLoader to tune."""
+    pin_memory: bool = False
+    """Load batches into page-locked host memory so the copy to a GPU is asynchronous. No
+    effect on a CPU-only device (a trial records it as inactive there)."""
+    prefetch_factor: int = 2
+    """Batches each loader worker prepares ahead (torch's default 2); only with workers."""
+    persistent_workers: bool = False
+    """Keep the loader workers alive from one epoch to the next instead of starting them
+    again at every epoch; only with workers."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -169,6 +181,10 @@ _SHORT = {
     "weight_decay": "wd",
     "parallelism": "par",
     "checkpointing": "ckpt",
+    "dataloader_workers": "loaders",
+    "pin_memory": "pin",
+    "prefetch_factor": "prefetch",
+    "persistent_workers": "persist",
 }
 
 
@@ -245,6 +261,16 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
     for key in ("batch_size", "accumulation_steps", "workers", "decay_steps"):
         if has(key) and r[key] < 1:
             p.append(f"{key}: must be >= 1; got {r[key]!r}")
+    if has("prefetch_factor") and r["prefetch_factor"] < 1:
+        p.append(f"prefetch_factor: must be >= 1; got {r['prefetch_factor']!r}")
+    if has("dataloader_workers") and r["dataloader_workers"] < 0:
+        p.append(f"dataloader_workers: must be >= 0; got {r['dataloader_workers']!r}")
+    if has("dataloader_workers", "prefetch_factor", "persistent_workers") \
+            and r["dataloader_workers"] == 0:
+        for key, default in (("prefetch_factor", 2), ("persistent_workers", False)):
+            if r[key] != default:
+                p.append(f"{key}: applies only with loader workers (dataloader_workers >= 1); "
+                         f"got {r[key]!r} with dataloader_workers 0")
     if has("warmup_steps") and r["warmup_steps"] < 0:
         p.append(f"warmup_steps: must be >= 0; got {r['warmup_steps']!r}")
     if has("prune_ratio") and not 0.0 <= r["prune_ratio"] < 1.0:
@@ -270,7 +296,7 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
 
 BASELINE_NOTE = (
     "fp32, the task's default batch size and learning rate, AdamW, constant learning rate, "
-    "no warmup, no accumulation, no pruning, one device"
+    "no warmup, no accumulation, no pruning, one device, data loaded in the training process"
 )
 
 
