@@ -166,6 +166,7 @@ def hf_training_arguments(
         kwargs["optim_args"] = f"momentum={recipe.momentum}"
     if recipe.checkpointing:
         kwargs["gradient_checkpointing"] = True
+    kwargs.update(_hf_dataloader(recipe))
     if recipe.parallelism == "fsdp":
         kwargs["fsdp"] = True
         kwargs["fsdp_config"] = {"version": 2, "reshard_after_forward": True,
@@ -174,6 +175,18 @@ def hf_training_arguments(
         kwargs["deepspeed"] = deepspeed_config_path
     if device_type == "cpu":
         kwargs["use_cpu"] = True
+    return kwargs
+
+
+def _hf_dataloader(recipe: Recipe) -> dict[str, Any]:
+    """The DataLoader knobs as TrainingArguments fields (the Trainer builds its loaders with
+    them, as a trial does for a ``Dataset`` task); HF pins memory by default, the recipe only
+    when it says so."""
+    kwargs: dict[str, Any] = {"dataloader_num_workers": recipe.dataloader_workers,
+                              "dataloader_pin_memory": recipe.pin_memory}
+    if recipe.dataloader_workers > 0:
+        kwargs["dataloader_prefetch_factor"] = recipe.prefetch_factor
+        kwargs["dataloader_persistent_workers"] = recipe.persistent_workers
     return kwargs
 
 
@@ -236,6 +249,10 @@ _HF_COMMENTS = {
     "fsdp_config": "full sharding, each transformer layer wrapped",
     "deepspeed": "DeepSpeed config: ZeRO stage, offload, optimizer",
     "use_cpu": "train on the CPU",
+    "dataloader_num_workers": "DataLoader worker processes (0: load in the training process)",
+    "dataloader_pin_memory": "page-locked batches for asynchronous copies to the GPU",
+    "dataloader_prefetch_factor": "batches each loader worker prepares ahead",
+    "dataloader_persistent_workers": "loader workers kept alive between epochs",
 }
 
 

@@ -303,6 +303,7 @@ HF_CASES = [
     Recipe(optimizer="sgd", parallelism="zero3", offload=True, schedule="linear",
            decay_steps=40),
     Recipe(precision="bf16", checkpointing=True),
+    Recipe(dataloader_workers=2, prefetch_factor=4, persistent_workers=True, pin_memory=True),
 ]
 
 
@@ -327,6 +328,11 @@ def test_hf_arguments_build_the_trainers_optimizer_and_schedule(recipe, tmp_path
     assert args.gradient_checkpointing == recipe.checkpointing
     assert args.bf16 == (recipe.precision == "bf16")
     assert bool(args.fsdp) == (recipe.parallelism == "fsdp")
+    assert args.dataloader_num_workers == recipe.dataloader_workers
+    assert kwargs["dataloader_pin_memory"] == recipe.pin_memory  # HF turns it off with use_cpu
+    if recipe.dataloader_workers:
+        assert args.dataloader_prefetch_factor == recipe.prefetch_factor
+        assert args.dataloader_persistent_workers == recipe.persistent_workers
     if ds_path:
         ds = args.hf_deepspeed_config
         ds.trainer_config_finalize(args, torch.nn.Linear(2, 2), num_training_steps=100)
