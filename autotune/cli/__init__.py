@@ -1,8 +1,9 @@
 """The ``autotune`` command: the only code that parses arguments and prints.
 
 ``autotune search`` (``_search``) and the tools around it, ``train``, ``export`` and
-``estimate`` (``_tools``), each parse flags, call the Python API (``autotune.search``,
-``autotune.train``, ``autotune.export``, ``autotune.estimate``) and render its result. A user
+``estimate`` (``_tools``) and ``report`` (``_report``), each parse flags, call the Python API
+(``autotune.search``, ``autotune.train``, ``autotune.export``, ``autotune.estimate``,
+``autotune.search.reporting``) and render its result. A user
 mistake (``UserError``) prints one paragraph and exits with code 2; Ctrl-C exits 130 after
 saying where the results measured so far are.
 """
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from autotune import __version__
+from autotune.cli._report import add_report
 from autotune.cli._search import add_search
 from autotune.cli._tools import add_estimate, add_export, add_train
 from autotune.errors import UserError
@@ -73,5 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_export(sub)
     add_estimate(sub)
+    add_report(sub)
     return parser
 

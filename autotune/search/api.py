@@ -33,6 +33,7 @@ from autotune.recipe import Recipe, baseline_recipe
 from autotune.results import RunDirectory, TrialRecord, check_writable
 from autotune.search.documents import best_recipe_document, search_document
 from autotune.search.plan import SearchPlan
+from autotune.search.reporting import write_report_after_search
 from autotune.search.settings import SearchRequest
 from autotune.search.winner import Summary, confirm_points, no_winner_reason, summarize
 from autotune.space import SearchSpace, load_space, parse_space, shipped_space_path
@@ -221,6 +222,9 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
 
     run_dir = plan.run_dir
     start = time.time()
+    # search.yaml now too (rewritten at the end): a report of a running search reads the
+    # task's metric, target and direction from it
+    run_dir.write_yaml(run_dir.path / "search.yaml", search_document(plan, len(prior), 0.0))
     run_dir.begin_session()
     new: list[TrialRecord] = []
     try:
@@ -239,6 +243,7 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
     summary = summarize(records)
     context = search_document(plan, len(records), wall)
     run_dir.write_yaml(run_dir.path / "search.yaml", context)
+    write_report_after_search(run_dir.path, emit)  # report.html, trials.csv; never raises
     if summary.best is None:
         reason = no_winner_reason(records, plan.task.metric, plan.target,
                                   str(run_dir.trials_path), plan.task.higher_is_better)
