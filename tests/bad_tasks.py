@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from autotune.tasks import Task
-from tests.toy_task import make_loss_task, make_toy_task
+from tests.toy_task import as_dataset_task, make_loss_task, make_toy_task
 
 
 def raises(device: str = "cpu") -> Task:
@@ -54,3 +54,52 @@ def broken_predict(device: str = "cpu") -> Task:
         return model(batch[1])  # the labels, not the inputs
 
     return dataclasses.replace(make_toy_task(), predict=predict)
+
+
+class _RaggedDataset(torch.utils.data.Dataset):
+    """Samples of different lengths: torch's default_collate cannot stack them."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ones(1 + i % 5), torch.tensor(i % 2)
+
+
+def ragged_without_collate(device: str = "cpu") -> Task:
+    return dataclasses.replace(make_toy_task(), train=_RaggedDataset(),
+                               validation=_RaggedDataset())
+
+
+def _broken_collate(samples: list) -> list:
+    raise ValueError("padding token not set")
+
+
+def collate_raises(device: str = "cpu") -> Task:
+    return dataclasses.replace(as_dataset_task(make_toy_task()), collate=_broken_collate)
+
+
+class _UnreadableDataset(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise FileNotFoundError(f"images/{i}.png")
+
+
+def unreadable_samples(device: str = "cpu") -> Task:
+    return dataclasses.replace(make_toy_task(), train=_UnreadableDataset(),
+                               validation=_UnreadableDataset())
+
+
+def dataset_too_small(device: str = "cpu") -> Task:
+    return as_dataset_task(make_toy_task(n=40))
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):  # noqa: ANN204
+        yield from ()
+
+
+def iterable_dataset(device: str = "cpu") -> Task:
+    return dataclasses.replace(make_toy_task(), train=_Stream(), validation=_Stream())

@@ -15,6 +15,14 @@ CASES = {
     "broken_predict": "measuring its metric (accuracy) on the first validation batch raised",
     "not_a_task": "the function returned dict, not an autotune.tasks.Task",
     "raises": "its function raised FileNotFoundError: data/train.csv",
+    "ragged_without_collate": "torch's default_collate (no collate given) on the first 32 "
+                              "training samples raised RuntimeError",
+    "collate_raises": "collate on the first 32 training samples raised ValueError: padding "
+                      "token not set. The samples cannot be made into one batch",
+    "unreadable_samples": "reading training sample 0 (the Dataset's __getitem__) raised "
+                          "FileNotFoundError: images/0.png",
+    "dataset_too_small": "has 30 training examples, fewer than its baseline batch size 32",
+    "iterable_dataset": "train is an IterableDataset; autotune needs a map-style Dataset",
 }
 
 

@@ -110,3 +110,35 @@ def make_loss_task(device: str = "cpu", target: float = 0.3, suggest: dict | Non
         default_lr=1e-2, max_train_seconds=5.0, eval_every_seconds=0.05,
         suggested_recipes=(suggest,) if suggest else (),
     )
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Map-style samples ``(x[i], y[i])`` of two tensors: the same data as a tensor task, read
+    one sample at a time. ``delay`` seconds of sleep per sample stand in for decoding work."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, delay: float = 0.0) -> None:
+        self.x, self.y, self.delay = x, y, delay
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
+        return self.x[i], self.y[i]
+
+
+def as_dataset_task(task: Task, collate=None, delay: float = 0.0) -> Task:  # noqa: ANN001
+    """``task`` with its tensors given as ``PairDataset``s (and an optional collate)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        task, train=PairDataset(*task.train, delay=delay),
+        validation=PairDataset(*task.validation), collate=collate)
+
+
+def make_dataset_task(device: str = "cpu", delay: float = 0.0) -> Task:
+    """User-task entry point: the lower-is-better toy task read from Datasets."""
+    return as_dataset_task(make_loss_task(), delay=delay)

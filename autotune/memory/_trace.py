@@ -12,9 +12,10 @@ after the same model factory, checkpointing, pruning masks, loss scaler and opti
 
 The batch is ``largest_batch``: the micro-batch of the training examples with the most
 non-zero inputs, the worst case for tasks that cut padding per batch (``bert`` keeps its full
-padded length under fake tensors). A model or loss that reads tensor values (``.item()``,
-data-dependent shapes) cannot run on fake tensors; then the step runs on real tensors on the
-CPU, tracked the same way (``method`` says which).
+padded length under fake tensors); for a ``Dataset``, the task's collate function applied to
+its largest samples (padding collates pad to the longest sample of a batch). A model or loss
+that reads tensor values (``.item()``, data-dependent shapes) cannot run on fake tensors; then
+the step runs on real tensors on the CPU, tracked the same way (``method`` says which).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +40,7 @@ from autotune.knobs import (
 )
 from autotune.memory._measured import CATEGORIES, TensorTracker
 from autotune.recipe import Recipe
-from autotune.tasks import Task
+from autotune.tasks import Batch, Task, map_tensors
 
 FAKE = "fake_trace"
 """``StepTrace.method``: traced on fake tensors (nothing allocated)."""
@@ -86,10 +88,16 @@ class StepTrace:
         return max(p["total"] for p in self.phases.values())
 
 
-def largest_batch(task: Task, batch_size: int) -> list[torch.Tensor]:
+def largest_batch(task: Task, batch_size: int) -> Batch:
     """The ``batch_size`` training examples with the most non-zero input entries (labels, the
     last tensor, excluded): for padded sequences the longest ones, the batch whose step uses
-    the most memory; for fixed-shape inputs any batch is as large, and this is one of them."""
+    the most memory; for fixed-shape inputs any batch is as large, and this is one of them.
+    For a ``Dataset``: its largest samples (``_dataset_sizes``) collated into one batch."""
+    if task.is_dataset:
+        sizes = _dataset_sizes(task.train)
+        count = min(batch_size, len(sizes))
+        idx = torch.argsort(-sizes, stable=True)[:count]
+        return task.collate_fn([task.train[int(i)] for i in idx])
     inputs = task.train[:-1] or task.train
     score = torch.zeros(task.num_train, dtype=torch.float64)
     for tensor in inputs:
@@ -98,6 +106,47 @@ def largest_batch(task: Task, batch_size: int) -> list[torch.Tensor]:
     # Stable order among ties, so the batch (and its trace) does not depend on topk's choice.
     idx = torch.argsort(-score, stable=True)[:count]
     return [t.index_select(0, idx) for t in task.train]
+
+
+SCAN_SAMPLES = 2048
+"""At most this many samples of a Dataset are read to find its largest ones (evenly spaced
+over it, once per process): a larger Dataset's largest sample may lie between them, and a
+Dataset that decodes each sample pays for this many reads before the first trial."""
+_SIZES: dict[int, tuple[Any, torch.Tensor]] = {}
+
+
+def _dataset_sizes(dataset: Any) -> torch.Tensor:
+    """The size of each scanned sample of ``dataset``: the number of elements of its tensors
+    (the last element of a tuple sample, its label, excluded), in a tensor whose position i
+    is the sample ``dataset[i]`` (0 for samples not scanned). Cached per Dataset object."""
+    cached = _SIZES.get(id(dataset))
+    if cached is not None and cached[0] is dataset:
+        return cached[1]
+    n = len(dataset)
+    sizes = torch.zeros(n, dtype=torch.float64)
+    positions = range(n) if n <= SCAN_SAMPLES else \
+        torch.linspace(0, n - 1, SCAN_SAMPLES).round().long().unique().tolist()
+    for i in positions:
+        sample = dataset[int(i)]
+        if isinstance(sample, (tuple, list)) and len(sample) > 1:
+            sample = sample[:-1]
+        sizes[int(i)] = float(_numel(sample))
+    _SIZES[id(dataset)] = (dataset, sizes)
+    return sizes
+
+
+def _numel(sample: Any) -> int:
+    """Elements of every tensor in a sample (characters of a string, for samples that a
+    collate function tokenizes), through lists, tuples and mappings."""
+    if isinstance(sample, torch.Tensor):
+        return sample.numel()
+    if isinstance(sample, str):
+        return len(sample)
+    if isinstance(sample, Mapping):
+        return sum(_numel(v) for v in sample.values())
+    if isinstance(sample, (list, tuple)):
+        return sum(_numel(v) for v in sample)
+    return 0
 
 
 def trace_step(task: Task, recipe: Recipe, weights_dtype: torch.dtype | None = None) -> StepTrace:
@@ -134,7 +183,7 @@ def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | 
                 apply_checkpointing(model)
         batch = largest_batch(task, recipe.batch_size)
         if mode is not None:
-            batch = [mode.from_tensor(t) for t in batch]
+            batch = map_tensors(mode.from_tensor, batch)
         micro = [batch] * (2 if recipe.accumulation_steps > 1 else 1)
         with fake_ctx:
             tracker = TensorTracker(model)

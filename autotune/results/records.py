@@ -74,6 +74,8 @@ class TrialRecord:
     train_seconds: float | None = None
     eval_seconds: float | None = None
     setup_seconds: float | None = None
+    loader_start_seconds: float | None = None
+    inactive_knobs: list[str] | None = None
     steps: int | None = None
     examples: int | None = None
     peak_memory_bytes: int | None = None

@@ -18,8 +18,11 @@ from autotune.tasks._base import (
     Batch,
     MetricError,
     Task,
+    TaskData,
     accuracy,
     evaluate_metric,
+    map_tensors,
+    move_batch,
     validation_batches,
 )
 from autotune.tasks._check import dry_run
@@ -29,10 +32,13 @@ __all__ = [
     "Batch",
     "MetricError",
     "Task",
+    "TaskData",
     "accuracy",
     "dry_run",
     "evaluate_metric",
     "load_task",
+    "map_tensors",
+    "move_batch",
     "validation_batches",
 ]
 

@@ -1,8 +1,9 @@
 """The task: what is trained and how it is judged.
 
-A task is plain composition (no inheritance): a model factory, train and validation data as
-tensors, a loss, a metric, and the target value of that metric. The trainer in
-``autotune.train`` knows nothing of BERT or images; it only calls what a ``Task`` holds.
+A task is plain composition (no inheritance): a model factory, train and validation data (as
+tensors, or as map-style ``Dataset``s with an optional collate function), a loss, a metric and
+its direction, and the target value of that metric. The trainer in ``autotune.train`` knows
+nothing of BERT or images; it only calls what a ``Task`` holds.
 
 User tasks: ``--model package.module:function`` imports ``function`` and calls it with the
 keyword arguments ``device`` (``"cpu"`` or ``"cuda"``) and returns a ``Task``. See the README,
@@ -13,37 +14,48 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from autotune.errors import UserError
 
-Batch = Sequence[torch.Tensor]
-"""A batch is a tuple of tensors with the same first dimension; the last one is the labels."""
+Batch = Any
+"""What ``Task.loss`` and ``Task.evaluate`` receive. For tensor data, a list of tensors with the
+same first dimension, the labels last. For a ``Dataset``, whatever the task's collate function
+makes of a list of samples (torch's ``default_collate`` when it gives none: tensors stacked,
+in the samples' own structure), with every tensor in it on the training device."""
+
+TaskData = tuple[torch.Tensor, ...] | Dataset
+"""A task's training or validation data: tensors sharing their first dimension (the labels
+last), or a map-style ``Dataset`` (``len`` and ``dataset[i]``) of samples."""
 
 
 @dataclass(frozen=True)
 class Task:
     """Everything the trainer needs to train a model and measure time-to-target.
 
-    The data are held as tensors (``train`` and ``validation`` are tuples of tensors sharing the
-    first dimension), so a trial slices batches without a DataLoader's worker processes, which
-    would distort timings on a small CPU.
+    The data are tensors or ``Dataset``s. Tensors (tuples of tensors sharing the first
+    dimension) are moved to the device once and sliced there: the fastest path for data that
+    fits in memory, with no DataLoader to tune. A ``Dataset`` is read through a ``DataLoader``
+    that autotune builds from the recipe (worker processes, pinned memory, prefetching,
+    persistent workers: ``autotune.train.data``), with ``collate`` making batches of samples.
     """
 
     name: str
     """Short name, used in results and recipe files (``bert``, ``mnist``, or ``pkg.mod:fn``)."""
     build_model: Callable[[], nn.Module]
     """Returns a fresh model on the CPU, initialised from the current torch RNG state."""
-    train: tuple[torch.Tensor, ...]
-    """Training data: input tensors then labels, all with the same first dimension."""
-    validation: tuple[torch.Tensor, ...]
-    """Validation data, same layout as ``train``; the metric is measured on all of it."""
+    train: TaskData
+    """Training data: input tensors then labels, all with the same first dimension; or a
+    map-style ``Dataset`` of samples."""
+    validation: TaskData
+    """Validation data, of the same kind as ``train``; the metric is measured on all of it."""
     loss: Callable[[nn.Module, Batch], torch.Tensor]
     """Mean loss of a model on a batch (already on the model's device)."""
     predict: Callable[[nn.Module, Batch], torch.Tensor] | None
@@ -80,20 +92,28 @@ class Task:
     load_spec: tuple[str, dict[str, Any]] | None = None
     """``(name, options)`` that ``load_task`` built this task from, set by it: how each worker
     process of a multi-worker trial builds the task again."""
+    collate: Callable[[list[Any]], Batch] | None = None
+    """For ``Dataset`` data: makes one batch of a list of samples (padding, stacking, masks),
+    as a ``DataLoader``'s ``collate_fn``. None: torch's ``default_collate``. It runs in the
+    loader's worker processes when the recipe has any, so it must be picklable there (a
+    module-level function; a lambda works with the default fork start method on Linux)."""
     suggested_recipes: tuple[dict[str, Any], ...] = ()
     """Known-good starting points, as changes to the baseline recipe (e.g. ``{"precision":
     "bf16"}``). A search evaluates those that lie in its space right after the baseline (a warm
     start), so a short search never misses the usual wins; they are measured like any trial."""
 
     def __post_init__(self) -> None:
-        n_train = {t.shape[0] for t in self.train}
-        n_val = {t.shape[0] for t in self.validation}
-        if len(n_train) != 1 or len(n_val) != 1:
-            raise ValueError(
-                f"task {self.name!r}: every train tensor and every validation tensor must share "
-                f"its first dimension, got train sizes {sorted(n_train)} and validation sizes "
-                f"{sorted(n_val)}"
-            )
+        for role in ("train", "validation"):
+            _check_data(self.name, role, getattr(self, role))
+        if not self.is_dataset and isinstance(self.validation, Dataset):
+            raise ValueError(f"task {self.name!r}: train holds tensors but validation is a "
+                             "Dataset; give both as tensors or both as Datasets")
+        if self.is_dataset and not isinstance(self.validation, Dataset):
+            raise ValueError(f"task {self.name!r}: train is a Dataset but validation holds "
+                             "tensors; give both as tensors or both as Datasets")
+        if self.collate is not None and not self.is_dataset:
+            raise ValueError(f"task {self.name!r}: collate applies to Dataset data; tensor "
+                             "data are sliced into batches as they are")
         if not 0.0 < self.target:
             raise ValueError(f"task {self.name!r}: target must be > 0, got {self.target}")
         if self.predict is None and self.evaluate is None:
@@ -101,12 +121,52 @@ class Task:
                              "evaluate (any metric)")
 
     @property
+    def is_dataset(self) -> bool:
+        """Whether the data are ``Dataset``s (read through DataLoaders) rather than tensors."""
+        return isinstance(self.train, Dataset)
+
+    @property
     def num_train(self) -> int:
-        return int(self.train[0].shape[0])
+        return _length(self.train)
 
     @property
     def num_validation(self) -> int:
-        return int(self.validation[0].shape[0])
+        return _length(self.validation)
+
+    @property
+    def collate_fn(self) -> Callable[[list[Any]], Batch]:
+        """The function that makes a batch of samples (``collate`` or ``default_collate``)."""
+        return self.collate or default_collate
+
+
+def _length(data: TaskData) -> int:
+    return len(data) if isinstance(data, Dataset) else int(data[0].shape[0])  # type: ignore[arg-type]
+
+
+def _check_data(name: str, role: str, data: Any) -> None:
+    """``ValueError`` for data that are neither tensors sharing a first dimension nor a
+    map-style Dataset with a length."""
+    if isinstance(data, IterableDataset):
+        raise ValueError(
+            f"task {name!r}: {role} is an IterableDataset; autotune needs a map-style Dataset "
+            "(len(dataset) and dataset[i]) to shuffle, split over workers and size batches")
+    if isinstance(data, Dataset):
+        try:
+            len(data)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError(f"task {name!r}: {role} is a Dataset without __len__; give it "
+                             "one (autotune needs the number of samples)") from None
+        return
+    if not isinstance(data, (tuple, list)) or not data \
+            or not all(isinstance(t, torch.Tensor) for t in data):
+        raise ValueError(
+            f"task {name!r}: {role} must be a tuple of tensors (inputs, then labels) or a "
+            f"map-style torch.utils.data.Dataset; got {type(data).__name__}")
+    sizes = {t.shape[0] for t in data}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"task {name!r}: every {role} tensor must share its first dimension, got sizes "
+            f"{sorted(sizes)}")
 
 
 class MetricError(Exception):
@@ -114,8 +174,39 @@ class MetricError(Exception):
     A trial ends as failed with this message; the search goes on."""
 
 
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], batch: Any) -> Any:
+    """``batch`` with ``fn`` applied to every tensor in it, through lists, tuples (named ones
+    too) and mappings (a mapping comes back as a dict unless its type can be rebuilt)."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        items = {k: map_tensors(fn, v) for k, v in batch.items()}
+        try:
+            return type(batch)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return items
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(map_tensors(fn, v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(map_tensors(fn, v) for v in batch)
+    return batch
+
+
+def move_batch(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """``batch`` with every tensor on ``device`` (``non_blocking`` for pinned host memory)."""
+    return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), batch)
+
+
 def validation_batches(task: Task, device: torch.device) -> Iterator[Batch]:
-    """``task.validation`` in batches of ``eval_batch_size``, on ``device``, in order."""
+    """``task.validation`` in batches of ``eval_batch_size``, on ``device``, in order. A
+    ``Dataset`` is read in this process (no loader workers: evaluation is not on the
+    training clock, and workers would hold memory between evaluations)."""
+    if isinstance(task.validation, Dataset):
+        loader = DataLoader(task.validation, batch_size=task.eval_batch_size, shuffle=False,
+                            collate_fn=task.collate_fn)
+        for batch in loader:
+            yield move_batch(batch, device)
+        return
     for start in range(0, task.num_validation, task.eval_batch_size):
         yield [t[start : start + task.eval_batch_size].to(device) for t in task.validation]
 

@@ -1,21 +1,24 @@
 """A one-batch dry run of a task before a search spends its budget on it.
 
 A user's task can be wrong in ways that only show when it runs: a batch size its training set
-cannot fill, samples that do not fit the model, a loss or metric that raises or returns
-something that is not a number. Each of these would fail every trial of a search in the same
-way; ``dry_run`` finds it first, on one small batch in fp32, and raises one ``UserError`` that
-names the task, the step that failed and the error, so the search stops before any trial.
+cannot fill, a Dataset whose samples cannot be read or collated into a batch, samples that do
+not fit the model, a loss or metric that raises or returns something that is not a number.
+Each of these would fail every trial of a search in the same way; ``dry_run`` finds it first,
+on one small batch in fp32, and raises one ``UserError`` that names the task, the step that
+failed and the error, so the search stops before any trial.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
+from torch.utils.data import Subset
 
 from autotune.errors import UserError
-from autotune.tasks._base import MetricError, Task, evaluate_metric
+from autotune.tasks._base import MetricError, Task, evaluate_metric, move_batch
 
 
 def dry_run(task: Task, batch_size: int, device: str = "cpu") -> None:
@@ -35,7 +38,7 @@ def dry_run(task: Task, batch_size: int, device: str = "cpu") -> None:
     try:
         model = _step("build_model()", name, lambda: task.build_model().to(dev))
         model.train()
-        batch = [t[:batch_size].to(dev) for t in task.train]
+        batch = move_batch(_first_batch(task, batch_size, name), dev)
         loss = _step(f"loss(model, batch) on {batch_size} training examples", name,
                      lambda: task.loss(model, batch))
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -59,18 +62,35 @@ def dry_run(task: Task, batch_size: int, device: str = "cpu") -> None:
         torch.set_rng_state(rng)
 
 
+def _first_batch(task: Task, batch_size: int, name: str) -> Any:
+    """The first ``batch_size`` training examples as one batch: sliced tensors, or a
+    Dataset's first samples through the task's collate function."""
+    if not task.is_dataset:
+        return [t[:batch_size] for t in task.train]
+    samples = [_step(f"reading training sample {i} (the Dataset's __getitem__)", name,
+                     lambda i=i: task.train[i]) for i in range(batch_size)]
+    what = "collate" if task.collate is not None else "torch's default_collate (no collate given)"
+    return _step(f"{what} on the first {batch_size} training samples", name,
+                 lambda: task.collate_fn(samples),
+                 hint="The samples cannot be made into one batch: give the task a collate "
+                      "function that pads or stacks them (Task(collate=...)).")
+
+
 def _first_validation_batches(task: Task) -> Task:
     """The task with only its first validation batch (the dry run measures no more)."""
     n = min(task.eval_batch_size, task.num_validation)
+    if task.is_dataset:
+        return dataclasses.replace(task, validation=Subset(task.validation, range(n)))
     return dataclasses.replace(task, validation=tuple(t[:n] for t in task.validation))
 
 
-def _step(what: str, name: str, fn):  # noqa: ANN001, ANN202 - a thunk and what it returns
+def _step(what: str, name: str, fn, hint: str = ""):  # noqa: ANN001, ANN202 - a thunk
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001 - the user's code: any failure is named
-        raise UserError(f"{name}: {what} raised {type(exc).__name__}: {_first(exc)}. Every "
-                        "trial would fail the same way, so the search does not start.") \
+        raise UserError(f"{name}: {what} raised {type(exc).__name__}: {_first(exc)}. "
+                        + (f"{hint} " if hint else "")
+                        + "Every trial would fail the same way, so the search does not start.") \
             from None
 
 

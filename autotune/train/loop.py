@@ -8,9 +8,11 @@ with the matching status, so a search records them and goes on. Each optimizer s
 ``Prepared.step`` (``autotune.train.parallel``), that is ``autotune.knobs.optimizer_step``.
 
 The time-to-target clock counts training only: forward, backward and optimizer steps,
-including data slicing. It is paused for evaluations (which are measured separately) and does
-not include model building or data loading. On a GPU the clock synchronises the device before
-each reading.
+including taking each batch (slicing tensors, or waiting for a DataLoader: what its knobs
+change; ``autotune.train.data``). It is paused for evaluations (which are measured separately)
+and does not include model building, moving tensor data to the device, or starting the
+DataLoader's workers (``loader_start_seconds``). On a GPU the clock synchronises the device
+before each reading.
 
 Memory (``autotune.memory``): every trial records the predicted peak per device beside the
 measured one. On a GPU the measured peak is the allocator's over the whole trial, and a budget
@@ -47,7 +49,8 @@ from autotune.memory import (
     reset_peak,
 )
 from autotune.recipe import Recipe
-from autotune.tasks import Task, evaluate_metric
+from autotune.tasks import Task, evaluate_metric, move_batch
+from autotune.train.data import LoaderBatches, TensorBatches, inactive_data_knobs, make_batches
 from autotune.train.parallel import Prepared, prepare
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
@@ -100,31 +103,6 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-class _Batches:
-    """Endless shuffled micro-batches from tensors already on the device (seeded order)."""
-
-    def __init__(self, data: tuple[torch.Tensor, ...], batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1) -> None:
-        self.data = data
-        self.rank, self.world = rank, world
-        self.batch_size = min(batch_size, data[0].shape[0])
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.empty(0, dtype=torch.long)
-        self.position = 0
-        self.epoch = 0
-
-    def next(self) -> list[torch.Tensor]:
-        if self.position + self.batch_size > self.order.numel():
-            # Every worker draws the same permutation (same seed) and takes its own share.
-            order = torch.randperm(self.data[0].shape[0], generator=self.generator)
-            self.order = order[self.rank :: self.world].to(self.data[0].device)
-            self.position = 0
-            self.epoch += 1
-        idx = self.order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return [t.index_select(0, idx) for t in self.data]
-
-
 def train_in_process(
     task: Task,
     recipe: Recipe,
@@ -144,6 +122,7 @@ def train_in_process(
     dev = pick_device(device)
     result = TrialResult(status=objective.RUNNING, score=0.0, device=str(dev))
     setup_start = time.perf_counter()
+    batches: TensorBatches | LoaderBatches | None = None
     try:
         reason = unsupported_reason(recipe, dev.type)
         if reason:
@@ -155,17 +134,21 @@ def train_in_process(
         reset_peak(dev)
         if dev.type == "cpu":
             _measure_cpu_peak(task, recipe, dev, limits.seed, result, world)
+        result.inactive_knobs = inactive_data_knobs(task, recipe, dev.type)
         seed_everything(limits.seed)
         model = task.build_model()
         model.train()
-        train_data = tuple(t.to(dev) for t in task.train)
-        batches = _Batches(train_data, recipe.batch_size, limits.seed, rank, world)
+        batches = make_batches(task, recipe, limits.seed, dev, rank, world)
         prepared = prepare(model, recipe, dev)
+        result.loader_start_seconds = batches.start()
         result.setup_seconds = time.perf_counter() - setup_start
         _train(task, recipe, limits, prepared, batches, dev, result,
                report if rank == 0 else None, world)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded trial
         _record_failure(result, exc, dev, limits)
+    finally:
+        if batches is not None:
+            batches.close()
     _finish(result, limits, dev)
     if report is not None and rank == 0:
         report({**result.to_dict(), "final": True})
@@ -208,7 +191,7 @@ def _train(
     recipe: Recipe,
     limits: TrialLimits,
     prepared: Prepared,
-    batches: _Batches,
+    batches: TensorBatches | LoaderBatches,
     dev: torch.device,
     result: TrialResult,
     report: ReportFn | None,
@@ -348,7 +331,7 @@ def measure_step_memory(
     seed_everything(seed)
     model = task.build_model()
     model.train()
-    batch = [t.to(dev) for t in largest_batch(task, recipe.batch_size)]
+    batch = move_batch(largest_batch(task, recipe.batch_size), dev)
     with TensorTracker(model) as tracker:
         tracker.phase("prepare")
         prepared = prepare(model, recipe, dev)

@@ -79,6 +79,12 @@ class TrialResult:
     """Wall time spent in evaluations (not counted in TTA)."""
     setup_seconds: float = 0.0
     """Model building and moving data to the device (not counted in TTA)."""
+    loader_start_seconds: float = 0.0
+    """Part of the setup: starting a Dataset task's DataLoader (its worker processes) and
+    taking its first batch; 0 for tensor data."""
+    inactive_knobs: list[str] = field(default_factory=list)
+    """Knobs of the recipe that could not act in this trial, each with why (e.g. pin_memory
+    without a GPU, DataLoader knobs for tensor data)."""
     steps: int = 0
     """Optimizer steps taken."""
     examples: int = 0
