@@ -15,6 +15,9 @@ What it searches, around a baseline with batch ``B`` and learning rate ``LR``:
   (``/10 .. x10``), since that conversion is a rough rule;
 - warmup_steps ``0, 50, 100, 200``, schedule constant/linear/cosine, optimizer adamw/adam/sgd
   (with ``lr@sgd`` and momentum only for SGD), accumulation_steps ``1, 2, 4``;
+- for a task whose data is a ``Dataset``, the DataLoader knobs: ``dataloader_workers`` 0, 1,
+  2, 4 up to the machine's cores, ``prefetch_factor`` 2 or 4 and ``persistent_workers`` with
+  workers, ``pin_memory`` on CUDA (it does nothing without a GPU);
 - parallelism fixed at the baseline's (single: one device).
 
 Pure: no torch, Ray or Optuna; the caller passes what it knows of the device.
@@ -58,11 +61,20 @@ quality for speed in a task-specific way, and the rest rarely decide time-to-tar
 device; search_spaces/bert.yaml shows how to add them."""
 
 
-def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, source: str) -> str:
+LOADER_WORKERS = (0, 1, 2, 4)
+"""DataLoader worker counts a default space may try, those above the machine's cores left out
+(a worker beyond them competes with training for a core)."""
+PREFETCH_FACTORS = (2, 4)
+
+
+def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, source: str,
+                       dataset: bool = False, cpus: int = 1) -> str:
     """The text of the default search space for a task whose baseline is ``baseline``, run on
     ``device_type`` (``cuda``/``cpu``). ``bf16_fast``: on CUDA pass
     ``torch.cuda.is_bf16_supported()``, on a CPU ``autotune.hardware.bf16_is_fast("cpu")``.
     ``source`` is the task as given to ``--model`` (named in the header's command).
+    ``dataset``: the task's data is a ``Dataset`` (so the DataLoader knobs act); ``cpus``: the
+    cores of the machine the trials run on (``os.cpu_count()``), the most loader workers.
 
     Commented YAML: a header saying where it came from and how to use an edited copy, and a
     comment on every knob saying its effect and why its values were chosen."""
@@ -157,6 +169,7 @@ def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, s
             "SGD momentum (ignored by Adam/AdamW, so only sampled for SGD).",
             [f"choices: {_list(_momenta(baseline))}", "when: {optimizer: sgd}"],
         ),
+        *(_loader_knobs(baseline, device, cpus) if dataset else []),
         (
             "parallelism",
             "How a run spreads over devices: fixed at the baseline's (single: one device, "
@@ -179,12 +192,51 @@ def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, s
     return "\n".join(lines) + "\n"
 
 
+def _loader_knobs(baseline: Recipe, device: str, cpus: int) -> list[tuple[str, str, list[str]]]:
+    """The DataLoader knobs of a Dataset task (name, comment, settings)."""
+    workers = _with([w for w in LOADER_WORKERS if w <= max(1, cpus)],
+                    baseline.dataloader_workers)
+    with_workers = "{dataloader_workers: " + _list([w for w in workers if w > 0]) + "}"
+    knobs = [
+        (
+            "dataloader_workers",
+            "Processes that read and collate training batches while the model trains (0: the "
+            f"training process reads them itself). Up to this machine's {cpus} cores: each "
+            "worker beyond them would compete with training for a core.",
+            [f"choices: {_list(workers)}"],
+        ),
+        (
+            "prefetch_factor",
+            "Batches each loader worker prepares ahead: more smooths uneven reading times, "
+            "at the memory of the batches held.",
+            [f"choices: {_list(_with(PREFETCH_FACTORS, baseline.prefetch_factor))}",
+             f"when: {with_workers}"],
+        ),
+        (
+            "persistent_workers",
+            "Keep the loader workers from one epoch to the next instead of starting them "
+            "again at every epoch.",
+            ["choices: [false, true]", f"when: {with_workers}"],
+        ),
+    ]
+    if device == "cuda":
+        knobs.append((
+            "pin_memory",
+            "Page-locked batches, so the copy to the GPU runs asynchronously (left out on a "
+            "CPU, where there is no copy to speed up).",
+            ["choices: [false, true]"],
+        ))
+    return knobs
+
+
 def default_space(
-    baseline: Recipe, device_type: str, *, bf16_fast: bool, source: str
+    baseline: Recipe, device_type: str, *, bf16_fast: bool, source: str,
+    dataset: bool = False, cpus: int = 1,
 ) -> SearchSpace:
     """The default search space, parsed and validated (``parse_space`` of
     ``default_space_yaml``): a bug in the generator raises ``ConfigError`` like a bad file."""
-    text = default_space_yaml(baseline, device_type, bf16_fast=bf16_fast, source=source)
+    text = default_space_yaml(baseline, device_type, bf16_fast=bf16_fast, source=source,
+                              dataset=dataset, cpus=cpus)
     return parse_space(text, source=f"<default space for {source}>")
 
 

@@ -489,6 +489,8 @@ def _value_problem(name: str, value: Any) -> str | None:
         probe["parallelism"] = "ddp"
     if name == "offload" and value:
         probe["parallelism"] = "zero2"
+    if name in ("prefetch_factor", "persistent_workers"):
+        probe["dataloader_workers"] = 1
     problems = [q for q in recipe_problems(probe) if q.startswith(f"{name}:")]
     return problems[0].split(": ", 1)[1] if problems else None
 

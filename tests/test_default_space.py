@@ -146,3 +146,18 @@ def test_every_setting_has_a_comment_above_it():
 @pytest.mark.parametrize("path", shipped_spaces(), ids=lambda p: p.name)
 def test_every_shipped_space_still_loads(path):
     load_space(path).point_for(Recipe(lr=1e-3))
+
+
+@pytest.mark.parametrize("device,cpus", [("cpu", 2), ("cpu", 1), ("cuda", 16)])
+def test_a_dataset_task_searches_the_dataloader_knobs(device, cpus):
+    space = default_space(BERT, device, bf16_fast=True, source="mine", dataset=True, cpus=cpus)
+    names = [k.name for k in space.knobs]
+    assert space.knob("dataloader_workers").choices == (0, 1, 2, 4)[: 1 + min(cpus, 3)]
+    for conditional in ("prefetch_factor", "persistent_workers"):
+        when = dict(space.knob(conditional).when)
+        assert 0 not in when["dataloader_workers"]
+    # Pinned memory only where there is a GPU to copy to.
+    assert ("pin_memory" in names) == (device == "cuda")
+    tensors = default_space(BERT, device, bf16_fast=True, source="mine", cpus=cpus)
+    assert not {"dataloader_workers", "prefetch_factor", "persistent_workers",
+                "pin_memory"} & {k.name for k in tensors.knobs}

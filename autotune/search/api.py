@@ -17,6 +17,7 @@ diagnosis, and the files. It prints nothing: progress reaches ``on_event`` as
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> S
     dry_run(task, baseline.batch_size, device)  # a broken task stops here, not in every trial
     fast = bf16_is_fast(device)
     space, source, text, generated = _load_space(request, run_dir, resumed, baseline, device,
-                                                 fast)
+                                                 fast, task.is_dataset)
     return SearchPlan(
         request=request, task=task, space=space, space_source=source, baseline=baseline,
         target=task.target if request.target is None else request.target,
@@ -159,7 +160,7 @@ def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> S
 
 
 def _load_space(request: SearchRequest, run_dir: RunDirectory, resumed: bool,
-                baseline: Recipe, device: str, bf16_fast: bool
+                baseline: Recipe, device: str, bf16_fast: bool, dataset: bool
                 ) -> tuple[SearchSpace, str, str, bool]:
     """``(space, source, text, generated)``: the saved copy on resume, ``--space``, the space
     shipped for the task, or else the default space generated from the task's baseline."""
@@ -171,7 +172,8 @@ def _load_space(request: SearchRequest, run_dir: RunDirectory, resumed: bool,
         path = shipped_space_path(request.model)
         if not path.exists():
             text = default_space_yaml(baseline, device, bf16_fast=bf16_fast,
-                                      source=request.model)
+                                      source=request.model, dataset=dataset,
+                                      cpus=os.cpu_count() or 1)
             source = f"default space for {request.model} (generated from its baseline)"
             return parse_space(text, source=source), source, text, True
     space = load_space(path)
