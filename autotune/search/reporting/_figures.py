@@ -319,7 +319,7 @@ def importance_plot(run: RunData, journal: Path | None = None) -> Plot:
     caption = ("Optuna's estimate (optuna.visualization.plot_param_importances, its default "
                "evaluator) of how much each search-space parameter explains the score the "
                "search minimises: the time-to-target, or a penalty for a trial without one. "
-               "Parameters that only some recipes have (such as lr@sgd) are left out.")
+               "Read it as a hint: a search of a few dozen trials gives a rough estimate.")
     try:
         study = load_study(journal or run.path / "study.journal")
     except Exception as exc:  # noqa: BLE001 - a study Optuna cannot read still leaves a report
