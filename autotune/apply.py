@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from autotune.errors import UserError
-from autotune.knobs import Diverged, LossFn, autocast_context, optimizer_step
+from autotune.knobs import (
+    Diverged,
+    LossFn,
+    autocast_context,
+    optimizer_step,
+    unsupported_reason,
+)
 from autotune.recipe import Recipe
 from autotune.tasks import Task
 from autotune.train import TrialLimits, TrialResult, pick_device, run_trial
@@ -62,6 +68,16 @@ class Configured:
     pruning."""
     device: torch.device
     """Where the model lives; put batches there before ``step``."""
+    channels_last: bool = False
+    """Whether the model's convolution weights were put in channels-last order
+    (``channels_last`` on a model with 4-D weights); ``step`` converts 4-D inputs then."""
+    inactive: tuple[str, ...] = ()
+    """The recipe's knobs that cannot act on this model and device, ``knob: why`` each (e.g.
+    ``channels_last`` on a model without convolutions)."""
+    grad_norm: torch.Tensor | None = field(default=None, init=False)
+    """With ``grad_clip`` > 0: the global gradient norm before clipping at the last ``step``,
+    as a tensor on the device (``float(run.grad_norm)`` reads it; on a GPU that waits for
+    the device, so read it when you log, not at every step)."""
 
     @property
     def batch_size(self) -> int:
@@ -89,8 +105,9 @@ class Configured:
     def step(self, micro_batches: Sequence[Sequence[torch.Tensor]], loss_fn: LossFn) -> float:
         """One optimizer step over ``micro_batches``, exactly as in a search trial: each
         micro-batch's loss under autocast, divided by their count (so N micro-batches of B
-        examples give the gradient of one batch of N*B), fp16 loss scaling, the optimizer and
-        scheduler steps, zeroed gradients, and pruned weights re-zeroed.
+        examples give the gradient of one batch of N*B), fp16 loss scaling, gradient clipping
+        (``grad_clip``), the optimizer and scheduler steps, zeroed gradients, and pruned
+        weights re-zeroed.
 
         ``loss_fn(model, micro_batch)`` returns the mean loss; the batches must already be on
         ``device``. Returns the mean loss over the micro-batches. Raises ``FloatingPointError``
@@ -103,12 +120,16 @@ class Configured:
             return optimizer_step(
                 self.model, loss_fn, micro_batches, self.optimizer, self.scheduler, self.recipe,
                 self.device.type, scaler=self.scaler, masks=self.masks,
+                channels_last=self.channels_last, grad_norm=self._keep_grad_norm,
             )
         except Diverged as exc:
             raise FloatingPointError(
                 f"{exc}; lower the learning rate (recipe lr={self.recipe.lr:g}) or use fp32 "
                 f"(precision={self.recipe.precision!r})"
             ) from None
+
+    def _keep_grad_norm(self, norm: torch.Tensor) -> None:
+        object.__setattr__(self, "grad_norm", norm.detach())  # frozen: only step() sets it
 
 
 def configure(
@@ -117,13 +138,18 @@ def configure(
     """Apply ``recipe`` to ``model`` as a trial does, for a training loop of your own.
 
     Moves ``model`` to ``device`` (default: a GPU if there is one, else the CPU) in training
-    mode, turns on activation checkpointing (``checkpointing``), prunes it in place
-    (``prune_ratio``), and builds the optimizer over its parameters,
-    the learning-rate scheduler and, for fp16, the grad scaler. Raises ``UserError`` for a
-    multi-worker recipe.
+    mode, sets TF32 for this process (``tf32``), puts convolution weights in channels-last
+    order (``channels_last``), turns on activation checkpointing (``checkpointing``), prunes
+    it in place (``prune_ratio``), and builds the optimizer over its parameters (in the
+    ``fused_optimizer`` implementation), the learning-rate scheduler and, for fp16, the grad
+    scaler. Raises ``UserError`` for a multi-worker recipe, or one the device cannot run
+    (``tf32`` on a CPU).
     """
     _require_single(recipe)
     dev = pick_device(str(device) if device is not None else None)
+    reason = unsupported_reason(recipe, dev.type)
+    if reason:
+        raise UserError(f"this recipe cannot run on {dev.type}: {reason}")
     model.train()
     prepared = prepare(model, recipe, dev)  # a trial's own setup, in the same order
     return Configured(
@@ -134,6 +160,8 @@ def configure(
         scaler=prepared.scaler,
         masks=prepared.masks,
         device=dev,
+        channels_last=prepared.channels_last,
+        inactive=tuple(prepared.inactive),
     )
 
 

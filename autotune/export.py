@@ -103,10 +103,20 @@ def _launch_summary(recipe: Recipe) -> str:
     where = ("1 device" if recipe.parallelism == "single"
              else f"{recipe.workers} workers, {recipe.parallelism}"
              + (" with CPU offload" if recipe.offload else ""))
+    extras = []
+    if recipe.grad_clip > 0:
+        extras.append(f"gradient norm clipped at {recipe.grad_clip:g}")
+    if recipe.fused_optimizer != "off":
+        extras.append(f"{recipe.fused_optimizer} optimizer")
+    if recipe.tf32:
+        extras.append("TF32 matmuls")
+    if recipe.channels_last:
+        extras.append("channels_last model and inputs")
     return (f"recipe: {precision}, micro-batch {recipe.batch_size} per device, "
             f"{recipe.accumulation_steps} accumulation step"
             f"{'s' if recipe.accumulation_steps != 1 else ''}, {where}: {per_step} examples per "
-            f"optimizer step; {recipe.optimizer} lr {recipe.lr:g}")
+            f"optimizer step; {recipe.optimizer} lr {recipe.lr:g}"
+            + "".join(f"; {extra}" for extra in extras))
 
 
 # -- transformers ---------------------------------------------------------------------------
@@ -129,7 +139,12 @@ def hf_training_arguments(
     ``optim_args``; HF has no plain Adam, so ``adam`` becomes ``adamw_torch`` (exact when
     ``weight_decay`` is 0; ``hf_unsupported`` says so otherwise). HF's Trainer leaves biases
     and normalisation weights out of weight decay; the recipe decays every weight.
-    ``max_grad_norm`` is 0: the recipe does not clip gradients (HF clips at 1.0 by default).
+    ``max_grad_norm`` is the recipe's ``grad_clip`` (0: no clipping; HF clips at 1.0 by
+    default). ``fused_optimizer`` ``fused`` is ``adamw_torch_fused`` for the Adam family; HF
+    has no choice for ``foreach`` or for SGD's implementation (``hf_unsupported``). ``tf32``
+    is ``tf32=True``, which HF accepts only on a GPU with TF32 (a CPU export of it raises
+    ``UserError``, as the recipe cannot run there); ``False`` leaves torch's defaults, so it
+    sets nothing. ``channels_last`` has no field (``hf_unsupported``).
 
     Parallelism: ``ddp`` needs nothing but the launch (``torchrun_command``); ``fsdp`` is
     ``fsdp=True`` with FSDP2 full sharding of each transformer layer; a ZeRO recipe needs
@@ -139,6 +154,12 @@ def hf_training_arguments(
     Knobs with no TrainingArguments field: ``hf_unsupported``.
     """
     _check_device(device_type)
+    if recipe.tf32 and device_type == "cpu":
+        raise UserError(
+            "the recipe has tf32 true, a CUDA GPU matmul mode that a CPU does not have (and "
+            "TrainingArguments(tf32=True) refuses without a GPU). Export for a GPU "
+            "(--device cuda), or set tf32 to false in the recipe."
+        )
     zero = recipe.parallelism in ZERO_MODES
     if zero and not deepspeed_config_path:
         raise UserError(
@@ -158,10 +179,12 @@ def hf_training_arguments(
         "gradient_accumulation_steps": recipe.accumulation_steps,
         "learning_rate": recipe.lr,
         "weight_decay": recipe.weight_decay,
-        "optim": "sgd" if recipe.optimizer == "sgd" else "adamw_torch",
-        "max_grad_norm": 0.0,
+        "optim": _hf_optim(recipe),
+        "max_grad_norm": recipe.grad_clip,
         **_hf_schedule(recipe),
     }
+    if recipe.tf32:
+        kwargs["tf32"] = True
     if recipe.optimizer == "sgd":
         kwargs["optim_args"] = f"momentum={recipe.momentum}"
     if recipe.checkpointing:
@@ -176,6 +199,14 @@ def hf_training_arguments(
     if device_type == "cpu":
         kwargs["use_cpu"] = True
     return kwargs
+
+
+def _hf_optim(recipe: Recipe) -> str:
+    """HF's optimizer name: ``sgd``; ``adamw_torch``, or ``adamw_torch_fused`` (torch's AdamW
+    with ``fused=True``) for a fused recipe."""
+    if recipe.optimizer == "sgd":
+        return "sgd"
+    return "adamw_torch_fused" if recipe.fused_optimizer == "fused" else "adamw_torch"
 
 
 def _hf_dataloader(recipe: Recipe) -> dict[str, Any]:
@@ -210,8 +241,10 @@ def hf_unsupported(recipe: Recipe) -> list[str]:
     """The recipe's knobs that ``hf_training_arguments`` cannot express, one line each with
     what to do instead; empty when the arguments reproduce the whole recipe.
 
-    SGD momentum is supported (``optim_args``); pruning has no TrainingArguments field; plain
-    Adam (L2 weight decay) has no HF optimizer name outside DeepSpeed.
+    SGD momentum is supported (``optim_args``); pruning and channels-last have no
+    TrainingArguments field; plain Adam (L2 weight decay) has no HF optimizer name outside
+    DeepSpeed; HF names no ``foreach`` implementation, nor a fused SGD (a ZeRO recipe's
+    DeepSpeed config carries both).
     """
     out: list[str] = []
     if recipe.prune_ratio > 0:
@@ -228,6 +261,23 @@ def hf_unsupported(recipe: Recipe) -> list[str]:
             "recipe's exact optimizer pass Trainer(optimizer_cls_and_kwargs=(torch.optim.Adam, "
             f"{{'lr': {recipe.lr:g}, 'weight_decay': {recipe.weight_decay:g}}}))."
         )
+    if recipe.channels_last:
+        out.append(
+            "channels_last: TrainingArguments have no memory-format option; before building "
+            "the Trainer call model.to(memory_format=torch.channels_last) (convolution "
+            "weights), and in your collator x.contiguous(memory_format=torch.channels_last) "
+            "for 4-D image inputs."
+        )
+    impl = recipe.fused_optimizer
+    if recipe.parallelism not in ZERO_MODES and (
+            impl == "foreach" or (impl == "fused" and recipe.optimizer == "sgd")):
+        cls = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[recipe.optimizer]
+        out.append(
+            f"fused_optimizer {impl}: HF has no optim name for {recipe.optimizer} with "
+            f"{impl}=True (on a GPU torch's default is foreach anyway); for the exact "
+            f"implementation pass Trainer(optimizer_cls_and_kwargs=(torch.optim.{cls}, "
+            f"{{'lr': {recipe.lr:g}, '{impl}': True}}))."
+        )
     return out
 
 
@@ -238,9 +288,12 @@ _HF_COMMENTS = {
     "gradient_accumulation_steps": "micro-batches summed before one optimizer step",
     "learning_rate": "peak learning rate",
     "weight_decay": "weight decay (HF leaves biases and norm weights undecayed)",
-    "optim": "optimizer (HF has no plain Adam: adam becomes adamw_torch)",
+    "optim": "optimizer (HF has no plain Adam: adam becomes adamw_torch; _fused: one kernel "
+             "for the whole update)",
     "optim_args": "SGD momentum",
-    "max_grad_norm": "0: no gradient clipping, as the recipe trained (HF's default clips at 1.0)",
+    "max_grad_norm": "the recipe's grad_clip: the global gradient norm is clipped to it once per "
+                     "optimizer step (0: no clipping, where HF's default clips at 1.0)",
+    "tf32": "TF32 matmuls on the GPU (Ampere and newer)",
     "lr_scheduler_type": "the recipe's schedule (see lr_scheduler_kwargs)",
     "warmup_steps": "optimizer steps of linear warmup to the peak learning rate",
     "lr_scheduler_kwargs": "decay to 10% of the peak at the recipe's decay_steps, held after "

@@ -23,6 +23,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 PARALLELISMS = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
 ZERO_MODES = ("zero1", "zero2", "zero3")
+OPTIMIZER_IMPLEMENTATIONS = ("off", "foreach", "fused")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,25 @@ class Recipe:
     persistent_workers: bool = False
     """Keep the loader workers alive from one epoch to the next instead of starting them
     again at every epoch; only with workers."""
+    grad_clip: float = 0.0
+    """Largest global L2 norm of the gradient: once per optimizer step, the summed gradient
+    (after accumulation, the workers' averaging and fp16 unscaling) is scaled down to this
+    norm when it is larger; 0.0 does not clip. Keeps the rare huge gradient from wrecking a
+    run, which is what lets a larger learning rate stay stable; costs one norm per step."""
+    tf32: bool = False
+    """TF32 matmuls on CUDA GPUs (Ampere and newer): fp32 inputs multiplied on tensor cores
+    with a 10-bit mantissa, several times faster than full fp32. ``False`` keeps torch's
+    defaults (fp32 matmuls; cuDNN convolutions in TF32 either way). A CPU has no TF32: a
+    recipe with it is infeasible there."""
+    channels_last: bool = False
+    """Convolution weights and 4-D inputs in the channels-last (NHWC) memory format, which
+    tensor cores and oneDNN convolve faster. A recorded no-op for a model without 2-D
+    convolutions."""
+    fused_optimizer: str = "off"
+    """The optimizer's implementation: ``off`` (torch's default: a loop over the parameters on
+    a CPU, ``foreach`` on a GPU), ``foreach`` (each operation over all parameters at once) or
+    ``fused`` (the whole update in one kernel). The same update with fewer passes over memory;
+    no effect on DeepSpeed's own CPU Adam (ZeRO offload)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -185,6 +205,10 @@ _SHORT = {
     "pin_memory": "pin",
     "prefetch_factor": "prefetch",
     "persistent_workers": "persist",
+    "grad_clip": "clip",
+    "tf32": "tf32",
+    "channels_last": "nhwc",
+    "fused_optimizer": "optimpl",
 }
 
 
@@ -258,6 +282,7 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
     choice("optimizer", OPTIMIZERS)
     choice("schedule", SCHEDULES)
     choice("parallelism", PARALLELISMS)
+    choice("fused_optimizer", OPTIMIZER_IMPLEMENTATIONS)
     for key in ("batch_size", "accumulation_steps", "workers", "decay_steps"):
         if has(key) and r[key] < 1:
             p.append(f"{key}: must be >= 1; got {r[key]!r}")
@@ -279,6 +304,9 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
         p.append(f"lr: must be a positive finite number; got {r['lr']!r}")
     if has("weight_decay") and not r["weight_decay"] >= 0:
         p.append(f"weight_decay: must be >= 0; got {r['weight_decay']!r}")
+    if has("grad_clip") and not (math.isfinite(r["grad_clip"]) and r["grad_clip"] >= 0):
+        p.append(f"grad_clip: must be a finite number >= 0 (0 does not clip); got "
+                 f"{r['grad_clip']!r}")
     if has("momentum") and not 0.0 <= r["momentum"] < 1.0:
         p.append(f"momentum: must satisfy 0 <= momentum < 1; got {r['momentum']!r}")
     if has("parallelism", "workers") and r["parallelism"] == "single" and r["workers"] != 1:

@@ -1,7 +1,8 @@
 """Worker side of the parallel contract tests: one optimizer step in a parallel mode.
 
 Run by ``torch.multiprocessing.spawn`` from tests/test_parallel.py; each worker takes its half
-of a fixed batch, steps once, gathers the full parameters and (rank 0) saves them.
+of a fixed batch, steps once, gathers the full parameters and (rank 0) saves them with the
+global gradient norm the step clipped by (``None`` without ``grad_clip``).
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ def step_in_mode(rank: int, workers: int, port: int, recipe_dict: dict, out_path
         prepared = prepare(initial_model(), recipe, torch.device("cpu"))
         prepared.step(task(), micro_batches(rank, workers, recipe.accumulation_steps))
         state = prepared.full_state()
+        norm = prepared.grad_norm
         if rank == 0:
-            torch.save(state, out_path)
+            torch.save({"params": state,
+                        "grad_norm": None if norm is None else float(norm)}, out_path)
         # Free the wrappers (DDP's reducer, FSDP hooks) while the process group still exists:
         # destroyed after it, at interpreter exit, they can abort the process.
         del prepared

@@ -52,6 +52,11 @@ DS_CASES = {
                                     **BASE),
     "zero3-bf16-adamw-accum2": Recipe(parallelism="zero3", precision="bf16",
                                       accumulation_steps=2, **BASE),
+    # grad_clip as DeepSpeed's gradient_clipping; fused_optimizer passed to the torch optimizer
+    # DeepSpeed builds (SGD, and Adam with torch_adam on the CPU).
+    "zero2-fp32-sgd-fused-clip": Recipe(parallelism="zero2", optimizer="sgd",
+                                        fused_optimizer="fused", grad_clip=0.5, **BASE),
+    "zero1-fp32-adamw-foreach": Recipe(parallelism="zero1", fused_optimizer="foreach", **BASE),
 }
 OFFLOAD_CASES = {
     "zero2-offload-adamw": Recipe(parallelism="zero2", offload=True, **BASE),
@@ -75,10 +80,24 @@ def test_deepspeed_config_batch_arithmetic_stage_and_precision():
     assert c["train_batch_size"] == 16 * 3 * 4
     assert c["zero_optimization"] == {"stage": 2}
     assert c["bf16"] == {"enabled": True} and c["fp16"] == {"enabled": False}
-    assert "gradient_clipping" not in c
+    # Explicit: left out, DeepSpeed (0.19) would clip at its default of 1.0.
+    assert c["gradient_clipping"] == 0.0
     assert c["optimizer"] == {"type": "AdamW", "params": {
         "lr": r.lr, "weight_decay": r.weight_decay, "adam_w_mode": True, "torch_adam": False}}
     json.dumps(c)  # plain data
+
+
+def test_deepspeed_clipping_and_optimizer_implementation():
+    c = deepspeed_config(Recipe(parallelism="zero2", grad_clip=1.0, optimizer="sgd",
+                                fused_optimizer="fused"))
+    assert c["gradient_clipping"] == 1.0
+    assert c["optimizer"]["params"]["fused"] is True
+    # On a GPU DeepSpeed's own Adam is fused already: nothing to pass.
+    gpu = deepspeed_config(Recipe(parallelism="zero2", fused_optimizer="fused"))
+    assert "fused" not in gpu["optimizer"]["params"]
+    cpu = deepspeed_config(Recipe(parallelism="zero2", fused_optimizer="foreach"),
+                           device_type="cpu")
+    assert cpu["optimizer"]["params"]["foreach"] is True  # torch_adam: torch's AdamW takes it
 
 
 def test_deepspeed_fp16_uses_dynamic_loss_scaling():
@@ -210,6 +229,8 @@ def _ds_worker(cases_path: str, results_path: str) -> None:
             "basic_optimizer": type(basic).__name__,
             "adamw_mode": getattr(basic, "adam_w_mode", None),
             "momentum": basic.param_groups[0].get("momentum"),
+            "implementation": {k: basic.defaults.get(k) for k in ("foreach", "fused")},
+            "gradient_clipping": engine.gradient_clipping(),
             "scheduler": type(scheduler).__name__ if scheduler is not None else None,
         }
         engine.destroy()
@@ -241,6 +262,11 @@ def _check_engine(name: str, recipe: Recipe, got: dict[str, Any]) -> None:
     assert got["bf16"] == (recipe.precision == "bf16")
     assert got["offload"] == recipe.offload
     assert got["after"] < got["before"], (name, got)
+    assert got["gradient_clipping"] == recipe.grad_clip
+    if not recipe.offload:  # DeepSpeedCPUAdam is its own kernel
+        impl = recipe.fused_optimizer
+        assert got["implementation"] == {k: True if impl == k else None
+                                         for k in ("foreach", "fused")}, name
     if recipe.optimizer == "sgd":
         assert got["basic_optimizer"] == "SGD" and got["momentum"] == recipe.momentum
     elif recipe.offload:
@@ -304,6 +330,9 @@ HF_CASES = [
            decay_steps=40),
     Recipe(precision="bf16", checkpointing=True),
     Recipe(dataloader_workers=2, prefetch_factor=4, persistent_workers=True, pin_memory=True),
+    Recipe(grad_clip=1.0, fused_optimizer="fused"),
+    Recipe(optimizer="sgd", grad_clip=0.5, precision="bf16", parallelism="zero1",
+           fused_optimizer="fused"),
 ]
 
 
@@ -327,6 +356,7 @@ def test_hf_arguments_build_the_trainers_optimizer_and_schedule(recipe, tmp_path
     assert args.gradient_accumulation_steps == recipe.accumulation_steps
     assert args.gradient_checkpointing == recipe.checkpointing
     assert args.bf16 == (recipe.precision == "bf16")
+    assert args.max_grad_norm == recipe.grad_clip
     assert bool(args.fsdp) == (recipe.parallelism == "fsdp")
     assert args.dataloader_num_workers == recipe.dataloader_workers
     assert kwargs["dataloader_pin_memory"] == recipe.pin_memory  # HF turns it off with use_cpu
@@ -356,6 +386,7 @@ def test_hf_arguments_build_the_trainers_optimizer_and_schedule(recipe, tmp_path
         assert opt.param_groups[0]["momentum"] == recipe.momentum
     else:
         assert isinstance(opt, torch.optim.AdamW)
+        assert opt.defaults["fused"] is (True if recipe.fused_optimizer == "fused" else None)
     hf = _lrs(opt, trainer.lr_scheduler, steps)
     ours = [recipe.lr * lr_factor(s, recipe) for s in range(steps)]
     # After warmup the Trainer's learning rate is the recipe's, step for step.
@@ -371,6 +402,26 @@ def test_hf_lists_what_it_cannot_express():
     assert hf_unsupported(Recipe(optimizer="adam", weight_decay=0.0)) == []
     # Through DeepSpeed the optimizer is Adam itself.
     assert hf_unsupported(Recipe(optimizer="adam", parallelism="zero1")) == []
+
+
+def test_hf_new_knobs_and_what_it_cannot_express_of_them():
+    assert hf_training_arguments(Recipe(grad_clip=0.25))["max_grad_norm"] == 0.25
+    assert "tf32" not in hf_training_arguments(Recipe())  # torch's defaults
+    assert hf_training_arguments(Recipe(tf32=True))["tf32"] is True
+    with pytest.raises(UserError, match="tf32"):
+        hf_training_arguments(Recipe(tf32=True), device_type="cpu")
+    assert hf_training_arguments(Recipe(optimizer="adam", fused_optimizer="fused"))["optim"] \
+        == "adamw_torch_fused"
+    assert hf_unsupported(Recipe(fused_optimizer="fused")) == []
+    (note,) = hf_unsupported(Recipe(fused_optimizer="foreach"))
+    assert note.startswith("fused_optimizer foreach") and "'foreach': True" in note
+    (note,) = hf_unsupported(Recipe(optimizer="sgd", fused_optimizer="fused"))
+    assert "torch.optim.SGD" in note
+    # A ZeRO recipe's DeepSpeed config carries the implementation.
+    assert hf_unsupported(Recipe(optimizer="sgd", fused_optimizer="fused",
+                                 parallelism="zero1")) == []
+    (note,) = hf_unsupported(Recipe(channels_last=True))
+    assert note.startswith("channels_last") and "memory_format=torch.channels_last" in note
 
 
 def test_hf_zero_recipe_needs_a_deepspeed_config():

@@ -35,8 +35,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def reference_step(recipe: Recipe) -> dict[str, torch.Tensor]:
-    """The single-process step: each accumulation step's micro-batch is the workers' together."""
+def reference_step(recipe: Recipe) -> tuple[dict[str, torch.Tensor], float | None]:
+    """The single-process step: each accumulation step's micro-batch is the workers' together.
+    Returns the parameters after it and, with ``grad_clip``, the gradient norm it clipped."""
     model = w.initial_model()
     masks = prune_by_magnitude(model, recipe.prune_ratio)
     opt = build_optimizer(model.parameters(), recipe)
@@ -44,9 +45,18 @@ def reference_step(recipe: Recipe) -> dict[str, torch.Tensor]:
     size = w.BATCH * WORKERS
     micro = [[x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]]
              for i in range(recipe.accumulation_steps)]
+    norms: list[torch.Tensor] = []
     optimizer_step(model, w.task().loss, micro, opt, build_scheduler(opt, recipe), recipe,
-                   "cpu", masks=masks)
-    return {n: p.detach().float() for n, p in model.named_parameters()}
+                   "cpu", masks=masks, grad_norm=norms.append)
+    state = {n: p.detach().float() for n, p in model.named_parameters()}
+    return state, float(norms[0]) if norms else None
+
+
+CLIP = 0.15
+"""``grad_clip`` of the clipping cases: below the contract step's gradient norm (0.46 for one
+micro-batch, 0.27 for two, measured), so the clipped step is 0.33 / 0.55 of the unclipped one,
+and a mode that did not clip, or clipped a worker's own norm instead of the global one, would
+be off by far more than the tolerance. The test checks that the reference did clip."""
 
 
 PARALLEL = [m for m in MODES if m != "single"]
@@ -64,6 +74,22 @@ CASES = [
     pytest.param("zero2", {"offload": True, "optimizer": "adamw", "lr": 1e-2},
                  marks=pytest.mark.slow),
     ("zero2", {"precision": "fp16"}),  # refused on the CPU: skipped with the reason
+    # grad_clip: after DDP's all-reduce; over FSDP2's shards; DeepSpeed's gradient_clipping.
+    ("ddp", {"grad_clip": CLIP, "accumulation_steps": 2}),
+    ("fsdp", {"grad_clip": CLIP, "accumulation_steps": 2}),
+    ("zero2", {"grad_clip": CLIP, "accumulation_steps": 2}),
+    ("zero3", {"grad_clip": CLIP}),
+    pytest.param("zero1", {"grad_clip": CLIP}, marks=pytest.mark.slow),
+    # bf16 weights round the step by about 5% (see below); a clip of 0.76 keeps it that large.
+    pytest.param("zero1", {"grad_clip": 0.35, "precision": "bf16"}, marks=pytest.mark.slow),
+    pytest.param("ddp", {"grad_clip": CLIP, "prune_ratio": 0.3}, marks=pytest.mark.slow),
+    # fused_optimizer: torch's fused AdamW on FSDP2's DTensor shards (fused SGD has no DTensor
+    # version: skipped as infeasible), fused SGD on DeepSpeed's flat partitions, foreach
+    # under DDP. Adam's first step is about lr * sign(g): these check the wiring.
+    ("fsdp", {"fused_optimizer": "fused", "optimizer": "adamw", "lr": 1e-2}),
+    ("fsdp", {"fused_optimizer": "fused"}),
+    pytest.param("zero2", {"fused_optimizer": "fused"}, marks=pytest.mark.slow),
+    pytest.param("ddp", {"fused_optimizer": "foreach"}, marks=pytest.mark.slow),
 ]
 
 
@@ -91,10 +117,17 @@ def test_one_step_matches_the_single_process_step(mode, changes, tmp_path):
     out = tmp_path / "state.pt"
     mp.spawn(w.step_in_mode, args=(WORKERS, free_port(), recipe.to_dict(), str(out)),
              nprocs=WORKERS, join=True)
-    got = torch.load(out)
+    saved = torch.load(out)
+    got = saved["params"]
     single = recipe.replace(parallelism="single", workers=1, offload=False,
                             batch_size=w.BATCH * WORKERS)
-    expected = reference_step(single)
+    expected, norm = reference_step(single)
+    if recipe.grad_clip > 0:
+        # The reference clipped (by at least 20%), and the mode clipped by the same global
+        # norm: the whole batch's gradient, not one worker's half.
+        assert norm is not None and norm > 1.25 * recipe.grad_clip, norm
+        assert saved["grad_norm"] == pytest.approx(norm, rel=1e-2 if recipe.precision != "fp32"
+                                                   else 1e-4)
     before = {n: p.detach() for n, p in w.initial_model().named_parameters()}
     assert got.keys() == expected.keys()
     for name in expected:

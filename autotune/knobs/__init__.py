@@ -3,7 +3,9 @@
 - the knobs, each a pure function testable on a tiny model without a trainer: precision
   (``autocast_context``, ``make_grad_scaler``), optimizer and schedule (``build_optimizer``,
   ``build_scheduler``, ``lr_factor``), pruning (``prune_by_magnitude``, ``apply_masks``,
-  ``sparsity``) and activation checkpointing (``apply_checkpointing``);
+  ``sparsity``), activation checkpointing (``apply_checkpointing``), gradient clipping
+  (``clip_gradients``), TF32 and channels-last (``set_tf32``, ``to_channels_last``,
+  ``channels_last_batch``), and the knobs that cannot act in a run (``inactive_knobs``);
 - THE training step (``optimizer_step``, module ``step``), which trials, ``autotune.configure``
   and the memory estimator's trace all run; a NaN/inf loss raises ``Diverged``;
 - what both sides need to know about a recipe (module ``modes``): whether a device can run it
@@ -14,6 +16,14 @@ torch; never training, memory, search or CLI code.
 """
 
 from autotune.knobs.checkpointing import apply_checkpointing
+from autotune.knobs.clipping import clip_gradients
+from autotune.knobs.device import (
+    channels_last_batch,
+    inactive_knobs,
+    set_tf32,
+    tf32_enabled,
+    to_channels_last,
+)
 from autotune.knobs.modes import (
     MODES,
     deepspeed_config,
@@ -22,7 +32,13 @@ from autotune.knobs.modes import (
     weight_bytes,
     zero_config,
 )
-from autotune.knobs.optim import FINAL_LR_FRACTION, build_optimizer, build_scheduler, lr_factor
+from autotune.knobs.optim import (
+    FINAL_LR_FRACTION,
+    build_optimizer,
+    build_scheduler,
+    implementation_kwargs,
+    lr_factor,
+)
 from autotune.knobs.precision import DTYPES, autocast_context, make_grad_scaler
 from autotune.knobs.pruning import apply_masks, prunable_weights, prune_by_magnitude, sparsity
 from autotune.knobs.step import (
@@ -44,7 +60,11 @@ __all__ = [
     "autocast_context",
     "build_optimizer",
     "build_scheduler",
+    "channels_last_batch",
+    "clip_gradients",
     "deepspeed_config",
+    "implementation_kwargs",
+    "inactive_knobs",
     "loss_value",
     "lr_factor",
     "make_grad_scaler",
@@ -53,7 +73,10 @@ __all__ = [
     "optimizer_step",
     "prunable_weights",
     "prune_by_magnitude",
+    "set_tf32",
     "sparsity",
+    "tf32_enabled",
+    "to_channels_last",
     "unsupported_reason",
     "weight_bytes",
     "zero_config",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotune.errors import UserError
-from autotune.knobs.optim import FINAL_LR_FRACTION
+from autotune.knobs.optim import FINAL_LR_FRACTION, implementation_kwargs
 from autotune.recipe import ZERO_MODES, Recipe
 
 MODES = ("single", "ddp", "fsdp", *ZERO_MODES)
@@ -29,6 +29,12 @@ def unsupported_reason(recipe: Recipe, device_type: str) -> str | None:
         return "pruning is not supported with ZeRO-3 (its parameters are partitioned)"
     if recipe.parallelism == "fsdp" and recipe.precision == "fp16":
         return "fp16 with FSDP2 needs a sharded gradient scaler, which autotune does not use"
+    if recipe.parallelism == "fsdp" and recipe.fused_optimizer == "fused" \
+            and recipe.optimizer == "sgd":
+        return ("torch's fused SGD has no implementation for FSDP2's sharded (DTensor) "
+                "parameters; use fused_optimizer foreach or off, or a fused Adam/AdamW")
+    if recipe.tf32 and device_type == "cpu":
+        return "TF32 is a CUDA GPU matmul mode (Ampere and newer); a CPU has none (set tf32 false)"
     return None
 
 
@@ -79,8 +85,12 @@ def deepspeed_config(
     the world size it is launched with. ``device_type="cpu"`` targets DeepSpeed's CPU
     accelerator: no pinned memory, torch's Adam instead of the JIT-compiled fused one, and fp16
     refused (DeepSpeed's CPU accelerator runs fp16 only where oneDNN does; ``autotune``'s own
-    fp16 on a CPU is emulated autocast). Gradient clipping is not set: the recipe has none.
-    Raises ``UserError`` for a recipe that is not a ZeRO one.
+    fp16 on a CPU is emulated autocast). ``gradient_clipping`` is the recipe's ``grad_clip``
+    (0: none), written even at 0 because DeepSpeed's default clips at 1.0; DeepSpeed clips the
+    global norm of the averaged, unscaled gradient itself.
+    ``tf32`` and ``channels_last`` have no DeepSpeed key: the training script applies them
+    (``autotune.export.torchrun_command``'s comment line names them). Raises ``UserError`` for
+    a recipe that is not a ZeRO one.
     """
     _check_device(device_type)
     if recipe.parallelism not in ZERO_MODES:
@@ -105,6 +115,8 @@ def deepspeed_config(
         "zero_optimization": zero,
         "bf16": {"enabled": recipe.precision == "bf16"},
         "fp16": _ds_fp16(recipe),
+        # Always written: DeepSpeed's default (0.19) clips at 1.0, which the recipe may not.
+        "gradient_clipping": recipe.grad_clip,
         "optimizer": _ds_optimizer(recipe, device_type),
     }
     if recipe.optimizer == "sgd":
@@ -152,6 +164,11 @@ def _ds_optimizer(recipe: Recipe, device_type: str) -> dict[str, Any]:
     ``adam_w_mode`` is false, so both Adam types say it explicitly. With offload the step runs
     on the CPU in DeepSpeed's ``DeepSpeedCPUAdam`` (``torch_adam: false``; a C++ op compiled on
     first use); SGD has no DeepSpeed CPU version and runs as torch's SGD on the CPU copy.
+
+    ``fused_optimizer``: where DeepSpeed builds a torch optimizer (SGD; Adam with
+    ``torch_adam``) it passes the remaining params to its constructor, so ``foreach``/``fused``
+    go there as torch takes them. DeepSpeed's own Adams (fused on a GPU, ``DeepSpeedCPUAdam``
+    with offload) have no such choice: they are fused kernels already.
     """
     params: dict[str, Any] = {"lr": recipe.lr, "weight_decay": recipe.weight_decay}
     if recipe.optimizer == "sgd":
@@ -162,6 +179,8 @@ def _ds_optimizer(recipe: Recipe, device_type: str) -> dict[str, Any]:
         # the fused (JIT-compiled) Adam on a GPU; on DeepSpeed's CPU accelerator torch's is the
         # same update without a compile.
         params["torch_adam"] = device_type == "cpu" and not recipe.offload
+    if recipe.optimizer == "sgd" or params["torch_adam"]:
+        params.update(implementation_kwargs(recipe.fused_optimizer))
     return {"type": _DS_OPTIMIZERS[recipe.optimizer], "params": params}
 
 

@@ -4,7 +4,8 @@ A search trial (``autotune.train``, every parallel mode but DeepSpeed's engine, 
 variant calls ``micro_batch_loss`` and ``loss_value`` from here), ``autotune.configure``
 (``autotune.apply``) and the memory estimator's trace (``autotune.memory``) all step through
 ``optimizer_step``: gradient accumulation, autocast, fp16 loss scaling, DDP's ``no_sync``,
-the finite check, the optimizer and scheduler steps, and the pruning masks. The memory
+the finite check, gradient clipping, the optimizer and scheduler steps, and the pruning
+masks. The memory
 prediction is therefore of the step that trains, not of a copy that must be kept in line.
 """
 
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from autotune.knobs.clipping import clip_gradients
+from autotune.knobs.device import channels_last_batch
 from autotune.knobs.precision import autocast_context
 from autotune.knobs.pruning import apply_masks
 from autotune.recipe import Recipe
@@ -27,6 +30,9 @@ LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 PhaseFn = Callable[[str], None]
 """Told ``forward_backward`` before each micro-batch and ``optimizer_step`` before the update
 (``autotune.memory.TensorTracker.phase`` keeps each phase's peak apart)."""
+NormFn = Callable[[torch.Tensor], None]
+"""Told the global gradient norm before clipping, as a tensor (reading it is the caller's
+choice: on a GPU, ``.item()`` waits for the device)."""
 
 
 class Diverged(Exception):
@@ -64,9 +70,12 @@ def optimizer_step(
     strict: bool = True,
     read_values: bool = True,
     phase: PhaseFn | None = None,
+    channels_last: bool = False,
+    grad_norm: NormFn | None = None,
 ) -> float:
     """One optimizer step over ``micro_batches`` (gradient accumulation), applying precision,
-    loss scaling and pruning masks. Returns the mean loss; raises ``Diverged`` on NaN/inf.
+    loss scaling, gradient clipping and pruning masks. Returns the mean loss; raises
+    ``Diverged`` on NaN/inf.
 
     Each micro-batch's mean loss is divided by their count, so N micro-batches of B examples
     give the gradient of one batch of N*B examples. ``skip_sync`` (DDP's ``no_sync``) wraps all
@@ -77,6 +86,11 @@ def optimizer_step(
     ``read_values=False`` is for fake tensors (the memory trace), which have no values: the
     loss is not read (returns NaN) and an fp16 step is not skipped on inf gradients (the
     scaler's check reads them). ``phase`` marks the step's phases for a memory tracker.
+
+    ``recipe.grad_clip`` > 0 clips once, on the summed gradient of all micro-batches, after
+    DDP's all-reduce and after fp16's unscaling (``_update``); ``grad_norm`` is told the norm
+    before clipping. ``channels_last`` puts each micro-batch's 4-D inputs in that memory
+    format (pass it when the model's weights were converted: ``to_channels_last``).
     """
     n = len(micro_batches)
     total = 0.0
@@ -85,6 +99,8 @@ def optimizer_step(
         if phase is not None:
             phase("forward_backward")
         last = i == n - 1
+        if channels_last:
+            batch = channels_last_batch(batch)
         with (skip_sync() if skip_sync is not None and not last else contextlib.nullcontext()):
             loss = micro_batch_loss(model, loss_fn, batch, recipe.precision, device_type)
             if read_values:
@@ -94,7 +110,7 @@ def optimizer_step(
             del loss, scaled  # not held through the next micro-batch's forward pass
     if phase is not None:
         phase("optimizer_step")
-    _update(optimizer, scaler, read_values)
+    _update(optimizer, scaler, read_values, recipe.grad_clip, grad_norm)
     optimizer.zero_grad(set_to_none=True)
     if scheduler is not None:
         scheduler.step()
@@ -103,13 +119,21 @@ def optimizer_step(
 
 
 def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-            read_values: bool) -> None:
+            read_values: bool, max_norm: float, grad_norm: NormFn | None) -> None:
     """The optimizer's update; with a loss scaler, on unscaled gradients, skipped (when values
-    can be read) if they hold inf/NaN, and the scale adjusted after."""
+    can be read) if they hold inf/NaN, and the scale adjusted after. With ``max_norm`` > 0 the
+    gradients of the optimizer's parameters are clipped first, unscaled (a scaled gradient's
+    norm is the loss scale times too large)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_norm > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = clip_gradients(params, max_norm)
+        if grad_norm is not None:
+            grad_norm(norm)
     if scaler is None:
         optimizer.step()
         return
-    scaler.unscale_(optimizer)
     if read_values:
         scaler.step(optimizer)
     else:

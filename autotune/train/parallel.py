@@ -15,8 +15,10 @@ does one optimizer step the way the recipe's ``parallelism`` asks:
   itself, but through the shared pieces of the step (``micro_batch_loss``, ``loss_value``,
   ``apply_masks``).
 
-Every mode steps with the same optimizer, learning-rate schedule and pruning masks as a single
-worker; each worker trains on its own micro-batches, so one step covers
+Every mode steps with the same optimizer, learning-rate schedule, gradient clipping and pruning
+masks as a single worker (ZeRO clips in DeepSpeed's engine, from its config's
+``gradient_clipping``; the others in the shared step, after the gradients are averaged).
+Each worker trains on its own micro-batches, so one step covers
 ``batch_size x accumulation_steps x workers`` examples. The contract (tested for every mode):
 from the same weights and data, one step equals the single-process step on the concatenated
 batch, within float tolerance.
@@ -44,11 +46,15 @@ from autotune.knobs import (
     apply_masks,
     build_optimizer,
     build_scheduler,
+    channels_last_batch,
+    inactive_knobs,
     loss_value,
     make_grad_scaler,
     micro_batch_loss,
     optimizer_step,
     prune_by_magnitude,
+    set_tf32,
+    to_channels_last,
     zero_config,
 )
 from autotune.recipe import ZERO_MODES, Recipe
@@ -86,6 +92,16 @@ class Prepared:
     masks: dict[nn.Parameter, torch.Tensor] = field(default_factory=dict)
     engine: Any = None
     """The DeepSpeed engine for ZeRO modes."""
+    channels_last: bool = False
+    """Whether the model's weights were put in channels-last order, so the step puts each
+    micro-batch's 4-D inputs there too (the recipe's knob, on a model it acts on)."""
+    inactive: list[str] = field(default_factory=list)
+    """The recipe's knobs that cannot act in this run, ``knob: why`` each
+    (``autotune.knobs.inactive_knobs``): a trial records them."""
+    grad_norm: torch.Tensor | None = None
+    """The global gradient norm before clipping at the last optimizer step, with ``grad_clip``
+    > 0 (None before the first step or without clipping). A tensor, left on the device: read
+    it (``float(...)``) only when reporting, since reading waits for the device."""
 
     def step(
         self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool = True
@@ -101,16 +117,23 @@ class Prepared:
             self.model, task.loss, micro_batches, self.optimizer, self.scheduler, self.recipe,
             self.device.type, scaler=self.scaler, masks=self.masks,
             skip_sync=(lambda: sync()) if sync is not None else None, strict=strict,
+            channels_last=self.channels_last, grad_norm=self._keep_grad_norm,
         )
+
+    def _keep_grad_norm(self, norm: torch.Tensor) -> None:
+        self.grad_norm = norm.detach()
 
     def _engine_step(
         self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool
     ) -> float:
         """DeepSpeed's variant of the step: the engine accumulates (it divides by the
         accumulation count itself), scales fp16 losses and steps at the last micro-batch; the
-        loss, the finite check and the masks are the shared step's."""
+        loss, the finite check and the masks are the shared step's. The engine clips too
+        (``gradient_clipping`` in its config), and keeps the norm it clipped by."""
         total = 0.0
         for batch in micro_batches:
+            if self.channels_last:
+                batch = channels_last_batch(batch)
             # DeepSpeed's bf16/fp16 keep 16-bit weights; autocast casts float inputs too.
             loss = micro_batch_loss(self.engine, task.loss, batch, self.recipe.precision,
                                     self.device.type)
@@ -118,6 +141,10 @@ class Prepared:
             self.engine.backward(loss)
             self.engine.step()
         apply_masks(self.masks)
+        if self.recipe.grad_clip > 0:
+            norm = self.engine.get_global_grad_norm()
+            if norm is not None:
+                self.grad_norm = torch.as_tensor(norm).detach()
         return total / len(micro_batches)
 
     def full_state(self) -> dict[str, torch.Tensor]:
@@ -143,14 +170,21 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     """Configure ``model`` (already seeded and built, on the CPU or device) for the recipe:
-    activation checkpointing and pruning first (on the plain model), then the parallel mode."""
+    TF32 for the process, the memory format, activation checkpointing and pruning first (on
+    the plain model), then the parallel mode and the optimizer (in the recipe's
+    implementation, ``fused_optimizer``)."""
+    set_tf32(recipe.tf32)
     model = model.to(device)
+    inactive = inactive_knobs(recipe, model, device)
+    channels_last = recipe.channels_last and to_channels_last(model)
     if recipe.checkpointing:
         apply_checkpointing(model)
     masks = prune_by_magnitude(model, recipe.prune_ratio)
     mode = recipe.parallelism
     if mode in ZERO_MODES:
-        return _prepare_zero(model, recipe, device, masks)
+        prepared = _prepare_zero(model, recipe, device, masks)
+        prepared.channels_last, prepared.inactive = channels_last, inactive
+        return prepared
     if mode == "ddp":
         ids = [device.index] if device.type == "cuda" and device.index is not None else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -164,6 +198,7 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
         model=model, recipe=recipe, device=device, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, recipe),
         scaler=make_grad_scaler(recipe.precision, device.type), masks=masks,
+        channels_last=channels_last, inactive=inactive,
     )
 
 
