@@ -18,6 +18,8 @@ What it searches, around a baseline with batch ``B`` and learning rate ``LR``:
 - for a task whose data is a ``Dataset``, the DataLoader knobs: ``dataloader_workers`` 0, 1,
   2, 4 up to the machine's cores, ``prefetch_factor`` 2 or 4 and ``persistent_workers`` with
   workers, ``pin_memory`` on CUDA (it does nothing without a GPU);
+- grad_clip ``0.0, 1.0`` and fused_optimizer ``default, fused``, plus tf32 ``false, true`` on
+  CUDA (a CPU has no TF32: those recipes would only be infeasible there);
 - parallelism fixed at the baseline's (single: one device).
 
 Pure: no torch, Ray or Optuna; the caller passes what it knows of the device.
@@ -55,10 +57,15 @@ ACCUMULATION_STEPS = (1, 2, 4)
 MOMENTA = (0.8, 0.9, 0.95)
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-LEFT_OUT = ("prune_ratio", "checkpointing", "weight_decay", "decay_steps", "workers", "offload")
+LEFT_OUT = ("prune_ratio", "checkpointing", "weight_decay", "decay_steps", "workers", "offload",
+            "channels_last")
 """Knobs the default space does not search: they keep the baseline's value. Pruning trades
 quality for speed in a task-specific way, and the rest rarely decide time-to-target on one
-device; search_spaces/bert.yaml shows how to add them."""
+device; channels_last acts only on convolutional models, which the space cannot see;
+search_spaces/bert.yaml and mnist.yaml show how to add them."""
+
+GRAD_CLIPS = (0.0, 1.0)
+"""No clipping, and the usual global-norm clip of 1.0 (HF's and DeepSpeed's default)."""
 
 
 LOADER_WORKERS = (0, 1, 2, 4)
@@ -170,6 +177,7 @@ def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, s
             [f"choices: {_list(_momenta(baseline))}", "when: {optimizer: sgd}"],
         ),
         *(_loader_knobs(baseline, device, cpus) if dataset else []),
+        *_step_knobs(baseline, device),
         (
             "parallelism",
             "How a run spreads over devices: fixed at the baseline's (single: one device, "
@@ -190,6 +198,34 @@ def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, s
     for name, comment, settings in knobs:
         lines += [*_comment(comment, "  "), f"  {name}:", *(f"    {s}" for s in settings)]
     return "\n".join(lines) + "\n"
+
+
+def _step_knobs(baseline: Recipe, device: str) -> list[tuple[str, str, list[str]]]:
+    """Gradient clipping, the optimizer's implementation and, on CUDA, TF32 (name, comment,
+    settings)."""
+    knobs = [
+        (
+            "grad_clip",
+            "Clip the gradient's global norm at this value once per optimizer step (0.0: no "
+            "clipping): keeps a rare huge gradient from wrecking a run at a higher learning "
+            "rate, for one norm per step.",
+            [f"choices: {_list(_with(GRAD_CLIPS, baseline.grad_clip))}"],
+        ),
+        (
+            "fused_optimizer",
+            "The optimizer's implementation: torch's default, or the whole update in one fused "
+            "kernel (the same update with fewer passes over memory, on CPUs and GPUs).",
+            [f"choices: {_list(_with(('default', 'fused'), baseline.fused_optimizer))}"],
+        ),
+    ]
+    if device == "cuda":
+        knobs.append((
+            "tf32",
+            "TF32 matmuls on tensor cores (Ampere and newer): several times faster fp32 "
+            "matmuls with a 10-bit mantissa (left out on a CPU, which has no TF32).",
+            [f"choices: {_list(_with((False, True), baseline.tf32))}"],
+        ))
+    return knobs
 
 
 def _loader_knobs(baseline: Recipe, device: str, cpus: int) -> list[tuple[str, str, list[str]]]:

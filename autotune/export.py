@@ -106,7 +106,7 @@ def _launch_summary(recipe: Recipe) -> str:
     extras = []
     if recipe.grad_clip > 0:
         extras.append(f"gradient norm clipped at {recipe.grad_clip:g}")
-    if recipe.fused_optimizer != "off":
+    if recipe.fused_optimizer != "default":
         extras.append(f"{recipe.fused_optimizer} optimizer")
     if recipe.tf32:
         extras.append("TF32 matmuls")

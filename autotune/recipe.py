@@ -23,7 +23,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 PARALLELISMS = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
 ZERO_MODES = ("zero1", "zero2", "zero3")
-OPTIMIZER_IMPLEMENTATIONS = ("off", "foreach", "fused")
+OPTIMIZER_IMPLEMENTATIONS = ("default", "foreach", "fused")
+"""Values of ``fused_optimizer``. ``default`` rather than ``off``: YAML 1.1 reads a bare ``off``
+as false, and torch's default is itself ``foreach`` on a GPU."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ class Recipe:
     """Convolution weights and 4-D inputs in the channels-last (NHWC) memory format, which
     tensor cores and oneDNN convolve faster. A recorded no-op for a model without 2-D
     convolutions."""
-    fused_optimizer: str = "off"
-    """The optimizer's implementation: ``off`` (torch's default: a loop over the parameters on
+    fused_optimizer: str = "default"
+    """The optimizer's implementation: ``default`` (torch's choice: a loop over the parameters on
     a CPU, ``foreach`` on a GPU), ``foreach`` (each operation over all parameters at once) or
     ``fused`` (the whole update in one kernel). The same update with fewer passes over memory;
     no effect on DeepSpeed's own CPU Adam (ZeRO offload)."""

@@ -29,7 +29,7 @@ BASELINES = [
 ]
 DEVICES = [("cpu", True), ("cpu", False), ("cuda", True), ("cuda", False)]
 KNOBS = ["precision", "batch_size", "accumulation_steps", "warmup_steps", "schedule",
-         "optimizer", "lr", "lr@sgd", "momentum", "parallelism"]
+         "optimizer", "lr", "lr@sgd", "momentum", "grad_clip", "fused_optimizer", "parallelism"]
 
 
 def space_for(baseline=BERT, device="cpu", fast=True):
@@ -63,6 +63,16 @@ def test_the_default_space_has_the_listed_knobs_and_sgd_conditions():
     assert space.knob("optimizer").choices == ("adamw", "adam", "sgd")
     warmups = space.knob("warmup_steps").choices
     assert 0 in warmups and 100 in warmups
+
+
+def test_clipping_and_fused_everywhere_tf32_only_on_cuda():
+    cpu, cuda = space_for(device="cpu"), space_for(device="cuda")
+    for space in (cpu, cuda):
+        assert space.knob("grad_clip").choices == (0.0, 1.0)
+        assert space.knob("fused_optimizer").choices == ("default", "fused")
+    assert "tf32" not in cpu.names  # infeasible on a CPU: no trial would run
+    assert cuda.knob("tf32").choices == (False, True)
+    assert cuda.names == [*KNOBS[:-1], "tf32", "parallelism"]
 
 
 @pytest.mark.parametrize(("device", "fast", "expected"), [
@@ -138,7 +148,8 @@ def test_every_setting_has_a_comment_above_it():
     lines = default_space_yaml(BERT, "cuda", bf16_fast=True, source="bert").splitlines()
     knob_lines = [i for i, line in enumerate(lines) if line.startswith("  ") and
                   not line.startswith("   ") and not line.lstrip().startswith("#")]
-    assert [lines[i].strip().rstrip(":") for i in knob_lines] == KNOBS
+    assert [lines[i].strip().rstrip(":") for i in knob_lines] == [*KNOBS[:-1], "tf32",
+                                                                   "parallelism"]
     for i in knob_lines:
         assert lines[i - 1].startswith("  # "), lines[i]
 

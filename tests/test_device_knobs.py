@@ -42,12 +42,12 @@ def _keep_tf32_setting():
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("impl", ["off", "foreach", "fused"])
+@pytest.mark.parametrize("impl", ["default", "foreach", "fused"])
 def test_fused_optimizer_selects_torchs_implementation(optimizer, impl):
     opt = build_optimizer(nn.Linear(4, 2).parameters(),
                           Recipe(optimizer=optimizer, fused_optimizer=impl))
     expected = {"foreach": None, "fused": None}
-    if impl != "off":
+    if impl != "default":
         expected[impl] = True
     assert {k: opt.defaults[k] for k in expected} == expected
 
@@ -60,7 +60,7 @@ def test_every_implementation_takes_the_same_steps(optimizer, precision):
     task = make_toy_task()
     batches = [[t[i * 32:(i + 1) * 32] for t in task.train] for i in range(3)]
     results = {}
-    for impl in ("off", "foreach", "fused"):
+    for impl in ("default", "foreach", "fused"):
         torch.manual_seed(0)
         model = task.build_model()
         recipe = Recipe(optimizer=optimizer, fused_optimizer=impl, precision=precision,
@@ -74,9 +74,9 @@ def test_every_implementation_takes_the_same_steps(optimizer, precision):
         results[impl] = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.manual_seed(0)
     start = torch.cat([p.detach().flatten() for p in task.build_model().parameters()])
-    assert (results["off"] - start).abs().max() > 1e-2  # the steps moved the weights
+    assert (results["default"] - start).abs().max() > 1e-2  # the steps moved the weights
     for impl in ("foreach", "fused"):
-        torch.testing.assert_close(results[impl], results["off"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(results[impl], results["default"], rtol=1e-5, atol=1e-6)
 
 
 def test_fused_sgd_under_fsdp_is_infeasible_and_fused_adam_is_not():

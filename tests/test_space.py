@@ -54,6 +54,17 @@ def test_shipped_space_has_every_knob_family(path):
 LEFT_OUT = {"gpt.yaml": {"prune_ratio"}}
 
 
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_spaces_search_clipping_and_the_fused_optimizer_but_not_tf32(path):
+    space = load_space(path)
+    assert space.knob("grad_clip").choices == (0.0, 1.0)
+    assert space.knob("fused_optimizer").choices == ("default", "fused")
+    # They run on CPUs too, where a TF32 recipe is infeasible; channels_last only where a
+    # convolution can use it.
+    assert "tf32" not in space.names
+    assert ("channels_last" in space.names) == (path.name == "mnist.yaml")
+
+
 def test_conditions_sample_only_when_they_hold():
     space = load_space(SPACES_DIR / "bert.yaml")
     points = sample(space, 60)

@@ -88,7 +88,7 @@ def inactive_knobs(recipe: Recipe, model: nn.Module, device: torch.device) -> li
             and torch.cuda.get_device_capability(device) < TF32_CAPABILITY:
         out.append(f"tf32: {torch.cuda.get_device_name(device)} has no TF32 units (Ampere and "
                    "newer have them)")
-    if recipe.fused_optimizer != "off" and recipe.offload \
+    if recipe.fused_optimizer != "default" and recipe.offload \
             and recipe.parallelism in ZERO_MODES and recipe.optimizer in ("adam", "adamw"):
         out.append(f"fused_optimizer: with offload, DeepSpeed's CPU Adam steps the optimizer; "
                    f"{recipe.fused_optimizer!r} applies to torch's optimizers only")

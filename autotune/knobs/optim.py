@@ -33,11 +33,11 @@ def build_optimizer(params: Iterator[nn.Parameter] | list, recipe: Recipe) -> to
 
 def implementation_kwargs(fused_optimizer: str) -> dict[str, bool]:
     """The keyword that selects torch's optimizer implementation (SGD, Adam and AdamW all take
-    it, on CPUs and GPUs): ``off`` passes none, so torch picks its default (a loop over the
+    it, on CPUs and GPUs): ``default`` passes none, so torch picks its default (a loop over the
     parameters on a CPU, ``foreach`` on a GPU); ``foreach`` applies each operation to all
     parameters at once; ``fused`` runs the whole update in one kernel per device and dtype.
     All three compute the same update up to float rounding."""
-    if fused_optimizer == "off":
+    if fused_optimizer == "default":
         return {}
     if fused_optimizer in ("foreach", "fused"):
         return {fused_optimizer: True}
