@@ -150,9 +150,13 @@ def test_learning_curves_show_every_trial_and_the_target(loss_run):
     run = load_run(outcome.run_dir)
     assert not run.higher_is_better and run.target == LOSS_TARGET
     fig = curves_plot(run).figure
-    lines = [t for t in fig.data if t.showlegend is not False]
+    lines = [t for t in fig.data if t.showlegend is not False and t.mode == "lines+markers"]
     with_curve = [r for r in outcome.records if r.curve]
-    assert len(lines) == len(with_curve)
+    assert len(lines) == len(with_curve) >= 3
+    # a trial recorded without its curve (stopped early) is a point at its last evaluation
+    last = [t for t in fig.data if t.name and t.name.startswith("last evaluation only")]
+    without = [r for r in outcome.records if not r.curve and r.last_metric is not None]
+    assert [list(t.y) for t in last] == ([[r.last_metric for r in without]] if without else [])
     for trace, record in zip(lines, with_curve):
         assert list(trace.x) == [p[0] for p in record.curve]
         assert list(trace.y) == [p[1] for p in record.curve]

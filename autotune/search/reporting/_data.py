@@ -142,7 +142,13 @@ def describe_recipe(recipe: dict[str, Any] | None) -> str:
     try:
         return Recipe.from_dict(recipe).describe()
     except Exception:  # noqa: BLE001 - a record of another version still shows
-        return " ".join(f"{k}={v}" for k, v in recipe.items())
+        default = Recipe().to_dict()
+        return " ".join(f"{k}={v}" for k, v in recipe.items()
+                        if k in _MAIN_KNOBS or default.get(k, v) != v or k not in default)
+
+
+_MAIN_KNOBS = ("precision", "batch_size", "optimizer", "lr")
+"""Knobs a recipe's short form always shows (``Recipe.describe``)."""
 
 
 def stamp(when: float | None) -> str:

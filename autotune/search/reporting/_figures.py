@@ -134,14 +134,27 @@ def curves_plot(run: RunData) -> Plot:
     caption = (f"Validation {run.metric} against training seconds (evaluation not counted) for "
                f"every trial; the target is {run.target_text()}. Solid: reached the target "
                "(a star at its time-to-target); dotted grey: stopped early or out of time; "
-               "red dashed: failed. Confirmation runs are listed in the legend, hidden until "
-               "clicked.")
+               "red dashed: failed. A trial recorded without its curve (stopped early) is a "
+               "point at its last evaluation. Confirmation runs are listed in the legend, "
+               "hidden until clicked.")
     with_curve = [r for r in run.records if r.curve]
-    if not with_curve:
+    last_only = [r for r in run.records if not r.curve and r.last_metric is not None
+                 and r.train_seconds is not None]
+    if not with_curve and not last_only:
         return Plot("curves", title, caption, note="No trial has evaluated yet.")
     import plotly.graph_objects as go  # heavy optional import (see the module docstring)
 
     fig = _figure("training seconds", run.metric)
+    if last_only:
+        # A trial stopped early is recorded from its last intermediate report, which leaves
+        # the curve out (search._trainable.ThrottledReport): its last evaluation is a point.
+        fig.add_trace(go.Scatter(
+            x=[r.train_seconds for r in last_only], y=[r.last_metric for r in last_only],
+            mode="markers", name=f"last evaluation only ({len(last_only)})",
+            marker={"size": 9, "symbol": ["x" if _failed(r) else "circle-open" for r in
+                                          last_only],
+                    "color": [FAILED_COLOR if _failed(r) else NO_TTA_COLOR for r in last_only]},
+            hovertext=[_hover(r) for r in last_only], hoverinfo="text+x+y"))
     for index, r in enumerate(with_curve):
         xs, ys = [p[0] for p in r.curve or []], [p[1] for p in r.curve or []]
         if _failed(r):
@@ -200,19 +213,21 @@ def memory_plot(run: RunData) -> Plot:
     recipes without a time-to-target in a band above, the memory gate's refusals at their
     predicted peak."""
     title = "Time-to-target against peak memory"
-    caption = ("One point per recipe: measured peak memory of its trial, and its time-to-target "
-               "(the median over seeds where confirmed). Recipes that did not reach the target "
-               "sit in the band at the top; recipes the memory gate refused (never launched) "
-               "are drawn at their predicted peak. The line through the fastest recipes for "
-               "their memory is the Pareto front.")
+    caption = ("One point per recipe: the measured peak memory of its trial, and its "
+               "time-to-target (the median over seeds where confirmed). Recipes that did not "
+               "reach the target sit in the band at the top; recipes the memory gate refused "
+               "(never launched) are drawn at their predicted peak. The line through the "
+               "fastest recipes for their memory is the Pareto front; the red line is the "
+               "budget.")
     pool = [(c, _peak(c.record)) for c in run.candidates]
     pool = [(c, peak) for c, peak in pool if peak is not None]
     if not pool:
         return Plot("memory", title, caption, note="No trial has measured its memory yet.")
     import plotly.graph_objects as go  # heavy optional import (see the module docstring)
 
-    peaks = [peak for _, peak in pool] + ([run.budget_bytes] if run.budget_bytes else [])
-    scale, unit = _memory_unit(peaks)
+    largest = max(peak for _, peak in pool)
+    budget = run.budget_bytes if run.budget_bytes and run.budget_bytes <= 4 * largest else None
+    scale, unit = _memory_unit([largest, budget or 0])
     reached = [(c, peak) for c, peak in pool if c.tta_seconds is not None]
     top = max([c.tta_seconds or 0.0 for c, _ in reached], default=1.0) * 1.25 or 1.0
     fig = _figure(f"peak memory ({unit})", "time-to-target (s)")
@@ -246,10 +261,16 @@ def memory_plot(run: RunData) -> Plot:
     if no_tta:
         fig.add_hline(y=top, line={"color": NO_TTA_COLOR, "dash": "dot", "width": 1},
                       annotation_text="no time-to-target", annotation_position="bottom left")
-    if run.budget_bytes:
-        fig.add_vline(x=run.budget_bytes / scale, line={"color": "#d62728", "width": 2},
-                      annotation_text=f"budget {format_bytes(run.budget_bytes)}",
+    if budget:
+        fig.add_vline(x=budget / scale, line={"color": "#d62728", "width": 2},
+                      annotation_text=f"budget {format_bytes(budget)}",
                       annotation_position="top left")
+    elif run.budget_bytes:  # far off to the right: drawing it would squash every point
+        fig.add_annotation(
+            text=f"budget {format_bytes(run.budget_bytes)} →<br>"
+                 f"({run.budget_bytes / largest:,.0f}x the largest peak: off the chart)",
+            xref="paper", yref="paper", x=1.0, y=0.5, xanchor="right", showarrow=False,
+            font={"color": "#d62728"})
     fig.update_yaxes(rangemode="tozero")
     fig.update_xaxes(rangemode="tozero")
     return Plot("memory", title, caption, fig)
