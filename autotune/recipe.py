@@ -237,8 +237,13 @@ def _coerce(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if ok:
             out[key] = converted
         else:
+            hint = ""
+            if types[key] is str and isinstance(value, bool):
+                hint = (" (YAML 1.1 reads a bare off/on/yes/no as a boolean: quote the value"
+                        + (", or write default" if key == "fused_optimizer" else "") + ")")
             problems.append(
                 f"{key}: expected {types[key].__name__}, got {value!r} ({type(value).__name__})"
+                + hint
             )
     return out, problems
 

@@ -236,3 +236,11 @@ def test_gpu_tf32_channels_last_and_fused_optimizer_act_on_cuda():
     run.step([[t.to(dev) for t in _conv_batch()]], _loss)
     assert model.seen[-1] is True
     assert all((p.detach() - q).abs().max() > 0 for p, q in zip(model.parameters(), before))
+
+
+def test_a_bare_off_for_fused_optimizer_says_how_to_write_it():
+    from autotune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="write default"):
+        Recipe.from_yaml("fused_optimizer: off\n")
+    assert Recipe.from_yaml("fused_optimizer: default\n").fused_optimizer == "default"

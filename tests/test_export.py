@@ -442,6 +442,17 @@ def _torchrun_args(command: str) -> tuple[Any, list[str]]:
     return get_args_parser().parse_args(argv[1:]), argv
 
 
+def test_torchrun_comment_names_what_the_script_must_apply_of_the_new_knobs():
+    plain = torchrun_command(Recipe())
+    assert "clipped" not in plain and "TF32" not in plain
+    text = torchrun_command(Recipe(grad_clip=1.0, fused_optimizer="fused", tf32=True,
+                                   channels_last=True, parallelism="ddp", workers=2))
+    comment = text.splitlines()[0]
+    for part in ("gradient norm clipped at 1", "fused optimizer", "TF32 matmuls",
+                 "channels_last"):
+        assert part in comment, comment
+
+
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp", "zero3"])
 def test_torchrun_command_parses_with_torchruns_parser(parallelism):
     r = Recipe(parallelism=parallelism, workers=4, precision="bf16", accumulation_steps=2)
