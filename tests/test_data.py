@@ -232,3 +232,17 @@ def test_a_task_mixing_tensors_and_a_dataset_is_refused():
         Task(name="x", build_model=base.build_model, train=base.train,
              validation=base.validation, loss=base.loss, predict=None, evaluate=base.evaluate,
              target=1.0, collate=lambda s: s)
+
+
+@pytest.mark.distributed
+def test_a_dataset_task_trains_exactly_as_its_tensors_under_ddp():
+    # Each worker reads its share through its own DataLoader, with a loader worker of its own
+    # (so a trial's worker processes may have children).
+    from autotune.tasks import load_task
+
+    recipe = Recipe(batch_size=16, lr=1e-2, parallelism="ddp", workers=2, dataloader_workers=1)
+    a = _train(load_task("tests.toy_task:make_loss_task"), recipe, steps=20)
+    b = _train(load_task("tests.toy_task:make_dataset_task"), recipe, steps=20)
+    assert a.status == b.status == "not_reached", (a.message, b.message)
+    assert b.last_metric == pytest.approx(a.last_metric, rel=1e-6, abs=1e-7)
+    assert b.loader_start_seconds > 0

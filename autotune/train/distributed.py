@@ -61,17 +61,23 @@ def run_workers(task: Task, recipe: Recipe, limits: TrialLimits, report: ReportF
             target=_worker,
             args=(rank, recipe.workers, port, task.load_spec, recipe.to_dict(),
                   dataclasses.asdict(limits), dev.type, threads, channel),
-            daemon=True,
+            # Not daemonic, so that a worker may start DataLoader workers of its own (a
+            # daemonic process may not have children); the finally below stops them instead.
+            daemon=False,
         )
         for rank in range(recipe.workers)
     ]
-    for p in procs:
-        p.start()
-    final = _pump(procs, channel, report)
-    for p in procs:
-        p.join(timeout=WORKER_JOIN_SECONDS)
-        if p.is_alive():
-            p.terminate()
+    try:
+        for p in procs:
+            p.start()
+        final = _pump(procs, channel, report)
+        for p in procs:
+            p.join(timeout=WORKER_JOIN_SECONDS)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=WORKER_JOIN_SECONDS)
     codes = [p.exitcode for p in procs]
     failed = [(r, c) for r, c in enumerate(codes) if c not in (0, None)]
     why = ", ".join(f"worker {r} exited with {_describe_exit(c)}" for r, c in failed)
