@@ -23,3 +23,24 @@ def test_search_from_python_example_finds_a_winner_and_writes_its_files(tmp_path
     assert "winner: trial" in out and "speedup" in out
     assert (tmp_path / "run" / "best_recipe.yaml").exists()
     assert (tmp_path / "run" / "study.journal").exists()
+
+
+def test_review_lm_example_is_a_dataset_task_that_trains_and_gets_the_loader_knobs():
+    from autotune.default_space import default_space
+    from autotune.recipe import Recipe
+    from autotune.tasks import dry_run
+
+    task = load_task("examples.review_lm:make_task")
+    assert task.is_dataset and task.collate is not None and not task.higher_is_better
+    baseline = baseline_recipe(task.default_batch_size, task.default_lr)
+    dry_run(task, baseline.batch_size)
+    space = default_space(baseline, "cpu", bf16_fast=False, source=task.name, dataset=True,
+                          cpus=2)
+    assert space.knob("dataloader_workers").choices == (0, 1, 2)
+    recipe = Recipe(batch_size=16, lr=3e-3, dataloader_workers=1, persistent_workers=True)
+    limits = TrialLimits(max_train_seconds=60, eval_every_seconds=1e9, target=0.1,
+                         higher_is_better=False, max_steps=30)
+    result = run_trial(task, recipe, limits)
+    assert result.status == "not_reached", result.message
+    assert result.curve[0][1] < 4.5  # from ln(256) = 5.5 nats per byte at the start
+    assert result.loader_start_seconds > 0 and result.inactive_knobs == []
