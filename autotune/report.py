@@ -58,8 +58,13 @@ def finished_line(record: TrialRecord, total: int, best: Candidate | None,
         else f"{metric} -"
     best_text = f"best {format_duration(best.tta_seconds)} (#{best.record.trial})" if best \
         else "best -"
+    extra = ""
+    if record.loader_start_seconds and record.loader_start_seconds >= 0.05:
+        extra += f"  loader start {format_duration(record.loader_start_seconds)}"
+    if record.inactive_knobs:
+        extra += f"  (no effect: {', '.join(n.split(':')[0] for n in record.inactive_knobs)})"
     return (f"{_counter(record, total)} {record.status:<11} {what}  {metric_text}  "
-            f"peak {format_bytes(record.peak_memory_bytes)}  | {best_text}")
+            f"peak {format_bytes(record.peak_memory_bytes)}{extra}  | {best_text}")
 
 
 def _why(record: TrialRecord) -> str:

@@ -246,3 +246,16 @@ def test_a_dataset_task_trains_exactly_as_its_tensors_under_ddp():
     assert a.status == b.status == "not_reached", (a.message, b.message)
     assert b.last_metric == pytest.approx(a.last_metric, rel=1e-6, abs=1e-7)
     assert b.loader_start_seconds > 0
+
+
+def test_the_progress_line_shows_loader_start_and_inactive_knobs():
+    from autotune.report import finished_line
+    from autotune.results import TrialRecord
+
+    record = TrialRecord(trial=3, status="reached", tta_seconds=4.0, best_metric=0.2,
+                         loader_start_seconds=1.25,
+                         inactive_knobs=["pin_memory: no effect on cpu (...)"])
+    line = finished_line(record, 10, None, "val_loss")
+    assert "loader start 1.2s" in line and "(no effect: pin_memory)" in line
+    plain = finished_line(TrialRecord(trial=3, status="reached", tta_seconds=4.0), 10, None)
+    assert "loader" not in plain and "no effect" not in plain
