@@ -42,6 +42,7 @@ from autotune.search.reporting._figures import (
     history_plot,
     importance_plot,
     memory_plot,
+    winner_plot,
 )
 from autotune.tasks import load_task
 
@@ -143,6 +144,20 @@ def test_trials_csv_has_one_flat_row_per_trial(loss_run):
 
 
 # -- what the plots show ----------------------------------------------------------------------
+
+
+def test_the_winner_against_the_baseline_shows_each_seed_and_the_median(loss_run):
+    outcome, _, _ = loss_run
+    fig = winner_plot(load_run(outcome.run_dir)).figure
+    s = outcome.summary
+    shown = [c for c in (s.best, s.baseline) if c.tta_seconds is not None]
+    if s.baseline.record is s.best.record:
+        shown = shown[:1]
+    bars, *dots = fig.data
+    assert list(bars.y) == pytest.approx([c.tta_seconds for c in shown])
+    assert s.best.confirmed
+    assert [list(d.y) for d in dots] == [[t for t in c.tta_runs if t is not None]
+                                         for c in shown]
 
 
 def test_learning_curves_show_every_trial_and_the_target(loss_run):

@@ -120,6 +120,10 @@ def winner_plot(run: RunData) -> Plot:
     if s.speedup is not None:
         fig.add_annotation(text=f"speedup {s.speedup_text()}", xref="paper", yref="paper",
                            x=0.5, y=1.04, showarrow=False, font={"size": 14})
+    if s.baseline is not None and s.baseline.tta_seconds is None:
+        fig.add_annotation(text=f"baseline #{s.baseline.record.trial}: no time-to-target "
+                                f"({s.baseline.record.status})", xref="paper", yref="paper",
+                           x=1.0, y=0.95, xanchor="right", showarrow=False)
     fig.update_layout(showlegend=False, height=360, bargap=0.5)
     return Plot("winner", title, caption, fig)
 
