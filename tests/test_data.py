@@ -259,3 +259,9 @@ def test_the_progress_line_shows_loader_start_and_inactive_knobs():
     assert "loader start 1.2s" in line and "(no effect: pin_memory)" in line
     plain = finished_line(TrialRecord(trial=3, status="reached", tta_seconds=4.0), 10, None)
     assert "loader" not in plain and "no effect" not in plain
+
+
+def test_a_trial_records_the_device_knobs_that_had_no_effect():
+    # channels_last on a model without convolutions: a recorded no-op (autotune.knobs).
+    result = _train(make_loss_task(), Recipe(channels_last=True), steps=2)
+    assert [n.split(":")[0] for n in result.inactive_knobs] == ["channels_last"]

@@ -140,6 +140,7 @@ def train_in_process(
         model.train()
         batches = make_batches(task, recipe, limits.seed, dev, rank, world)
         prepared = prepare(model, recipe, dev)
+        result.inactive_knobs += prepared.inactive
         result.loader_start_seconds = batches.start()
         result.setup_seconds = time.perf_counter() - setup_start
         _train(task, recipe, limits, prepared, batches, dev, result,
