@@ -287,6 +287,16 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_lost_search(loss_run
     assert f"autotune report {copy}" in warnings[0][1]
 
 
+def test_a_study_optuna_cannot_read_costs_only_its_plot(loss_run, tmp_path):
+    outcome, _, _ = loss_run
+    copy = tmp_path / "run"
+    shutil.copytree(outcome.run_dir, copy, ignore=shutil.ignore_patterns("ray"))
+    (copy / "study.journal").write_text("{not a journal\n")
+    files = write_report(copy)
+    assert files.plots == ("winner", "curves", "memory", "history")
+    assert 'id="plot-importance-note"' in files.html.read_text()
+
+
 # -- the study in Optuna's own tools ------------------------------------------------------------
 
 

@@ -46,9 +46,17 @@ class Plot:
 
 
 def all_plots(run: RunData) -> list[Plot]:
-    """Every plot of the report, in page order."""
-    return [winner_plot(run), curves_plot(run), memory_plot(run), history_plot(run),
-            importance_plot(run)]
+    """Every plot of the report, in page order. A plot that fails to draw (records of an
+    unusual run, a study Optuna cannot evaluate) becomes a note: the rest of the report stays."""
+    plots = []
+    for build in (winner_plot, curves_plot, memory_plot, history_plot, importance_plot):
+        try:
+            plots.append(build(run))
+        except Exception as exc:  # noqa: BLE001 - one plot must not cost the whole report
+            key = build.__name__.removesuffix("_plot")
+            plots.append(Plot(key, key.capitalize(), "",
+                              note=f"This plot could not be drawn: {type(exc).__name__}: {exc}"))
+    return plots
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -357,7 +365,7 @@ def importance_plot(run: RunData, journal: Path | None = None) -> Plot:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fig = optuna.visualization.plot_param_importances(study)
-    except (ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Optuna refuses small studies in several ways
         return Plot("importance", title, caption,
                     note=f"Optuna cannot estimate importances yet: {exc}")
     if not fig.data or not len(fig.data[0].x or ()):
