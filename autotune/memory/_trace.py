@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,7 +158,11 @@ def trace_step(task: Task, recipe: Recipe, weights_dtype: torch.dtype | None = N
     bf16/fp16 modes (autocast alone keeps fp32 weights, whose activations differ)."""
     start = time.perf_counter()
     try:
-        trace = _trace(task, recipe, fake=True, weights_dtype=weights_dtype)
+        with warnings.catch_warnings():
+            # torch's own modules (e.g. nn.TransformerEncoder's fast-path checks) read data
+            # pointers, which fake tensors warn about; harmless for a trace, noise for a user.
+            warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+            trace = _trace(task, recipe, fake=True, weights_dtype=weights_dtype)
     except Exception as exc:  # noqa: BLE001 - any model that needs real values: trace for real
         trace = _trace(task, recipe, fake=False, weights_dtype=weights_dtype)
         note = f"fake tensors failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
