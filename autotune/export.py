@@ -112,6 +112,10 @@ def _launch_summary(recipe: Recipe) -> str:
         extras.append("TF32 matmuls")
     if recipe.channels_last:
         extras.append("channels_last model and inputs")
+    if recipe.compile != "none":
+        extras.append(f"torch.compile mode {recipe.compile}" + (
+            " (DeepSpeed: engine.compile(compile_kwargs={'mode': ...}) after initialize)"
+            if recipe.parallelism in ZERO_MODES else ""))
     return (f"recipe: {precision}, micro-batch {recipe.batch_size} per device, "
             f"{recipe.accumulation_steps} accumulation step"
             f"{'s' if recipe.accumulation_steps != 1 else ''}, {where}: {per_step} examples per "
@@ -144,7 +148,9 @@ def hf_training_arguments(
     has no choice for ``foreach`` or for SGD's implementation (``hf_unsupported``). ``tf32``
     is ``tf32=True``, which HF accepts only on a GPU with TF32 (a CPU export of it raises
     ``UserError``, as the recipe cannot run there); ``False`` leaves torch's defaults, so it
-    sets nothing. ``channels_last`` has no field (``hf_unsupported``).
+    sets nothing. ``channels_last`` has no field (``hf_unsupported``). ``compile`` is
+    ``torch_compile=True`` with ``torch_compile_mode`` (``reduce-overhead`` refused for a CPU,
+    like ``tf32``); ``none`` sets nothing.
 
     Parallelism: ``ddp`` needs nothing but the launch (``torchrun_command``); ``fsdp`` is
     ``fsdp=True`` with FSDP2 full sharding of each transformer layer; a ZeRO recipe needs
@@ -159,6 +165,11 @@ def hf_training_arguments(
             "the recipe has tf32 true, a CUDA GPU matmul mode that a CPU does not have (and "
             "TrainingArguments(tf32=True) refuses without a GPU). Export for a GPU "
             "(--device cuda), or set tf32 to false in the recipe."
+        )
+    if recipe.compile == "reduce-overhead" and device_type == "cpu":
+        raise UserError(
+            "the recipe has compile reduce-overhead, which captures CUDA graphs, and a CPU has "
+            "none. Export for a GPU (--device cuda), or set compile to default in the recipe."
         )
     zero = recipe.parallelism in ZERO_MODES
     if zero and not deepspeed_config_path:
@@ -185,6 +196,9 @@ def hf_training_arguments(
     }
     if recipe.tf32:
         kwargs["tf32"] = True
+    if recipe.compile != "none":
+        kwargs["torch_compile"] = True
+        kwargs["torch_compile_mode"] = recipe.compile
     if recipe.optimizer == "sgd":
         kwargs["optim_args"] = f"momentum={recipe.momentum}"
     if recipe.checkpointing:
@@ -294,6 +308,8 @@ _HF_COMMENTS = {
     "max_grad_norm": "the recipe's grad_clip: the global gradient norm is clipped to it once per "
                      "optimizer step (0: no clipping, where HF's default clips at 1.0)",
     "tf32": "TF32 matmuls on the GPU (Ampere and newer)",
+    "torch_compile": "torch.compile the model; the compile runs in the first steps, once per run",
+    "torch_compile_mode": "the recipe's compile mode",
     "lr_scheduler_type": "the recipe's schedule (see lr_scheduler_kwargs)",
     "warmup_steps": "optimizer steps of linear warmup to the peak learning rate",
     "lr_scheduler_kwargs": "decay to 10% of the peak at the recipe's decay_steps, held after "

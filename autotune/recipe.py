@@ -26,6 +26,9 @@ ZERO_MODES = ("zero1", "zero2", "zero3")
 OPTIMIZER_IMPLEMENTATIONS = ("default", "foreach", "fused")
 """Values of ``fused_optimizer``. ``default`` rather than ``off``: YAML 1.1 reads a bare ``off``
 as false, and torch's default is itself ``foreach`` on a GPU."""
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+"""Values of ``compile``: ``none`` (eager) or a ``torch.compile`` mode. ``none`` rather than
+``off``: YAML 1.1 reads a bare ``off`` as false. ``reduce-overhead`` (CUDA graphs) needs a GPU."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,12 @@ class Recipe:
     a CPU, ``foreach`` on a GPU), ``foreach`` (each operation over all parameters at once) or
     ``fused`` (the whole update in one kernel). The same update with fewer passes over memory;
     no effect on DeepSpeed's own CPU Adam (ZeRO offload)."""
+    compile: str = "none"
+    """``torch.compile`` the model: ``none`` (eager), or a mode: ``default``,
+    ``max-autotune-no-cudagraphs`` (longer compile, benchmarked kernel choices) or
+    ``reduce-overhead`` (CUDA graphs; GPUs only). The compilation runs in the first optimizer
+    steps and is on the training clock: a trial's time-to-target includes it, as a user's run
+    pays it (``compile_seconds`` records it apart)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -211,6 +220,7 @@ _SHORT = {
     "tf32": "tf32",
     "channels_last": "nhwc",
     "fused_optimizer": "optimpl",
+    "compile": "compile",
 }
 
 
@@ -239,13 +249,18 @@ def _coerce(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         else:
             hint = ""
             if types[key] is str and isinstance(value, bool):
-                hint = (" (YAML 1.1 reads a bare off/on/yes/no as a boolean: quote the value"
-                        + (", or write default" if key == "fused_optimizer" else "") + ")")
+                hint = (" (YAML 1.1 reads a bare off/on/yes/no as a boolean: "
+                        + _BOOLEAN_HINTS.get(key, "quote the value") + ")")
             problems.append(
                 f"{key}: expected {types[key].__name__}, got {value!r} ({type(value).__name__})"
                 + hint
             )
     return out, problems
+
+
+_BOOLEAN_HINTS = {"fused_optimizer": "quote the value, or write default",
+                  "compile": "write none for no compilation (quoting off does not help)"}
+"""What to write instead of a bare ``off`` for the str knobs whose plain value is another word."""
 
 
 def coerce_value(kind: type, value: Any) -> tuple[bool, Any]:
@@ -290,6 +305,7 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
     choice("schedule", SCHEDULES)
     choice("parallelism", PARALLELISMS)
     choice("fused_optimizer", OPTIMIZER_IMPLEMENTATIONS)
+    choice("compile", COMPILE_MODES)
     for key in ("batch_size", "accumulation_steps", "workers", "decay_steps"):
         if has(key) and r[key] < 1:
             p.append(f"{key}: must be >= 1; got {r[key]!r}")

@@ -49,7 +49,8 @@ def confirming_line(info: dict[str, Any]) -> str:
 
 def finished_line(record: TrialRecord, total: int, best: Candidate | None,
                   metric: str = "acc") -> str:
-    """One line per finished trial: state, TTA (or why none), metric, peak memory, best so far."""
+    """One line per finished trial: state, TTA (or why none), metric, peak memory, best so far;
+    then what it paid once: compiling (part of its TTA), the loader's start (not part)."""
     if record.status == objective.REACHED:
         what = f"TTA {format_duration(record.tta_seconds):>7}"
     else:
@@ -59,6 +60,8 @@ def finished_line(record: TrialRecord, total: int, best: Candidate | None,
     best_text = f"best {format_duration(best.tta_seconds)} (#{best.record.trial})" if best \
         else "best -"
     extra = ""
+    if record.compile_seconds:  # part of the TTA: the clock runs while torch compiles
+        extra += f"  compile {format_duration(record.compile_seconds)}"
     if record.loader_start_seconds and record.loader_start_seconds >= 0.05:
         extra += f"  loader start {format_duration(record.loader_start_seconds)}"
     if record.inactive_knobs:

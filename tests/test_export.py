@@ -29,6 +29,7 @@ from autotune.export import (
     deepspeed_config,
     hf_training_arguments,
     hf_unsupported,
+    hf_yaml,
     torchrun_command,
 )
 from autotune.knobs import lr_factor
@@ -333,6 +334,7 @@ HF_CASES = [
     Recipe(grad_clip=1.0, fused_optimizer="fused"),
     Recipe(optimizer="sgd", grad_clip=0.5, precision="bf16", parallelism="zero1",
            fused_optimizer="fused"),
+    Recipe(compile="max-autotune-no-cudagraphs"),
 ]
 
 
@@ -357,6 +359,8 @@ def test_hf_arguments_build_the_trainers_optimizer_and_schedule(recipe, tmp_path
     assert args.gradient_checkpointing == recipe.checkpointing
     assert args.bf16 == (recipe.precision == "bf16")
     assert args.max_grad_norm == recipe.grad_clip
+    assert args.torch_compile == (recipe.compile != "none")
+    assert args.torch_compile_mode == (None if recipe.compile == "none" else recipe.compile)
     assert bool(args.fsdp) == (recipe.parallelism == "fsdp")
     assert args.dataloader_num_workers == recipe.dataloader_workers
     assert kwargs["dataloader_pin_memory"] == recipe.pin_memory  # HF turns it off with use_cpu
@@ -424,6 +428,18 @@ def test_hf_new_knobs_and_what_it_cannot_express_of_them():
     assert note.startswith("channels_last") and "memory_format=torch.channels_last" in note
 
 
+def test_hf_compile_is_torch_compile_with_the_mode_and_refuses_cuda_graphs_on_a_cpu():
+    assert "torch_compile" not in hf_training_arguments(Recipe())
+    kwargs = hf_training_arguments(Recipe(compile="reduce-overhead"))
+    assert kwargs["torch_compile"] is True and kwargs["torch_compile_mode"] == "reduce-overhead"
+    with pytest.raises(UserError, match="CUDA graphs"):
+        hf_training_arguments(Recipe(compile="reduce-overhead"), device_type="cpu")
+    assert hf_unsupported(Recipe(compile="default")) == []
+    text = hf_yaml(hf_training_arguments(Recipe(compile="default")), Recipe(compile="default"),
+                   [], "best_recipe.yaml")
+    assert "# torch.compile the model" in text and "torch_compile_mode: default" in text
+
+
 def test_hf_zero_recipe_needs_a_deepspeed_config():
     with pytest.raises(UserError, match="DeepSpeed config"):
         hf_training_arguments(Recipe(parallelism="zero1"))
@@ -451,6 +467,11 @@ def test_torchrun_comment_names_what_the_script_must_apply_of_the_new_knobs():
     for part in ("gradient norm clipped at 1", "fused optimizer", "TF32 matmuls",
                  "channels_last"):
         assert part in comment, comment
+    assert "compile" not in comment
+    comment = torchrun_command(Recipe(compile="default")).splitlines()[0]
+    assert "torch.compile mode default" in comment and "engine.compile" not in comment
+    comment = torchrun_command(Recipe(compile="default", parallelism="zero2", workers=2))
+    assert "engine.compile(compile_kwargs={'mode': ...})" in comment.splitlines()[0]
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp", "zero3"])

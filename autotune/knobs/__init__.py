@@ -5,7 +5,9 @@
   ``build_scheduler``, ``lr_factor``), pruning (``prune_by_magnitude``, ``apply_masks``,
   ``sparsity``), activation checkpointing (``apply_checkpointing``), gradient clipping
   (``clip_gradients``), TF32 and channels-last (``set_tf32``, ``to_channels_last``,
-  ``channels_last_batch``), and the knobs that cannot act in a run (``inactive_knobs``);
+  ``channels_last_batch``), ``torch.compile`` (``compile_model``; ``compile_seconds`` measures
+  what it cost, ``eager`` evaluates without compiling), and the knobs that cannot act in a
+  run (``inactive_knobs``);
 - THE training step (``optimizer_step``, module ``step``), which trials, ``autotune.configure``
   and the memory estimator's trace all run; a NaN/inf loss raises ``Diverged``;
 - what both sides need to know about a recipe (module ``modes``): whether a device can run it
@@ -17,6 +19,7 @@ torch; never training, memory, search or CLI code.
 
 from autotune.knobs.checkpointing import apply_checkpointing
 from autotune.knobs.clipping import clip_gradients
+from autotune.knobs.compiler import compile_model, compile_seconds, eager, use_compile_cache
 from autotune.knobs.device import (
     channels_last_batch,
     inactive_knobs,
@@ -62,7 +65,10 @@ __all__ = [
     "build_scheduler",
     "channels_last_batch",
     "clip_gradients",
+    "compile_model",
+    "compile_seconds",
     "deepspeed_config",
+    "eager",
     "implementation_kwargs",
     "inactive_knobs",
     "loss_value",
@@ -78,6 +84,7 @@ __all__ = [
     "tf32_enabled",
     "to_channels_last",
     "unsupported_reason",
+    "use_compile_cache",
     "weight_bytes",
     "zero_config",
 ]

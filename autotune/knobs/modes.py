@@ -35,6 +35,9 @@ def unsupported_reason(recipe: Recipe, device_type: str) -> str | None:
                 "parameters; use fused_optimizer foreach or off, or a fused Adam/AdamW")
     if recipe.tf32 and device_type == "cpu":
         return "TF32 is a CUDA GPU matmul mode (Ampere and newer); a CPU has none (set tf32 false)"
+    if recipe.compile == "reduce-overhead" and device_type == "cpu":
+        return ("compile reduce-overhead captures CUDA graphs, which a CPU does not have; use "
+                "compile default or max-autotune-no-cudagraphs (or none)")
     return None
 
 
@@ -89,8 +92,11 @@ def deepspeed_config(
     (0: none), written even at 0 because DeepSpeed's default clips at 1.0; DeepSpeed clips the
     global norm of the averaged, unscaled gradient itself.
     ``tf32`` and ``channels_last`` have no DeepSpeed key: the training script applies them
-    (``autotune.export.torchrun_command``'s comment line names them). Raises ``UserError`` for
-    a recipe that is not a ZeRO one.
+    (``autotune.export.torchrun_command``'s comment line names them). Nor has ``compile``:
+    DeepSpeed 0.19's ``compile`` section configures DeepCompile (its own graph passes), not
+    a ``torch.compile`` mode, so the script calls ``engine.compile(compile_kwargs={"mode":
+    ...})`` after ``deepspeed.initialize``, as a trial does (the comment line says so).
+    Raises ``UserError`` for a recipe that is not a ZeRO one.
     """
     _check_device(device_type)
     if recipe.parallelism not in ZERO_MODES:

@@ -75,6 +75,7 @@ class TrialRecord:
     eval_seconds: float | None = None
     setup_seconds: float | None = None
     loader_start_seconds: float | None = None
+    compile_seconds: float | None = None
     inactive_knobs: list[str] | None = None
     steps: int | None = None
     examples: int | None = None

@@ -11,7 +11,10 @@ The time-to-target clock counts training only: forward, backward and optimizer s
 including taking each batch (slicing tensors, or waiting for a DataLoader: what its knobs
 change; ``autotune.train.data``). It is paused for evaluations (which are measured separately)
 and does not include model building, moving tensor data to the device, or starting the
-DataLoader's workers (``loader_start_seconds``). On a GPU the clock synchronises the device
+DataLoader's workers (``loader_start_seconds``). It does include compiling (``compile``):
+torch compiles in the first steps (and recompiles where a shape changes), which a user's run
+pays too; ``compile_seconds`` records that part apart, by torch's own count. Evaluations run a
+compiled model eagerly, so they never compile. On a GPU the clock synchronises the device
 before each reading.
 
 Memory (``autotune.memory``): every trial records the predicted peak per device beside the
@@ -38,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from autotune import objective
-from autotune.knobs import Diverged, autocast_context, unsupported_reason
+from autotune.knobs import Diverged, autocast_context, compile_seconds, eager, unsupported_reason
 from autotune.memory import (
     TensorTracker,
     cap_device_memory,
@@ -204,7 +207,10 @@ def _train(
     clock.start()
     while True:
         micro = [batches.next() for _ in range(recipe.accumulation_steps)]
+        compiling_since = compile_seconds() if prepared.compiled else 0.0
         loss = prepared.step(task, micro, strict=world == 1)
+        if prepared.compiled:  # on the clock too: time-to-target includes compiling
+            result.compile_seconds += max(0.0, compile_seconds() - compiling_since)
         result.steps += 1
         result.examples += examples_per_step
         elapsed = clock.pause()
@@ -222,7 +228,7 @@ def _train(
             # DeepSpeed's bf16/fp16 hold 16-bit weights, so float inputs need autocast there too.
             ctx = autocast_context(recipe.precision, dev.type) if prepared.engine \
                 else contextlib.nullcontext()
-            with ctx:
+            with ctx, eager():  # a compiled model evaluates eagerly: no compile off the clock
                 metric = evaluate_metric(task, prepared.model, dev)
             result.eval_seconds += time.perf_counter() - eval_start
             result.train_seconds = elapsed
@@ -335,7 +341,9 @@ def measure_step_memory(
     batch = move_batch(largest_batch(task, recipe.batch_size), dev)
     with TensorTracker(model) as tracker:
         tracker.phase("prepare")
-        prepared = prepare(model, recipe, dev)
+        # Eager, as the memory prediction traces it: compiling here would run torch.compile
+        # inside the tracker, off the clock, and warm the run's compile up front.
+        prepared = prepare(model, recipe.replace(compile="none"), dev)
         for i in range(steps):
             tracker.phase(f"step{i + 1}")
             prepared.step(task, [batch] * recipe.accumulation_steps, strict=False)

@@ -47,6 +47,7 @@ from autotune.knobs import (
     build_optimizer,
     build_scheduler,
     channels_last_batch,
+    compile_model,
     inactive_knobs,
     loss_value,
     make_grad_scaler,
@@ -55,6 +56,7 @@ from autotune.knobs import (
     prune_by_magnitude,
     set_tf32,
     to_channels_last,
+    use_compile_cache,
     zero_config,
 )
 from autotune.recipe import ZERO_MODES, Recipe
@@ -98,6 +100,8 @@ class Prepared:
     inactive: list[str] = field(default_factory=list)
     """The recipe's knobs that cannot act in this run, ``knob: why`` each
     (``autotune.knobs.inactive_knobs``): a trial records them."""
+    compiled: bool = False
+    """Whether the model was compiled (the recipe's ``compile``): its first steps compile."""
     grad_norm: torch.Tensor | None = None
     """The global gradient norm before clipping at the last optimizer step, with ``grad_clip``
     > 0 (None before the first step or without clipping). A tensor, left on the device: read
@@ -171,8 +175,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     """Configure ``model`` (already seeded and built, on the CPU or device) for the recipe:
     TF32 for the process, the memory format, activation checkpointing and pruning first (on
-    the plain model), then the parallel mode and the optimizer (in the recipe's
-    implementation, ``fused_optimizer``)."""
+    the plain model), then the parallel mode, ``torch.compile`` (``compile``) and the
+    optimizer (in the recipe's implementation, ``fused_optimizer``).
+
+    Compiling is in place (``autotune.knobs.compile_model``), where torch advises for each
+    mode: ``single`` and ``ddp`` compile the plain model (DDP's forward calls it, and dynamo,
+    seeing DDP's forward active, splits the graph at DDP's gradient buckets so all-reduces
+    still overlap the backward pass: ``torch._dynamo.config.optimize_ddp``); ``fsdp`` compiles
+    the root after ``fully_shard``; ZeRO modes compile DeepSpeed's engine
+    (``engine.compile``). Nothing is compiled here: torch compiles at the first forward pass.
+    """
     set_tf32(recipe.tf32)
     model = model.to(device)
     inactive = inactive_knobs(recipe, model, device)
@@ -184,8 +196,10 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     if mode in ZERO_MODES:
         prepared = _prepare_zero(model, recipe, device, masks)
         prepared.channels_last, prepared.inactive = channels_last, inactive
+        prepared.compiled = _compile_engine(prepared.engine, recipe.compile)
         return prepared
     if mode == "ddp":
+        compiled = compile_model(model, recipe.compile)  # the plain model, DDP's to call
         ids = [device.index] if device.type == "cuda" and device.index is not None else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     elif mode == "fsdp":
@@ -193,13 +207,30 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
         by_name = {names[id(p)]: m for p, m in masks.items()}
         model = _fully_shard(model)
         masks = _shard_masks(model, by_name)
+        compiled = compile_model(model, recipe.compile)  # the root, after fully_shard
+    else:
+        compiled = compile_model(model, recipe.compile)
     optimizer = build_optimizer(model.parameters(), recipe)
     return Prepared(
         model=model, recipe=recipe, device=device, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, recipe),
         scaler=make_grad_scaler(recipe.precision, device.type), masks=masks,
-        channels_last=channels_last, inactive=inactive,
+        channels_last=channels_last, inactive=inactive, compiled=compiled,
     )
+
+
+def _compile_engine(engine: Any, mode: str) -> bool:
+    """Compile a DeepSpeed engine's module in place (``engine.compile``, DeepSpeed 0.14 on);
+    ``none`` leaves it eager. Returns whether it compiled."""
+    if mode == "none":
+        return False
+    if not hasattr(engine, "compile"):
+        raise RuntimeError(
+            f"compile {mode!r} with ZeRO needs DeepSpeed's engine.compile (DeepSpeed 0.14 or "
+            "newer); this DeepSpeed has none: upgrade it, or use compile none with ZeRO")
+    use_compile_cache()
+    engine.compile(compile_kwargs={"mode": mode})
+    return True
 
 
 def _fully_shard(model: nn.Module) -> nn.Module:

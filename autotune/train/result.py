@@ -82,6 +82,10 @@ class TrialResult:
     loader_start_seconds: float = 0.0
     """Part of the setup: starting a Dataset task's DataLoader (its worker processes) and
     taking its first batch; 0 for tensor data."""
+    compile_seconds: float = 0.0
+    """Part of the training clock (so of the time-to-target): seconds the steps spent in
+    ``torch.compile`` (its first steps, and any recompile, e.g. for a padded batch of a new
+    length), by torch's own count; 0 with ``compile`` none."""
     inactive_knobs: list[str] = field(default_factory=list)
     """Knobs of the recipe that could not act in this trial, each with why (e.g. pin_memory
     without a GPU, DataLoader knobs for tensor data)."""
