@@ -3,17 +3,18 @@
 Two entry points:
 
 - ``configure(recipe, model)`` for a hand-written training loop: it prepares the model as a
-  trial does (``autotune.train.parallel.prepare``: to the device, checkpointing, pruning, the
-  optimizer, learning-rate scheduler and, for fp16, the grad scaler, from the knob functions
-  of ``autotune.knobs``); ``Configured.step`` runs one optimizer step through
-  ``autotune.knobs.optimizer_step``, the step a trial takes::
+  trial does (``autotune.train.parallel.prepare``: to the device, checkpointing, pruning,
+  ``torch.compile``, the optimizer, learning-rate scheduler and, for fp16, the grad scaler,
+  from the knob functions of ``autotune.knobs``); ``Configured.step`` runs one optimizer step
+  through ``autotune.knobs.optimizer_step``, the step a trial takes::
 
       recipe = autotune.Recipe.load("best_recipe.yaml")
       run = autotune.configure(recipe, model)
       for batch in loader:  # batches of run.batch_size * run.accumulation_steps examples
           loss = run.step(run.split(batch), loss_fn)  # loss_fn(model, micro_batch) -> tensor
 
-- ``fit(recipe, task)`` trains a ``Task`` through ``run_trial``, the code path of a trial.
+- ``fit(recipe, task)`` trains a ``Task`` through ``run_trial``, the code path of a trial
+  (its ``TrialResult.compile_seconds`` says how much of the training time was compiling).
 
 Multi-worker recipes (``parallelism`` other than ``single``) are not applied here yet.
 """
@@ -54,7 +55,10 @@ class Configured:
     recipe: Recipe
     """The recipe that was applied."""
     model: nn.Module
-    """The model, moved to ``device`` and pruned (the same object that was passed in)."""
+    """The model, moved to ``device`` and pruned (the same object that was passed in, with
+    the same ``state_dict`` keys). With ``compile`` its ``forward`` is compiled in place: the
+    first ``step`` compiles (seconds to minutes, once); wrap evaluations in
+    ``autotune.knobs.eager()`` to run them without compiling, as a trial does."""
     optimizer: torch.optim.Optimizer
     """The recipe's optimizer (``autotune.knobs.build_optimizer``) over all of the model's
     parameters."""
@@ -140,10 +144,11 @@ def configure(
     Moves ``model`` to ``device`` (default: a GPU if there is one, else the CPU) in training
     mode, sets TF32 for this process (``tf32``), puts convolution weights in channels-last
     order (``channels_last``), turns on activation checkpointing (``checkpointing``), prunes
-    it in place (``prune_ratio``), and builds the optimizer over its parameters (in the
-    ``fused_optimizer`` implementation), the learning-rate scheduler and, for fp16, the grad
-    scaler. Raises ``UserError`` for a multi-worker recipe, or one the device cannot run
-    (``tf32`` on a CPU).
+    it in place (``prune_ratio``), compiles its forward in place (``compile``, with the
+    inductor cache a search's trials share), and builds the optimizer over its parameters (in
+    the ``fused_optimizer`` implementation), the learning-rate scheduler and, for fp16, the
+    grad scaler. Raises ``UserError`` for a multi-worker recipe, or one the device cannot run
+    (``tf32``, or ``compile`` reduce-overhead, on a CPU).
     """
     _require_single(recipe)
     dev = pick_device(str(device) if device is not None else None)
