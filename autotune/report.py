@@ -12,6 +12,7 @@ from autotune import objective
 from autotune.recipe import Recipe
 from autotune.results import TrialRecord
 from autotune.search import SearchOutcome, SearchPlan
+from autotune.search.progress import Snapshot
 from autotune.search.winner import Candidate, candidates
 from autotune.units import format_bytes, format_duration
 
@@ -68,6 +69,40 @@ def finished_line(record: TrialRecord, total: int, best: Candidate | None,
         extra += f"  (no effect: {', '.join(n.split(':')[0] for n in record.inactive_knobs)})"
     return (f"{_counter(record, total)} {record.status:<11} {what}  {metric_text}  "
             f"peak {format_bytes(record.peak_memory_bytes)}{extra}  | {best_text}")
+
+
+def status_line(snap: Snapshot, metric: str = "acc") -> str:
+    """The live status of a search, one line: trials done of the total (and confirmation runs),
+    time used of the budget and left, an estimate of the end, the best so far, and each
+    running trial's training seconds of its limit and latest metric."""
+    counter = f"[{snap.done}/{snap.total} done"
+    if snap.confirming is not None:
+        counter += f", confirming {snap.confirmed}/{snap.confirming}"
+    parts = [counter + "]"]
+    clock = format_duration(snap.elapsed_s)
+    if snap.time_budget_s is not None:
+        clock += f" of {format_duration(snap.time_budget_s)} ({format_duration(snap.remaining_s)}" \
+                 " left)"
+    parts.append(clock)
+    parts.append(f"ETA ~{format_duration(snap.eta_s)}" if snap.eta_s is not None else "ETA ?")
+    line = ", ".join(parts)
+    best = snap.best
+    line += f" | best {format_duration(best.tta_seconds)} (#{best.record.trial})" if best \
+        else " | best -"
+    running = []
+    for record, progress in snap.running:
+        name = f"#{record.rerun_of} seed {record.seed}" if record.rerun_of is not None \
+            else f"#{record.trial}"
+        if progress is None:
+            running.append(f"{name} starting")
+            continue
+        value = f" {metric} {progress.last_metric:.3f}" \
+            if isinstance(progress.last_metric, float) else ""
+        running.append(f"{name} {progress.train_seconds:.1f}/"
+                       f"{format_duration(progress.max_train_seconds)}{value}")
+    if running:
+        line += " | running " + "; ".join(running)
+    return line
 
 
 def _why(record: TrialRecord) -> str:

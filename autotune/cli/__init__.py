@@ -3,9 +3,11 @@
 ``autotune search`` (``_search``) and the tools around it, ``train``, ``export`` and
 ``estimate`` (``_tools``) and ``report`` (``_report``), each parse flags, call the Python API
 (``autotune.search``, ``autotune.train``, ``autotune.export``, ``autotune.estimate``,
-``autotune.search.reporting``) and render its result. A user
-mistake (``UserError``) prints one paragraph and exits with code 2; Ctrl-C exits 130 after
-saying where the results measured so far are.
+``autotune.search.reporting``) and render its result. Exit codes
+(``autotune.cli._exit``): 0 done (a winner found); a user mistake (``UserError``, or a flag
+argparse refuses) prints one paragraph and exits with 2; a search or training run in which
+nothing reached the target exits with 3; Ctrl-C exits 130 after saying where the results
+measured so far are.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import sys
 from collections.abc import Sequence
 
 from autotune import __version__
+from autotune.cli._exit import EXIT_INTERRUPTED, EXIT_NO_WINNER, EXIT_USER_ERROR
 from autotune.cli._report import add_report
 from autotune.cli._search import add_search
 from autotune.cli._tools import add_estimate, add_export, add_train
 from autotune.errors import UserError
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_INTERRUPTED", "EXIT_NO_WINNER", "EXIT_USER_ERROR", "build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

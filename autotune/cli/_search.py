@@ -1,4 +1,6 @@
-"""``autotune search``: flags to a ``SearchRequest``, the search's events to progress lines."""
+"""``autotune search``: flags to a ``SearchRequest``, the search's events to progress lines and
+a live status line (``autotune.cli._progress``), the outcome to an exit code
+(``autotune.cli._exit``)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import argparse
 import sys
 from typing import Any
 
+from autotune.cli._exit import EXIT_INTERRUPTED, EXIT_NO_WINNER, EXIT_OK
+from autotune.cli._progress import StatusDisplay, pick_mode
 from autotune.cli._tools import add_task_args, task_options
 from autotune.errors import ConfigError, UserError
 from autotune.recipe import BASELINE_NOTE
@@ -16,6 +20,7 @@ from autotune.report import (
     plan_lines,
     resumed_line,
     started_line,
+    status_line,
     verdict_lines,
 )
 from autotune.results import TRIALS_FILE, TrialRecord
@@ -27,10 +32,10 @@ from autotune.search import (
     search,
     summarize,
 )
+from autotune.search.progress import SearchProgress
 from autotune.search.settings import DEFAULT_CONFIRM_SEEDS, DEFAULT_CONFIRM_TOP
+from autotune.search.tracking import LOGGERS
 from autotune.units import format_duration, parse_bytes, parse_duration
-
-EXIT_INTERRUPTED = 130
 
 
 def add_search(sub: Any) -> None:
@@ -44,7 +49,10 @@ def add_search(sub: Any) -> None:
             "it. Writes every trial to the results directory as it ends, and the best recipe "
             "to best_recipe.yaml."
         ),
-        epilog="Example: autotune search --model bert --budget 16GB --trials 12 --time-budget 8m",
+        epilog="Example: autotune search --model bert --budget 16GB --trials 12 --time-budget 8m"
+               "\nExit codes: 0 a winner was found, 2 a usage or input error, 3 no recipe "
+               "reached the target, 130 interrupted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_task_args(p)
     p.add_argument("--budget", default=None,
@@ -67,7 +75,28 @@ def add_search(sub: Any) -> None:
                    "(default: autotune_runs/<model>-<date>-<time>/)")
     _add_cluster_args(p)
     _add_confirm_args(p)
+    _add_output_args(p)
     p.set_defaults(func=cmd_search)
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """What the search prints while it runs, and where else it logs."""
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="print only the result (the verdict, or why there is none); "
+                      "warnings still go to stderr")
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="also print Ray's and Optuna's own log lines, and the path of each "
+                      "failed trial's full error (the status then comes as plain lines)")
+    p.add_argument("--logger", action="append", choices=sorted(LOGGERS), default=None,
+                   metavar="NAME",
+                   help="also log every trial (recipe as parameters, learning curve as "
+                   "metrics) and the search's results to: "
+                   + "; ".join(f"{k}: {v.what}" for k, v in sorted(LOGGERS.items()))
+                   + ". Repeat it for several (choices: " + ", ".join(sorted(LOGGERS)) + ")")
+    p.add_argument("--mlflow-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI for --logger mlflow, e.g. http://127.0.0.1:5000 "
+                   "or sqlite:///mlflow.db (default: a SQLite store in the results directory)")
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -118,26 +147,41 @@ def _add_confirm_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """Parse the flags into a ``SearchRequest``, run ``autotune.search.search``, render."""
+    """Parse the flags into a ``SearchRequest``, run ``autotune.search.search``, render; the
+    exit code says how it ended (``autotune.cli._exit``)."""
     request, given = search_request(args)
-    printer = _SearchPrinter(request.trials)
+    printer = _SearchPrinter(request, pick_mode(args.quiet, args.verbose, sys.stdout))
     try:
         outcome = search(request, printer, given)
     except SearchInterrupted as stop:
+        printer.display.stop()
         print(f"\nautotune: search interrupted. The {stop.finished} trials finished in this run, "
               "and those that were running (as 'interrupted', with what they measured so far), "
               f"are in {stop.run_dir / TRIALS_FILE}. Resume the search with:\n"
               f"  {stop.resume_command}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"\nsearch finished: {len(outcome.records)} trials in "
-          f"{format_duration(outcome.wall_seconds)}; results in {outcome.run_dir}/")
-    print(leaderboard(outcome.records))
+    finally:
+        printer.display.stop()
+    if not args.quiet:
+        print(f"\nsearch finished: {len(outcome.records)} trials in "
+              f"{format_duration(outcome.wall_seconds)}; results in {outcome.run_dir}/")
+        print(leaderboard(outcome.records))
     if outcome.no_winner:
-        raise UserError(outcome.no_winner)
-    print()
+        print(f"autotune: no recipe reached the target: {outcome.no_winner}", file=sys.stderr)
+        _print_report_path(outcome, args.quiet)
+        return EXIT_NO_WINNER
+    if not args.quiet:
+        print()
     for line in verdict_lines(outcome):
         print(line)
-    return 0
+    _print_report_path(outcome, args.quiet)
+    return EXIT_OK
+
+
+def _print_report_path(outcome: Any, quiet: bool) -> None:
+    if outcome.report_path is not None and not quiet:
+        print(f"wrote {outcome.report_path} (open it in a browser; autotune report "
+              f"{outcome.run_dir} writes it again)")
 
 
 def search_request(args: argparse.Namespace) -> tuple[SearchRequest, dict[str, Any]]:
@@ -162,7 +206,9 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, dict[str, A
         "trials": args.trials, "time_budget_s": time_budget, "address": args.address,
         "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
         "max_concurrent_trials": args.max_concurrent_trials, "storage": args.storage,
+        "loggers": args.logger, "mlflow_uri": args.mlflow_uri,
     }.items() if v is not None}
+    given["verbose"] = args.verbose  # how this command talks, never the saved search's
     request = SearchRequest(
         model=args.model, task_options=options, budget_bytes=budget, space=args.space,
         target=args.target, seed=args.seed, device=args.device,
@@ -179,29 +225,42 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, dict[str, A
 
 
 class _SearchPrinter:
-    """Renders the search's events as progress lines (``autotune.report``)."""
+    """Renders the search's events: a line when a trial starts and when it ends, and the live
+    status line (``SearchProgress`` follows the events; ``StatusDisplay`` draws)."""
 
-    def __init__(self, trials: int) -> None:
-        self.trials = trials
+    def __init__(self, request: SearchRequest, mode: str) -> None:
+        self.trials = request.trials
         self.metric = "acc"
-        self.records: list[TrialRecord] = []
+        self.verbose = request.verbose
+        self.progress = SearchProgress(request.trials, request.time_budget_s)
+        self.display = StatusDisplay(
+            lambda: status_line(self.progress.snapshot(), self.metric), mode)
+
+    @property
+    def records(self) -> list[TrialRecord]:
+        return self.progress.records
 
     def __call__(self, kind: str, payload: Any) -> None:
+        self.progress.on_event(kind, payload)
+        show = self.display.line
         if kind == "plan":
             self.trials, self.metric = payload.request.trials, payload.task.metric
+            self.verbose = payload.request.verbose
             for line in plan_lines(payload):
-                print(line)
+                show(line)
+            self.display.start()
         elif kind == "resumed":
-            print(resumed_line(payload, payload["run_dir"]))
-            self.records += payload["records"]
+            show(resumed_line(payload, payload["run_dir"]))
         elif kind == "started":
-            print(started_line(payload, self.trials))
+            show(started_line(payload, self.trials))
+        elif kind == "progress":
+            self.display.refresh()
         elif kind == "confirming":
-            print(confirming_line(payload))
+            show(confirming_line(payload))
         elif kind == "finished":
-            self.records.append(payload)
-            print(finished_line(payload, self.trials, summarize(self.records).best,
-                                self.metric))
+            show(finished_line(payload, self.trials, summarize(self.records).best,
+                               self.metric))
+            if self.verbose and payload.error_file:
+                show(f"      full error: {payload.error_file}")
         elif kind == "warning":
-            print(f"warning: {payload}", file=sys.stderr)
-        sys.stdout.flush()
+            show(f"warning: {payload}", err=True)

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from autotune import export, objective
+from autotune.cli._exit import EXIT_NO_WINNER
 from autotune.errors import UserError
 from autotune.estimate import estimate_space
 from autotune.knobs import unsupported_reason
@@ -175,7 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run_trial(task, recipe, limits, report=progress, device=str(device))
     if result.status != objective.REACHED:
         print(f"no time-to-target: {result.status}: {result.message}")
-        return 1
+        return EXIT_NO_WINNER
     print(f"time-to-target {result.tta_seconds:.1f}s (peak memory "
           f"{format_bytes(result.peak_memory_bytes)}, {result.steps} steps)")
     if claimed:

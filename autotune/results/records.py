@@ -67,6 +67,11 @@ class TrialRecord:
     worker_nodes: list[str] | None = None
     prediction: dict[str, Any] | None = None
     """The memory gate's prediction (``autotune.memory.Prediction.to_dict()``)."""
+    error_file: str | None = None
+    """A failed trial's full error (Ray Tune's ``error.txt``, with the traceback)."""
+    provenance: dict[str, Any] | None = None
+    """What produced the record: library versions, host and device name of the process that
+    ran the trial (``autotune.search.provenance.trial_provenance``)."""
     # -- measurements: the fields of autotune.train.TrialResult ------------------------------
     tta_seconds: float | None = None
     best_metric: float | None = None
@@ -138,7 +143,8 @@ MEASUREMENTS = tuple(f.name for f in fields(TrialRecord)
                                        "rerun_of", "seed", "recipe",
                                        "params", "launched", "message", "started_at",
                                        "finished_at", "node_ip", "node_id", "hostname",
-                                       "worker_nodes", "prediction"})
+                                       "worker_nodes", "prediction", "error_file",
+                                       "provenance"})
 """The record fields filled from a trial's measurements."""
 
 

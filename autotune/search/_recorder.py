@@ -1,6 +1,7 @@
 """The driver's record of the search: a Ray Tune callback that turns trial events into
-``TrialRecord``s, appends each one to the run directory as the trial ends, and forwards
-events (``started``, ``finished``) to whoever renders progress."""
+``TrialRecord``s, appends each one to the run directory as the trial ends (and hands it to the
+trackers, ``autotune.search.tracking``), and forwards events (``started``, ``progress`` with each
+intermediate result, ``finished``) to whoever renders progress."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from autotune.recipe import Recipe
 from autotune.results import TrialRecord, ended_score, ended_status
 from autotune.search._trainable import recipe_for, search_params, unwrap
 from autotune.search.plan import SearchPlan
+from autotune.search.progress import TrialProgress
+from autotune.search.provenance import trial_provenance
 from autotune.units import format_bytes
 
 EventFn = Callable[[str, Any], None]
@@ -26,9 +29,14 @@ class Recorder(Callback):
     """See the module docstring. ``records`` holds this run's records in the order trials
     ended."""
 
-    def __init__(self, plan: SearchPlan, on_event: EventFn | None, first_number: int) -> None:
+    def __init__(self, plan: SearchPlan, on_event: EventFn | None, first_number: int,
+                 on_record: Callable[[TrialRecord], None] | None = None) -> None:
         self.plan = plan
         self.on_event = on_event
+        self.on_record = on_record
+        """Called with each record once it is in the run directory (the trackers)."""
+        self.provenance = trial_provenance(plan.device_type)
+        """The driver's, for records of trials that reported none (refused, crashed early)."""
         self.baseline_point = plan.baseline_point
         self.warm = [p for p in plan.warm_points() if p != self.baseline_point]
         self.next_number = first_number
@@ -37,6 +45,12 @@ class Recorder(Callback):
         self.last: dict[str, dict[str, Any]] = {}
         self.running: dict[str, Any] = {}
         self.started: dict[str, float] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment's state (for a restore); the event
+        and record handlers belong to this driver (a status display's thread and lock, an open
+        MLflow client), so a pickled copy goes without them."""
+        return {**self.__dict__, "on_event": None, "on_record": None}
 
     # -- identity of a trial ----------------------------------------------------------------
     def _number(self, key: str) -> int:
@@ -78,17 +92,28 @@ class Recorder(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         self.last[trial.trial_id] = dict(result)
+        if self.on_event and not result.get("final") and result.get("train_seconds") is not None:
+            point = unwrap(trial.config)
+            self.on_event("progress", TrialProgress(
+                trial=self._number(trial.trial_id), train_seconds=float(result["train_seconds"]),
+                max_train_seconds=float(point.get("_max_train_seconds",
+                                                  self.plan.max_train_seconds)),
+                last_metric=result.get("last_metric"), best_metric=result.get("best_metric"),
+                rerun_of=point.get("_rerun_of"),
+                seed=int(point.get("_seed", self.plan.request.seed))))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         message = "trial process failed"
-        if getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
-            with open(trial.error_file) as f:
+        path = getattr(trial, "error_file", None)
+        if path and os.path.exists(path):
+            with open(path) as f:
                 lines = [ln for ln in f.read().strip().splitlines() if ln.strip()]
             message = lines[-1][:500] if lines else message
-        self._finish(trial, error=message)
+        self._finish(trial, error=message,
+                     error_file=str(path) if path and os.path.exists(path) else None)
 
     # -- records ----------------------------------------------------------------------------
     def record_interrupted(self) -> None:
@@ -114,11 +139,12 @@ class Recorder(Callback):
             message=(f"predicted peak {format_bytes(peak)} per device exceeds the budget "
                      f"{format_bytes(p.request.budget_bytes)} (with the safety margin): not "
                      "launched"),
-            finished_at=time.time(),
+            finished_at=time.time(), provenance=dict(self.provenance),
         )
         self._write(record)
 
-    def _finish(self, trial: Any, error: str | None, interrupted: bool = False) -> None:
+    def _finish(self, trial: Any, error: str | None, interrupted: bool = False,
+                error_file: str | None = None) -> None:
         self.running.pop(trial.trial_id, None)
         result = self.last.get(trial.trial_id) or dict(trial.last_result or {})
         status = objective.INTERRUPTED if interrupted else ended_status(result, error is not None)
@@ -133,6 +159,10 @@ class Recorder(Callback):
         record.finished_at = time.time()
         for key in ("node_ip", "node_id", "hostname", "worker_nodes"):
             setattr(record, key, result.get(key))
+        record.error_file = error_file
+        provenance = result.get("provenance")
+        record.provenance = dict(provenance) if isinstance(provenance, dict) \
+            else dict(self.provenance)
         if status != objective.REACHED:
             record.tta_seconds = None
         if record.predicted_peak_bytes is None and record.prediction:
@@ -144,6 +174,8 @@ class Recorder(Callback):
         self.records.append(record)
         if self.on_event:
             self.on_event("finished", record)
+        if self.on_record:
+            self.on_record(record)
 
 
 def _stopped_message(status: str, result: dict[str, Any]) -> str:

@@ -4,10 +4,12 @@ seeds). Imported only when a search runs (Ray Tune and Optuna are heavy)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import optuna
 from ray import tune
 
 from autotune.errors import ConfigError
@@ -22,16 +24,19 @@ from autotune.search.winner import confirm_points
 
 
 def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
-        start: float) -> list[TrialRecord]:
+        start: float, on_record: Callable[[TrialRecord], None] | None = None
+        ) -> list[TrialRecord]:
     """Run what is left of the search (``prior``: the records of its earlier runs, without
     interrupted trials); returns this run's records. Every record is in the run directory as
-    soon as its trial ends; on Ctrl-C the trials running are recorded as interrupted and the
-    ``KeyboardInterrupt`` goes on."""
+    soon as its trial ends (then handed to ``on_record``, the trackers); on Ctrl-C the trials
+    running are recorded as interrupted and the ``KeyboardInterrupt`` goes on."""
     r = plan.request
     with ray_session(r.address):
         study = open_study(plan.run_dir.study_path, r.sampler, r.seed)
+        if r.verbose:
+            _let_logs_through()
         again = fail_interrupted(study)
-        recorder = Recorder(plan, on_event, first_number=len(prior) + 1)
+        recorder = Recorder(plan, on_event, first_number=len(prior) + 1, on_record=on_record)
         setup = TrialSetup(r.model, r.task_options, plan.space, plan.baseline, plan.target,
                            plan.max_train_seconds, r.budget_bytes, r.seed, r.device,
                            r.report_interval_s, plan.workers_per_trial)
@@ -57,6 +62,14 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
             recorder.record_interrupted()
             raise
     return recorder.records
+
+
+def _let_logs_through() -> None:
+    """``--verbose``: Ray's and Optuna's own INFO lines (``ray_session`` and ``open_study`` keep
+    them to errors and warnings, so that progress stays readable)."""
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.INFO)
 
 
 def _searcher(plan: SearchPlan, study: Any, setup: TrialSetup, recorder: Recorder,
@@ -129,7 +142,9 @@ class _Fitter:
             ),
             run_config=tune.RunConfig(
                 name=f"{phase}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=self.storage,
-                callbacks=[self.recorder], verbose=0, log_to_file=True,
+                # verbose 1: Tune's own status table every few seconds (with --verbose)
+                callbacks=[self.recorder], verbose=1 if self.plan.request.verbose else 0,
+                log_to_file=True,
             ),
         )
         tuner.fit()

@@ -11,6 +11,8 @@ diagnosis, and the files. It prints nothing: progress reaches ``on_event`` as
 
 - ``("plan", SearchPlan)`` before the first trial; ``("resumed", dict)`` on a resumed search;
 - ``("started", TrialRecord)`` and ``("finished", TrialRecord)`` as trials start and end;
+- ``("progress", TrialProgress)`` with each intermediate result of a running trial
+  (``autotune.search.progress``, which also follows these events into a status line's state);
 - ``("confirming", dict)`` before the confirmation runs; ``("warning", str)``.
 """
 
@@ -34,8 +36,14 @@ from autotune.recipe import Recipe, baseline_recipe
 from autotune.results import RunDirectory, TrialRecord, check_writable
 from autotune.search.documents import best_recipe_document, search_document
 from autotune.search.plan import SearchPlan
-from autotune.search.reporting import write_report_after_search
+from autotune.search.reporting import CSV_FILE, REPORT_FILE, write_report_after_search
 from autotune.search.settings import SearchRequest
+from autotune.search.tracking import (
+    SearchResults,
+    TrackingContext,
+    open_tracker,
+    require_installed,
+)
 from autotune.search.winner import Summary, confirm_points, no_winner_reason, summarize
 from autotune.space import SearchSpace, load_space, parse_space, shipped_space_path
 from autotune.tasks import Task, dry_run, load_task
@@ -60,6 +68,8 @@ class SearchOutcome:
     """``best_recipe.yaml`` (or ``--output``); None when no trial reached the target."""
     no_winner: str | None = None
     """Why there is no winner and what to change, when there is none."""
+    report_path: Path | None = None
+    """``report.html``, when it was written."""
 
     @property
     def run_dir(self) -> Path:
@@ -101,6 +111,7 @@ def search(request: SearchRequest, on_event: EventFn | None = None,
     request.check()
     run_dir, request, resumed = _resolve_request(request, given or {})
     check_ray_available()
+    require_installed(request.loggers)
     plan = make_plan(request, run_dir, resumed)
     with run_dir.locked():
         if not resumed:
@@ -228,16 +239,20 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
     # task's metric, target and direction from it
     run_dir.write_yaml(run_dir.path / "search.yaml", search_document(plan, len(prior), 0.0))
     run_dir.begin_session()
+    tracker = open_tracker(plan.request.loggers, _tracking_context(plan), emit,
+                           plan.request.verbose)
     new: list[TrialRecord] = []
     try:
         if not _nothing_left(plan, prior):
-            new = _run.run(plan, emit, prior, start)
+            new = _run.run(plan, emit, prior, start, on_record=tracker.on_record)
     except KeyboardInterrupt:
         run_dir.end_session()
+        tracker.close(interrupted=True)
         finished = [r for r in run_dir.records() if r.status != objective.INTERRUPTED]
         raise SearchInterrupted(run_dir.path, len(finished) - len(prior)) from None
     except BaseException:
         run_dir.end_session()  # what was measured stays in trials.jsonl; resume continues it
+        tracker.close(interrupted=True)
         raise
     run_dir.end_session()
     records = prior + new
@@ -245,17 +260,46 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
     summary = summarize(records)
     context = search_document(plan, len(records), wall)
     run_dir.write_yaml(run_dir.path / "search.yaml", context)
-    write_report_after_search(run_dir.path, emit)  # report.html, trials.csv; never raises
+    failed: list[str] = []
+    write_report_after_search(  # report.html, trials.csv; never raises
+        run_dir.path, lambda kind, payload: (failed.append(payload), emit(kind, payload)))
+    report = None if failed else run_dir.path / REPORT_FILE
+    outcome = SearchOutcome(plan, records, summary, wall, None, report_path=report)
     if summary.best is None:
-        reason = no_winner_reason(records, plan.task.metric, plan.target,
-                                  str(run_dir.trials_path), plan.task.higher_is_better)
-        return SearchOutcome(plan, records, summary, wall, None, reason)
+        outcome = dataclasses.replace(outcome, no_winner=no_winner_reason(
+            records, plan.task.metric, plan.target, str(run_dir.trials_path),
+            plan.task.higher_is_better))
+    else:
+        r = plan.request
+        header = (f"# Best recipe found by: autotune search --model {r.model} --seed {r.seed}"
+                  f"{' --budget ' + str(r.budget_bytes) + 'B' if r.budget_bytes else ''}\n"
+                  f"# Apply it: autotune train --recipe {plan.output} --model {r.model}\n")
+        run_dir.write_yaml(plan.output, best_recipe_document(summary, context), header)
+        outcome = dataclasses.replace(outcome, best_recipe_path=plan.output)
+    tracker.finish(_search_results(outcome))
+    return outcome
+
+
+def _tracking_context(plan: SearchPlan) -> TrackingContext:
     r = plan.request
-    header = (f"# Best recipe found by: autotune search --model {r.model} --seed {r.seed}"
-              f"{' --budget ' + str(r.budget_bytes) + 'B' if r.budget_bytes else ''}\n"
-              f"# Apply it: autotune train --recipe {plan.output} --model {r.model}\n")
-    run_dir.write_yaml(plan.output, best_recipe_document(summary, context), header)
-    return SearchOutcome(plan, records, summary, wall, plan.output)
+    return TrackingContext(
+        run_dir=plan.run_dir.path, metric=plan.task.metric, model=r.model,
+        mlflow_uri=r.mlflow_uri,
+        settings={"model": r.model, "seed": r.seed, "budget_bytes": r.budget_bytes,
+                  "target": plan.target, "metric": plan.task.metric, "trials": r.trials,
+                  "time_budget_s": plan.time_budget_s, "device": plan.device_type,
+                  "max_train_seconds": plan.max_train_seconds, "space": plan.space_source})
+
+
+def _search_results(outcome: SearchOutcome) -> SearchResults:
+    """What the loggers get at the end: the winner and the files written."""
+    best = outcome.summary.best
+    files = [outcome.report_path, outcome.best_recipe_path, outcome.run_dir / "search.yaml",
+             outcome.run_dir / CSV_FILE if outcome.report_path else None]
+    return SearchResults(
+        best=best.record if best else None, best_tta_seconds=best.tta_seconds if best else None,
+        speedup=outcome.summary.speedup,
+        artefacts=tuple(p for p in files if p is not None and p.exists()))
 
 
 def _nothing_left(plan: SearchPlan, prior: list[TrialRecord]) -> bool:

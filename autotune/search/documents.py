@@ -4,46 +4,29 @@ baseline and the speedup). Plain data; ``RunDirectory`` writes them."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import platform
 from typing import Any
 
 import torch
 
 from autotune.search.plan import SearchPlan
+from autotune.search.provenance import cpu_model, library_versions, search_provenance
 from autotune.search.winner import Candidate, Summary
 
-
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("autotune", "torch", "transformers", "ray", "optuna", "deepspeed"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+__all__ = ["best_recipe_document", "device_description", "library_versions",
+           "search_document"]
 
 
 def device_description(device_type: str) -> str:
     if device_type.startswith("cuda"):
         return f"{device_type} ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({_cpu_model()}, {os.cpu_count() or 1} cores)"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return f"cpu ({cpu_model()}, {os.cpu_count() or 1} cores)"
 
 
 def search_document(plan: SearchPlan, trials_run: int, wall_seconds: float) -> dict[str, Any]:
-    """``search.yaml``: the task, the search's settings and where its results are."""
+    """``search.yaml``: the task, the search's settings and where its results are, and its
+    provenance (versions, the git state of the task's code, the machine:
+    ``autotune.search.provenance``)."""
     r = plan.request
     return {
         "device": device_description(plan.device_type),
@@ -55,6 +38,7 @@ def search_document(plan: SearchPlan, trials_run: int, wall_seconds: float) -> d
                    "wall_seconds": round(wall_seconds, 1),
                    "results_dir": str(plan.run_dir.path)},
         "baseline_recipe": plan.baseline.to_dict(),
+        "provenance": search_provenance(r.model, plan.device_type),
     }
 
 

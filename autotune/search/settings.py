@@ -14,6 +14,7 @@ from typing import Any
 
 from autotune.errors import ConfigError
 from autotune.recipe import Recipe
+from autotune.search.tracking import logger_problems
 
 DEFAULT_MODEL = "bert"
 DEFAULT_TRIALS = 20
@@ -25,7 +26,7 @@ DEFAULT_CONFIRM_SEEDS = 2
 CONFIRM_SHARE = 0.25
 """Share of the time budget kept for the confirmation runs."""
 RESUMABLE = ("trials", "time_budget_s", "address", "cpus_per_trial", "gpus_per_trial",
-             "max_concurrent_trials", "storage")
+             "max_concurrent_trials", "storage", "loggers", "mlflow_uri", "verbose")
 """Settings that may be given again with ``resume`` to change them; the rest are the search's."""
 PLACEMENTS = ("pack", "spread")
 SAMPLERS = ("tpe", "random")
@@ -92,6 +93,14 @@ class SearchRequest:
     time_margin: float = 1.5
     """A trial still short of the target after this many times the best time-to-target so far
     is stopped: it can no longer win."""
+    loggers: list[str] = field(default_factory=list)
+    """Trackers that get every trial and the search's results: ``tensorboard``, ``csv``,
+    ``mlflow`` (``autotune.search.tracking``)."""
+    mlflow_uri: str | None = None
+    """The MLflow tracking URI of the ``mlflow`` logger; None: a SQLite store in the run
+    directory."""
+    verbose: bool = False
+    """Let Ray's and Optuna's own log lines through (they are kept to errors otherwise)."""
 
     def problems(self) -> list[str]:
         """Every problem in the request, one line each (empty when it is valid)."""
@@ -120,6 +129,7 @@ class SearchRequest:
             if getattr(self, name) not in allowed:
                 out.append(f"{_flag(name)} must be one of {', '.join(map(str, allowed))}, got "
                            f"{getattr(self, name)!r}")
+        out += logger_problems(self.loggers, self.mlflow_uri)
         if self.baseline is not None:
             try:
                 Recipe.from_dict(self.baseline, source="baseline")

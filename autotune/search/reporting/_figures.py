@@ -11,6 +11,7 @@ plotly and optuna are imported inside the builders: they are heavy optional impo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -146,27 +147,19 @@ def curves_plot(run: RunData) -> Plot:
     caption = (f"Validation {run.metric} against training seconds (evaluation not counted) for "
                f"every trial; the target is {run.target_text()}. Solid: reached the target "
                "(a star at its time-to-target); dotted grey: stopped early or out of time; "
-               "red dashed: failed. A trial recorded without its curve (stopped early) is a "
-               "point at its last evaluation. Confirmation runs are listed in the legend, "
-               "hidden until clicked.")
-    with_curve = [r for r in run.records if r.curve]
-    last_only = [r for r in run.records if not r.curve and r.last_metric is not None
-                 and r.train_seconds is not None]
-    if not with_curve and not last_only:
+               "red dashed: failed. Confirmation runs are listed in the legend, hidden until "
+               "clicked.")
+    # Every record has its curve (a stopped trial's comes with its last intermediate report);
+    # one an earlier autotune wrote has its last evaluation only, drawn as a one-point curve.
+    with_curve = [r if r.curve or r.last_metric is None or r.train_seconds is None
+                  else dataclasses.replace(r, curve=[[r.train_seconds, r.last_metric]])
+                  for r in run.records]
+    with_curve = [r for r in with_curve if r.curve]
+    if not with_curve:
         return Plot("curves", title, caption, note="No trial has evaluated yet.")
     import plotly.graph_objects as go  # heavy optional import (see the module docstring)
 
     fig = _figure("training seconds", run.metric)
-    if last_only:
-        # A trial stopped early is recorded from its last intermediate report, which leaves
-        # the curve out (search._trainable.ThrottledReport): its last evaluation is a point.
-        fig.add_trace(go.Scatter(
-            x=[r.train_seconds for r in last_only], y=[r.last_metric for r in last_only],
-            mode="markers", name=f"last evaluation only ({len(last_only)})",
-            marker={"size": 9, "symbol": ["x" if _failed(r) else "circle-open" for r in
-                                          last_only],
-                    "color": [FAILED_COLOR if _failed(r) else NO_TTA_COLOR for r in last_only]},
-            hovertext=[_hover(r) for r in last_only], hoverinfo="text+x+y"))
     for index, r in enumerate(with_curve):
         xs, ys = [p[0] for p in r.curve or []], [p[1] for p in r.curve or []]
         if _failed(r):
