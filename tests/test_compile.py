@@ -173,15 +173,18 @@ def test_a_new_batch_shape_recompiles_and_is_counted():
     assert graphs_compiled() == 2  # the static first shape, then one dynamic graph
 
 
-def test_a_second_run_of_the_same_shapes_hits_the_disk_cache():
+def test_a_later_trial_in_the_same_process_compiles_afresh_from_the_disk_cache():
+    """A trial process runs several trials: the second compiled trial of the same shapes
+    starts from nothing compiled in memory, as a user's fresh run would, and loads the
+    kernels the first one left in the disk cache (cheaper, still counted)."""
     task = make_toy_task()
     recipe = Recipe(batch_size=32, lr=1e-2, compile="default")
     cold = run_trial(task, recipe, _limits(task, steps=2), device="cpu")
-    assert cache_hits() == 0
-    torch._dynamo.reset()  # as a new trial process: nothing compiled in memory
+    assert cache_hits() == 0 and graphs_compiled() == 1
     warm = run_trial(task, recipe, _limits(task, steps=2), device="cpu")
+    assert graphs_compiled() == 2  # traced again, not reused from the first trial's memory
     assert cache_hits() > 0
-    assert warm.compile_seconds < cold.compile_seconds
+    assert 0 < warm.compile_seconds < cold.compile_seconds
 
 
 # -- parallel modes --------------------------------------------------------------------------
@@ -209,3 +212,17 @@ def test_the_progress_line_shows_what_compiling_cost():
     assert "compile" not in finished_line(plain, 10, None)
     assert TrialRecord.from_json(record.to_json()).compile_seconds == 11.94
     assert record.with_measurements({"compile_seconds": 3.5}).compile_seconds == 3.5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_gpu_compiled_trial_trains_and_counts_its_compile(mode):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    task = make_toy_task()
+    result = run_trial(task, Recipe(batch_size=32, lr=1e-2, compile=mode), _limits(task),
+                       device="cuda")
+    assert result.status == objective.NOT_REACHED, result.message
+    assert graphs_compiled() == 1
+    assert 0 < result.compile_seconds <= result.train_seconds
+    assert result.best_metric > 0.9

@@ -19,7 +19,13 @@ torch; never training, memory, search or CLI code.
 
 from autotune.knobs.checkpointing import apply_checkpointing
 from autotune.knobs.clipping import clip_gradients
-from autotune.knobs.compiler import compile_model, compile_seconds, eager, use_compile_cache
+from autotune.knobs.compiler import (
+    compile_model,
+    compile_seconds,
+    eager,
+    forget_compiled,
+    use_compile_cache,
+)
 from autotune.knobs.device import (
     channels_last_batch,
     inactive_knobs,
@@ -69,6 +75,7 @@ __all__ = [
     "compile_seconds",
     "deepspeed_config",
     "eager",
+    "forget_compiled",
     "implementation_kwargs",
     "inactive_knobs",
     "loss_value",

@@ -112,6 +112,16 @@ def cache_hits() -> int:
                + utils.counters["aot_autograd"]["autograd_cache_hit"])
 
 
+def forget_compiled() -> None:
+    """Drop what this process compiled in memory (``torch._dynamo.reset``: dynamo's code
+    caches, guards and recompile counts); the disk cache stays. A trial process that runs
+    several trials in a row calls it before each compiled one, so a trial compiles as a fresh
+    run of a user would (from the disk cache at best), and a long search never reaches
+    dynamo's recompile limit, past which it would run the model eagerly without a word."""
+    if _dynamo_utils() is not None:  # nothing compiled yet: nothing to drop
+        torch._dynamo.reset()
+
+
 def eager() -> contextlib.AbstractContextManager:
     """A context in which compiled modules run their eager code and never compile
     (``torch.compiler.set_stance("force_eager")``); a no-op on a torch without stances."""

@@ -41,7 +41,14 @@ import torch
 import torch.distributed as dist
 
 from autotune import objective
-from autotune.knobs import Diverged, autocast_context, compile_seconds, eager, unsupported_reason
+from autotune.knobs import (
+    Diverged,
+    autocast_context,
+    compile_seconds,
+    eager,
+    forget_compiled,
+    unsupported_reason,
+)
 from autotune.memory import (
     TensorTracker,
     cap_device_memory,
@@ -142,6 +149,8 @@ def train_in_process(
         model = task.build_model()
         model.train()
         batches = make_batches(task, recipe, limits.seed, dev, rank, world)
+        if recipe.compile != "none":
+            forget_compiled()  # compiles as a fresh run would, whatever ran here before
         prepared = prepare(model, recipe, dev)
         result.inactive_knobs += prepared.inactive
         result.loader_start_seconds = batches.start()
