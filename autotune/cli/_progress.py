@@ -9,8 +9,8 @@ Three modes:
   at most every ``--report-interval``, 5 s: a report costs the trial time). It is cut to the
   terminal's width, since a wrapped line cannot be redrawn in place.
 - ``lines`` (stdout is a file or a pipe, e.g. a CI log; or ``-v``, whose Ray and Optuna log
-  lines would tear a redrawn line): the status as a plain line every ``LINE_EVERY_S``, no
-  carriage returns.
+  lines would tear a redrawn line): the status as a plain line every ``LINE_EVERY_S``
+  (``AUTOTUNE_STATUS_EVERY`` seconds where set), no carriage returns.
 - ``quiet`` (``-q``): nothing while the search runs; warnings still go to stderr.
 """
 
@@ -27,6 +27,17 @@ REDRAW_S = 1.0
 """How often a terminal's status line is redrawn between events."""
 LINE_EVERY_S = 30.0
 """How often the status is printed as a plain line when stdout is not a terminal."""
+LINE_EVERY_ENV = "AUTOTUNE_STATUS_EVERY"
+"""Environment variable that changes ``LINE_EVERY_S`` (seconds), e.g. for a CI log."""
+
+
+def line_every_s() -> float:
+    """``LINE_EVERY_S``, or ``AUTOTUNE_STATUS_EVERY`` when it holds a positive number."""
+    try:
+        value = float(os.environ.get(LINE_EVERY_ENV, ""))
+    except ValueError:
+        return LINE_EVERY_S
+    return value if value > 0 else LINE_EVERY_S
 CLEAR = "\r\x1b[K"
 """Back to the line's start, erase to its end (ANSI; every terminal autotune runs in)."""
 
@@ -47,12 +58,12 @@ class StatusDisplay:
 
     def __init__(self, status: Callable[[], str], mode: str, out: TextIO | None = None,
                  err: TextIO | None = None, redraw_s: float = REDRAW_S,
-                 line_every_s: float = LINE_EVERY_S) -> None:
+                 line_every: float | None = None) -> None:
         self.status = status
         self.mode = mode
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.interval = redraw_s if mode == "terminal" else line_every_s
+        self.interval = redraw_s if mode == "terminal" else line_every or line_every_s()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -126,7 +126,7 @@ class SearchProgress:
         run at once, and the running trials' own time left; at most the time budget left (the
         search starts nothing after it; running trials finish)."""
         walls = [r.finished_at - r.started_at for r in records[self.prior:]
-                 if r.launched and r.started_at and r.finished_at]
+                 if r.launched and r.started_at is not None and r.finished_at is not None]
         if not walls:
             return remaining
         per_trial = statistics.median(walls)
@@ -139,7 +139,8 @@ class SearchProgress:
                                                  for r in records[self.prior:])
             confirm_left -= sum(1 for rec, _ in self.running.values() if not rec.is_search_trial)
         queued = (search_left + max(0, confirm_left)) * per_trial / self.most_running
-        in_flight = max((max(0.0, per_trial - (now - (rec.started_at or now)))
+        in_flight = max((max(0.0, per_trial - (now - (now if rec.started_at is None
+                                                      else rec.started_at)))
                          for rec, _ in self.running.values()), default=0.0)
         eta = in_flight + queued
         return eta if remaining is None else min(eta, remaining + in_flight)
