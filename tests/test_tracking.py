@@ -28,7 +28,6 @@ from autotune.search.tracking import (
     TensorBoardSink,
     Tracker,
     TrackingContext,
-    curve_points,
     run_name,
 )
 
@@ -46,11 +45,10 @@ def _run_cli(*args: str, env: dict | None = None, code: str | None = None
                           timeout=300)
 
 
-def _same_series(logged: list[tuple[int, float]], points: list[tuple[int, float, float]]
-                 ) -> None:
-    """The logged (step, value) pairs are the curve's (training ms, metric) points."""
-    assert [step for step, _ in logged] == [ms for ms, _, _ in points]
-    assert [value for _, value in logged] == pytest.approx([v for _, _, v in points], rel=1e-6)
+def _same_series(logged: list[tuple[int, float]], curve: list[list[float]]) -> None:
+    """The logged (step, value) pairs are the curve's points: step = training milliseconds."""
+    assert [step for step, _ in logged] == [round(t * 1000) for t, _ in curve]
+    assert [value for _, value in logged] == pytest.approx([m for _, m in curve], rel=1e-6)
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +86,7 @@ def test_tensorboard_has_each_trials_curve_and_recipe(tracked_run):
         events = EventAccumulator(str(root / run_name(record)))
         events.Reload()
         scalars = events.Scalars(METRIC)
-        _same_series([(s.step, s.value) for s in scalars], curve_points(record))
+        _same_series([(s.step, s.value) for s in scalars], record.curve)
         start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
         assert hparams["lr"].number_value == pytest.approx(record.recipe["lr"])
@@ -138,7 +136,7 @@ def test_mlflow_has_a_search_run_with_the_files_and_a_child_run_per_trial(tracke
         assert child["tags.autotune.status"] == record.status
         history = client.get_metric_history(child.run_id, METRIC)
         _same_series([(m.step, m.value) for m in sorted(history, key=lambda m: m.step)],
-                     curve_points(record))
+                     record.curve)
 
 
 def test_tracking_costs_little_per_trial(tracked_run, tmp_path, capsys):
