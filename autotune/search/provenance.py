@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import collect_env
 
 LIBRARIES = ("autotune", "torch", "ray", "optuna", "transformers", "deepspeed")
 """Whose version is recorded, when installed (DeepSpeed is optional)."""
@@ -97,8 +98,6 @@ def cpu_model() -> str:
 def environment() -> dict[str, Any]:
     """The summary ``torch.utils.collect_env`` gives: OS, CPU, CUDA and the driver where
     present (about 2 s; cached). ``pip_packages`` is left out: ``versions`` has what matters."""
-    from torch.utils import collect_env  # runs subprocesses; only when a search starts
-
     try:
         info = collect_env.get_env_info()
     except Exception as exc:  # noqa: BLE001 - provenance must never cost a search
