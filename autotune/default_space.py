@@ -20,6 +20,8 @@ What it searches, around a baseline with batch ``B`` and learning rate ``LR``:
   workers, ``pin_memory`` on CUDA (it does nothing without a GPU);
 - grad_clip ``0.0, 1.0`` and fused_optimizer ``default, fused``, plus tf32 ``false, true`` on
   CUDA (a CPU has no TF32: those recipes would only be infeasible there);
+- compile ``none, default`` on CUDA only: on a CPU, compiling costs more than a trial's time
+  limit can win back (docs/benchmarks.md, "torch.compile");
 - parallelism fixed at the baseline's (single: one device).
 
 Pure: no torch, Ray or Optuna; the caller passes what it knows of the device.
@@ -201,8 +203,8 @@ def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, s
 
 
 def _step_knobs(baseline: Recipe, device: str) -> list[tuple[str, str, list[str]]]:
-    """Gradient clipping, the optimizer's implementation and, on CUDA, TF32 (name, comment,
-    settings)."""
+    """Gradient clipping, the optimizer's implementation and, on CUDA, TF32 and compile (name,
+    comment, settings)."""
     knobs = [
         (
             "grad_clip",
@@ -224,6 +226,14 @@ def _step_knobs(baseline: Recipe, device: str) -> list[tuple[str, str, list[str]
             "TF32 matmuls on tensor cores (Ampere and newer): several times faster fp32 "
             "matmuls with a 10-bit mantissa (left out on a CPU, which has no TF32).",
             [f"choices: {_list(_with((False, True), baseline.tf32))}"],
+        ))
+        knobs.append((
+            "compile",
+            "torch.compile the model (default mode): fused kernels for faster steps, for a "
+            "compile in the first steps that the time-to-target includes, so it wins only "
+            "where a trial runs long enough to pay it back (left out on a CPU, where it does "
+            "not within a trial: docs/benchmarks.md).",
+            [f"choices: {_list(_with(('none', 'default'), baseline.compile))}"],
         ))
     return knobs
 

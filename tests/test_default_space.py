@@ -72,7 +72,9 @@ def test_clipping_and_fused_everywhere_tf32_only_on_cuda():
         assert space.knob("fused_optimizer").choices == ("default", "fused")
     assert "tf32" not in cpu.names  # infeasible on a CPU: no trial would run
     assert cuda.knob("tf32").choices == (False, True)
-    assert cuda.names == [*KNOBS[:-1], "tf32", "parallelism"]
+    assert "compile" not in cpu.names  # cannot pay off within a CPU trial (measured)
+    assert cuda.knob("compile").choices == ("none", "default")
+    assert cuda.names == [*KNOBS[:-1], "tf32", "compile", "parallelism"]
 
 
 @pytest.mark.parametrize(("device", "fast", "expected"), [
@@ -149,7 +151,7 @@ def test_every_setting_has_a_comment_above_it():
     knob_lines = [i for i, line in enumerate(lines) if line.startswith("  ") and
                   not line.startswith("   ") and not line.lstrip().startswith("#")]
     assert [lines[i].strip().rstrip(":") for i in knob_lines] == [*KNOBS[:-1], "tf32",
-                                                                   "parallelism"]
+                                                                   "compile", "parallelism"]
     for i in knob_lines:
         assert lines[i - 1].startswith("  # "), lines[i]
 
