@@ -12,10 +12,14 @@ none depends on what another compiled.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
 from autotune import configure, objective
@@ -30,7 +34,8 @@ from autotune.knobs.compiler import (
 )
 from autotune.recipe import COMPILE_MODES, Recipe
 from autotune.train import TrialLimits, run_trial
-from autotune.train.parallel import prepare
+from autotune.train.parallel import init_worker, prepare
+from tests import parallel_worker as pw
 from tests import test_parallel as parallel_contract
 from tests.toy_task import make_toy_task
 
@@ -187,18 +192,65 @@ def test_a_later_trial_in_the_same_process_compiles_afresh_from_the_disk_cache()
     assert 0 < warm.compile_seconds < cold.compile_seconds
 
 
+class _BreaksInALoop(nn.Module):
+    """A model dynamo gives up on: a graph break inside a loop skips the whole frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(16, 16), nn.Linear(16, 2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            torch._dynamo.graph_break()
+            x = layer(x)
+        return x
+
+
+def test_a_model_dynamo_cannot_compile_is_recorded_as_such_not_credited():
+    task = dataclasses.replace(make_toy_task(), build_model=_BreaksInALoop)
+    result = run_trial(task, Recipe(batch_size=32, lr=1e-2, compile="default"),
+                       _limits(task, steps=2), device="cpu")
+    assert graphs_compiled() == 0
+    assert any(note.startswith("compile: dynamo compiled no graph") for note in
+               result.inactive_knobs), result.inactive_knobs
+
+
 # -- parallel modes --------------------------------------------------------------------------
+
+
+def _graphs_in_worker(rank: int, workers: int, port: int, mode: str, out: str) -> None:
+    """One worker of a compiled 2-worker run: two steps, then how many graphs it compiled."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    init_worker(rank, workers, "127.0.0.1", port, "cpu")
+    try:
+        recipe = Recipe(parallelism=mode, workers=workers, batch_size=pw.BATCH, optimizer="sgd",
+                        momentum=0.0, weight_decay=0.0, lr=2.0, compile="default")
+        prepared = prepare(pw.initial_model(), recipe, torch.device("cpu"))
+        for _ in range(2):
+            prepared.step(pw.task(), pw.micro_batches(rank, workers, 1))
+        Path(f"{out}.{rank}").write_text(str(graphs_compiled()))
+        del prepared
+        gc.collect()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("mode", ["ddp", "fsdp", "zero1"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "zero1", "zero3"])
 def test_a_compiled_parallel_step_matches_the_single_process_step(mode, tmp_path):
-    """The parallel modes' contract (``tests/test_parallel.py``) with ``compile`` default:
-    each of the 2 workers compiles its model (DDP: the plain model under DDP's forward, with
-    dynamo's DDP optimizer; FSDP2: after ``fully_shard``; ZeRO: ``engine.compile``)."""
+    """The parallel modes' contract (``tests/test_parallel.py``) with ``compile`` default, and
+    every worker really compiled (a model that fell back to eager would pass the contract):
+    DDP the plain model under DDP's forward, with dynamo's DDP optimizer; FSDP2 each sharded
+    block; ZeRO ``engine.compile`` (ZeRO-3's parameter hooks break the graph in places)."""
     parallel_contract.test_one_step_matches_the_single_process_step(
         mode, {"compile": "default"}, tmp_path)
+    out = tmp_path / "graphs"
+    mp.spawn(_graphs_in_worker, args=(2, parallel_contract.free_port(), mode, str(out)),
+             nprocs=2, join=True)
+    for rank in range(2):
+        assert int(Path(f"{out}.{rank}").read_text()) >= 1, f"worker {rank} compiled nothing"
 
 
 def test_the_progress_line_shows_what_compiling_cost():

@@ -24,6 +24,7 @@ from autotune.knobs.compiler import (
     compile_seconds,
     eager,
     forget_compiled,
+    graphs_compiled,
     use_compile_cache,
 )
 from autotune.knobs.device import (
@@ -76,6 +77,7 @@ __all__ = [
     "deepspeed_config",
     "eager",
     "forget_compiled",
+    "graphs_compiled",
     "implementation_kwargs",
     "inactive_knobs",
     "loss_value",

@@ -47,6 +47,7 @@ from autotune.knobs import (
     compile_seconds,
     eager,
     forget_compiled,
+    graphs_compiled,
     unsupported_reason,
 )
 from autotune.memory import (
@@ -63,6 +64,10 @@ from autotune.tasks import Task, evaluate_metric, move_batch
 from autotune.train.data import LoaderBatches, TensorBatches, inactive_data_knobs, make_batches
 from autotune.train.parallel import Prepared, prepare
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
+
+_NOTHING_COMPILED = (
+    "compile: dynamo compiled no graph of this model, so it ran eagerly (a graph break it "
+    "cannot resume from, such as one inside a loop; TORCH_LOGS=graph_breaks shows where)")
 
 
 class _Unsupported(Exception):
@@ -213,6 +218,7 @@ def _train(
     clock = _Clock(dev)
     next_eval = limits.eval_every_seconds
     examples_per_step = recipe.batch_size * recipe.accumulation_steps * world
+    graphs_before = graphs_compiled()
     clock.start()
     while True:
         micro = [batches.next() for _ in range(recipe.accumulation_steps)]
@@ -220,6 +226,8 @@ def _train(
         loss = prepared.step(task, micro, strict=world == 1)
         if prepared.compiled:  # on the clock too: time-to-target includes compiling
             result.compile_seconds += max(0.0, compile_seconds() - compiling_since)
+            if result.steps == 0 and graphs_compiled() == graphs_before:
+                result.inactive_knobs.append(_NOTHING_COMPILED)
         result.steps += 1
         result.examples += examples_per_step
         elapsed = clock.pause()

@@ -182,7 +182,7 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     mode: ``single`` and ``ddp`` compile the plain model (DDP's forward calls it, and dynamo,
     seeing DDP's forward active, splits the graph at DDP's gradient buckets so all-reduces
     still overlap the backward pass: ``torch._dynamo.config.optimize_ddp``); ``fsdp`` compiles
-    the root after ``fully_shard``; ZeRO modes compile DeepSpeed's engine
+    each sharded block (``_compile_sharded``); ZeRO modes compile DeepSpeed's engine
     (``engine.compile``). Nothing is compiled here: torch compiles at the first forward pass.
     """
     set_tf32(recipe.tf32)
@@ -205,9 +205,9 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     elif mode == "fsdp":
         names = {id(p): n for n, p in model.named_parameters()}
         by_name = {names[id(p)]: m for p, m in masks.items()}
-        model = _fully_shard(model)
+        blocks = _fully_shard(model)
         masks = _shard_masks(model, by_name)
-        compiled = compile_model(model, recipe.compile)  # the root, after fully_shard
+        compiled = _compile_sharded(model, blocks, recipe.compile)
     else:
         compiled = compile_model(model, recipe.compile)
     optimizer = build_optimizer(model.parameters(), recipe)
@@ -233,18 +233,32 @@ def _compile_engine(engine: Any, mode: str) -> bool:
     return True
 
 
-def _fully_shard(model: nn.Module) -> nn.Module:
-    """FSDP2: shard each block of every ``ModuleList`` (transformer layers), then the root."""
+def _fully_shard(model: nn.Module) -> list[nn.Module]:
+    """FSDP2: shard each block of every ``ModuleList`` (transformer layers), then the root.
+    Returns the blocks sharded on their own."""
     # lazy: torch.distributed.fsdp takes 0.4 s to import (measured), for FSDP recipes only
     from torch.distributed.fsdp import fully_shard
 
+    blocks = []
     for module in list(model.modules()):
         if isinstance(module, nn.ModuleList):
             for block in module:
                 if any(p.requires_grad for p in block.parameters()):
                     fully_shard(block)
+                    blocks.append(block)
     fully_shard(model)
-    return model
+    return blocks
+
+
+def _compile_sharded(model: nn.Module, blocks: list[nn.Module], mode: str) -> bool:
+    """Compile an FSDP2 model as torchtitan does: each sharded block's forward, with FSDP2's
+    hooks (all-gather before, reshard after) eager around it; the root's forward only when no
+    block was sharded on its own. The root's forward calls the blocks in a loop, and a loop
+    that meets FSDP2's hooks makes dynamo give up the whole frame: compiled, the root would
+    run eagerly (measured: no graph)."""
+    if not blocks:
+        return compile_model(model, mode)
+    return all([compile_model(block, mode) for block in blocks])
 
 
 def _shard_masks(
