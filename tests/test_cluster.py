@@ -166,7 +166,7 @@ def test_trials_spread_over_both_nodes(cluster, tmp_path):
     proc = _search(cluster, tmp_path, "--trials", "4", "--max-trial-time", "2s",
                    "--target", "1.01")
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 2, out[-3000:]  # target unreachable: every trial ran to its limit
+    assert proc.returncode == 3, out[-3000:]  # target unreachable: every trial ran to its limit
     records = _records(tmp_path)
     assert len(records) == 4
     assert all(r["status"] == objective.NOT_REACHED for r in records), out[-3000:]
@@ -188,7 +188,7 @@ def test_losing_a_node_mid_trial_fails_that_trial_and_the_search_finishes(cluste
     assert cluster.kill_second_node() > 0
     out, _ = proc.communicate(timeout=300)
     out = "".join(lines) + out
-    assert proc.returncode == 2, out[-3000:]
+    assert proc.returncode == 3, out[-3000:]
     records = _records(tmp_path)
     assert len(records) == 5, out[-3000:]  # the search went on to its last trial
     failed = [r for r in records if r["status"] == objective.ERROR]
@@ -212,7 +212,7 @@ def test_a_parallel_trials_workers_are_placed_on_both_nodes(cluster, tmp_path):
         cwd=str(ROOT),
     )
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 2, out[-3000:]  # target unreachable: trials train to their end
+    assert proc.returncode == 3, out[-3000:]  # target unreachable: trials train to their end
     records = _records(tmp_path)
     assert len(records) == 2
     assert all(r["status"] in (objective.NOT_REACHED, objective.STOPPED) for r in records), \

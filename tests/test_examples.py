@@ -11,7 +11,9 @@ def test_custom_task_example_trains_to_its_target_and_fits_its_space():
     baseline = baseline_recipe(task.default_batch_size, task.default_lr)
     space = load_space("examples/custom_space.yaml")
     space.point_for(baseline)
-    result = run_trial(task, baseline, TrialLimits.for_task(task))
+    # 30 s rather than the example's 10 s limit: the example is documented to reach its
+    # target, and this checks that, not its speed on a loaded test machine.
+    result = run_trial(task, baseline, TrialLimits.for_task(task, max_train_seconds=30))
     assert result.status == "reached", result.message
 
 

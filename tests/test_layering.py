@@ -20,11 +20,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "autotune"
 
 HEAVY_OPTIONAL = ("deepspeed", "transformers", "tokenizers", "pandas", "ray", "optuna",
-                  "plotly")
+                  "plotly", "mlflow")
 """Imported lazily (inside a function) on purpose: slow or optional dependencies (plotly: only
-``autotune.search.reporting`` draws with it, when a report is written)."""
+``autotune.search.reporting`` draws with it, when a report is written; mlflow: an optional
+extra, only with ``--logger mlflow``)."""
 
 ALLOWED_LAZY = {
+    ("autotune.search.tracking", "torch.utils.tensorboard"):
+        "needs the tensorboard package (an optional extra), only with --logger tensorboard",
     ("autotune.memory._measured", "torch.distributed._tools.mem_tracker"):
         "torch internal, 0.8 s to import (DTensor, runtime estimator)",
     ("autotune.train.parallel", "torch.distributed.fsdp"): "0.4 s to import, FSDP recipes only",
