@@ -168,10 +168,8 @@ def test_learning_curves_show_every_trial_and_the_target(loss_run):
     lines = [t for t in fig.data if t.showlegend is not False and t.mode == "lines+markers"]
     with_curve = [r for r in outcome.records if r.curve]
     assert len(lines) == len(with_curve) >= 3
-    # a trial recorded without its curve (stopped early) is a point at its last evaluation
-    last = [t for t in fig.data if t.name and t.name.startswith("last evaluation only")]
-    without = [r for r in outcome.records if not r.curve and r.last_metric is not None]
-    assert [list(t.y) for t in last] == ([[r.last_metric for r in without]] if without else [])
+    # every record of this version keeps its curve, stopped trials too
+    assert all(r.curve for r in outcome.records if r.last_metric is not None)
     for trace, record in zip(lines, with_curve):
         assert list(trace.x) == [p[0] for p in record.curve]
         assert list(trace.y) == [p[1] for p in record.curve]
@@ -431,3 +429,20 @@ def test_the_report_renders_in_a_real_browser(loss_run, tmp_path):
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", head[16:24]) == (1280, 3200)
     assert shot.stat().st_size > 100_000  # plots and text, not a blank page
+
+
+def test_a_record_without_its_curve_is_drawn_at_its_last_evaluation(loss_run, tmp_path):
+    # Records written before stopped trials kept their curve have none: such a trial is
+    # drawn as a one-point curve at its last evaluation.
+    outcome, _, _ = loss_run
+    copy = tmp_path / "old_run"
+    shutil.copytree(outcome.run_dir, copy)
+    lines = (copy / "trials.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    old = next(r for r in records if r["curve"] and r["last_metric"] is not None)
+    old["curve"] = None
+    (copy / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    fig = curves_plot(load_run(copy)).figure
+    points = [(list(t.x), list(t.y)) for t in fig.data if t.mode == "lines+markers"]
+    assert ([old["train_seconds"]], [old["last_metric"]]) in points
+    assert len(points) == len([r for r in records if r["curve"] or r["last_metric"]])
