@@ -212,7 +212,7 @@ def test_training_and_memory_know_nothing_of_search_cli_or_exports(imports, pack
 
 def test_knobs_sit_below_train_and_memory(imports):
     allowed = {"autotune.knobs", "autotune.recipe", "autotune.tasks", "autotune.errors",
-               "autotune.units"}
+               "autotune.units", "autotune.cache"}
     bad = [imp.where() for imp in imports if unit(imp.module) == "autotune.knobs"
            and imp.target.startswith("autotune") and unit(imp.target) not in allowed]
     assert not bad, f"autotune.knobs may import only {sorted(allowed)}: {bad}"

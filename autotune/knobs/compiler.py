@@ -33,6 +33,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from autotune.cache import cache_dir
 from autotune.recipe import COMPILE_MODES
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
@@ -43,8 +44,7 @@ def compile_cache_dir() -> Path:
     """Where compiled artefacts are kept between trials and searches:
     ``$AUTOTUNE_CACHE_DIR/inductor``, default ``~/.cache/autotune/inductor`` (the same root as
     the built-in tasks' data and DeepSpeed's compiled ops)."""
-    base = os.environ.get("AUTOTUNE_CACHE_DIR") or os.path.expanduser("~/.cache/autotune")
-    return Path(base) / "inductor"
+    return cache_dir("inductor")
 
 
 def use_compile_cache() -> str:

@@ -17,17 +17,13 @@ from pathlib import Path
 
 import torch
 
+from autotune.cache import cache_dir
+
 
 def split_indices(n: int, num_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic (train, validation) index split: a seeded permutation, validation first."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[num_validation:], perm[:num_validation]
-
-
-def cache_dir() -> Path:
-    """``$AUTOTUNE_CACHE_DIR`` if set, else ``~/.cache/autotune``."""
-    env = os.environ.get("AUTOTUNE_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "autotune"
 
 
 def cache_file(stem: str, key: str) -> Path:

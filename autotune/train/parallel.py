@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from autotune.cache import cache_dir
 from autotune.knobs import (
     apply_checkpointing,
     apply_masks,
@@ -285,8 +286,7 @@ def extensions_dir() -> Path:
     """Where DeepSpeed's C++ ops are compiled once and reused (the first build takes 1-2
     minutes on a small CPU): ``$AUTOTUNE_CACHE_DIR/torch_extensions``, default
     ``~/.cache/autotune/torch_extensions``."""
-    base = os.environ.get("AUTOTUNE_CACHE_DIR") or os.path.expanduser("~/.cache/autotune")
-    return Path(base) / "torch_extensions"
+    return cache_dir("torch_extensions")
 
 
 def _prepare_zero(
