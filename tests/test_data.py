@@ -265,3 +265,17 @@ def test_a_trial_records_the_device_knobs_that_had_no_effect():
     # channels_last on a model without convolutions: a recorded no-op (autotune.knobs).
     result = _train(make_loss_task(), Recipe(channels_last=True), steps=2)
     assert [n.split(":")[0] for n in result.inactive_knobs] == ["channels_last"]
+
+
+def test_autotune_train_names_loader_start_and_knobs_without_effect(tmp_path, capsys):
+    from autotune.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    Recipe(lr=1e-2, dataloader_workers=1, pin_memory=True).save(path)
+    # 2 ms a sample: the loader's first batch of 32 takes over 0.05 s, so it is named.
+    code = main(["train", "--recipe", str(path), "--model", "tests.toy_task:make_dataset_task",
+                 "--task-option", "delay=0.002", "--target", "0.6"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "before it starting the DataLoader" in out
+    assert "no effect: pin_memory: no effect on cpu" in out

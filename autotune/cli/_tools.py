@@ -177,8 +177,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.status != objective.REACHED:
         print(f"no time-to-target: {result.status}: {result.message}")
         return EXIT_NO_WINNER
+    one_time = "".join(
+        f", {what} {seconds:.1f}s" for what, seconds in
+        (("of it compiling", result.compile_seconds),
+         ("before it starting the DataLoader", result.loader_start_seconds)) if seconds >= 0.05)
     print(f"time-to-target {result.tta_seconds:.1f}s (peak memory "
-          f"{format_bytes(result.peak_memory_bytes)}, {result.steps} steps)")
+          f"{format_bytes(result.peak_memory_bytes)}, {result.steps} steps{one_time})")
+    for note in result.inactive_knobs:
+        print(f"  no effect: {note}")
     if claimed:
         print(f"the recipe file claims {claimed:.1f}s: ratio measured/claimed "
               f"{result.tta_seconds / claimed:.2f}")
