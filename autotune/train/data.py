@@ -168,8 +168,8 @@ class LoaderBatches:
                 self.iterator = None
 
     def next(self) -> Batch:
-        batch, self.pending = (self.pending, None) if self.pending is not None \
-            else (self._fetch(), None)
+        batch = self.pending if self.pending is not None else self._fetch()
+        self.pending = None
         return move_batch(batch, self.device, non_blocking=self.non_blocking)
 
     def close(self) -> None:
