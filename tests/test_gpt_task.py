@@ -25,15 +25,6 @@ SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "gpt.yaml"
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh, private cache directory for the whole module (the first load fills it)."""
-    path = tmp_path_factory.mktemp("autotune_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTOTUNE_CACHE_DIR", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def gpt_task(cache_dir: Path) -> Task:
     return load_task("gpt")
 

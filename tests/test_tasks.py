@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from autotune.tasks import bert as bert_module
 from autotune.tasks._base import package_data_file
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh, private cache directory for the whole module (the first bert load fills it)."""
-    path = tmp_path_factory.mktemp("autotune_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTOTUNE_CACHE_DIR", str(path))
-        yield path
 
 
 @pytest.fixture(scope="module")
