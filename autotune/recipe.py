@@ -21,11 +21,15 @@ from autotune.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
-PARALLELISMS = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
+PARALLELISMS = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3", "pipeline")
 ZERO_MODES = ("zero1", "zero2", "zero3")
 OPTIMIZER_IMPLEMENTATIONS = ("default", "foreach", "fused")
 """Values of ``fused_optimizer``. ``default`` rather than ``off``: YAML 1.1 reads a bare ``off``
 as false, and torch's default is itself ``foreach`` on a GPU."""
+PIPELINE_SCHEDULES = ("gpipe", "1f1b")
+"""Values of ``pipeline_schedule``: ``torch.distributed.pipelining``'s ``ScheduleGPipe`` (all
+forwards, then all backwards) or ``Schedule1F1B`` (one forward, one backward: fewer
+micro-batches' activations held at once)."""
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 """Values of ``compile``: ``none`` (eager) or a ``torch.compile`` mode. ``none`` rather than
 ``off``: YAML 1.1 reads a bare ``off`` as false. ``reduce-overhead`` (CUDA graphs) needs a GPU."""
@@ -42,7 +46,17 @@ class Recipe:
     accumulation_steps: int = 1
     """Micro-batches whose gradients are summed before one optimizer step."""
     prune_ratio: float = 0.0
-    """Fraction of each weight matrix zeroed by magnitude pruning, held at zero in training."""
+    """Structured pruning: the fraction of the model's prunable units removed by magnitude
+    (feed-forward hidden units, attention heads, convolution channels), leaving smaller dense
+    layers that do less work in every later step. 0.0 does not prune."""
+    prune_after_steps: int = 0
+    """Optimizer steps of dense training before the structured prune (a short warm phase lets
+    weight magnitudes mean something); 0 prunes the initial model before the first step.
+    Only with ``prune_ratio`` > 0."""
+    weight_sparsity: float = 0.0
+    """Unstructured magnitude sparsity: the fraction of each weight matrix zeroed (smallest
+    magnitudes) and held at zero. A regulariser, not a speed knob: the same dense matmuls run,
+    plus the masking, so it can only cost time; kept out of the speed spaces."""
     warmup_steps: int = 0
     """Optimizer steps of linear learning-rate warmup from 0 to ``lr``."""
     schedule: str = "constant"
@@ -59,7 +73,8 @@ class Recipe:
     momentum: float = 0.9
     """SGD momentum; ignored by Adam and AdamW."""
     parallelism: str = "single"
-    """``single`` (one device); ``ddp``, ``fsdp``, ``zero1``-``zero3`` run several workers."""
+    """``single`` (one device); ``ddp``, ``fsdp``, ``zero1``-``zero3`` run several data-parallel
+    workers; ``pipeline`` splits the model into ``workers`` stages, one per worker."""
     workers: int = 1
     """Devices (processes) one training run uses; 1 for ``single``."""
     offload: bool = False
@@ -99,6 +114,18 @@ class Recipe:
     a CPU, ``foreach`` on a GPU), ``foreach`` (each operation over all parameters at once) or
     ``fused`` (the whole update in one kernel). The same update with fewer passes over memory;
     no effect on DeepSpeed's own CPU Adam (ZeRO offload)."""
+    pipeline_microbatches: int = 4
+    """With ``pipeline``: the micro-batches each batch is split into as it flows through the
+    stages (more keeps stages busier; each is smaller). Must divide ``batch_size``."""
+    pipeline_schedule: str = "gpipe"
+    """With ``pipeline``: ``gpipe`` or ``1f1b`` (``PIPELINE_SCHEDULES``)."""
+    distill_weight: float = 0.0
+    """Knowledge distillation from the task's teacher: the loss is ``(1 - w) x task loss + w x
+    T^2 x KL(teacher || student)`` on outputs softened by temperature ``T``. 0.0 trains on the
+    task loss alone; > 0 needs a task with a teacher. The teacher's forward pass is on the
+    training clock."""
+    distill_temperature: float = 2.0
+    """Softening temperature ``T`` of the distillation term; only with ``distill_weight`` > 0."""
     compile: str = "none"
     """``torch.compile`` the model: ``none`` (eager), or a mode: ``default``,
     ``max-autotune-no-cudagraphs`` (longer compile, benchmarked kernel choices) or
@@ -207,6 +234,12 @@ _SHORT = {
     "batch_size": "bs",
     "accumulation_steps": "accum",
     "prune_ratio": "prune",
+    "prune_after_steps": "prune_after",
+    "weight_sparsity": "sparsity",
+    "pipeline_microbatches": "pp_micro",
+    "pipeline_schedule": "pp_sched",
+    "distill_weight": "distill",
+    "distill_temperature": "distill_T",
     "warmup_steps": "warmup",
     "optimizer": "opt",
     "weight_decay": "wd",
@@ -306,7 +339,9 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
     choice("parallelism", PARALLELISMS)
     choice("fused_optimizer", OPTIMIZER_IMPLEMENTATIONS)
     choice("compile", COMPILE_MODES)
-    for key in ("batch_size", "accumulation_steps", "workers", "decay_steps"):
+    choice("pipeline_schedule", PIPELINE_SCHEDULES)
+    for key in ("batch_size", "accumulation_steps", "workers", "decay_steps",
+                "pipeline_microbatches"):
         if has(key) and r[key] < 1:
             p.append(f"{key}: must be >= 1; got {r[key]!r}")
     if has("prefetch_factor") and r["prefetch_factor"] < 1:
@@ -323,6 +358,40 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
         p.append(f"warmup_steps: must be >= 0; got {r['warmup_steps']!r}")
     if has("prune_ratio") and not 0.0 <= r["prune_ratio"] < 1.0:
         p.append(f"prune_ratio: must satisfy 0 <= prune_ratio < 1; got {r['prune_ratio']!r}")
+    if has("weight_sparsity") and not 0.0 <= r["weight_sparsity"] < 1.0:
+        p.append(f"weight_sparsity: must satisfy 0 <= weight_sparsity < 1; got "
+                 f"{r['weight_sparsity']!r}")
+    if has("prune_after_steps") and r["prune_after_steps"] < 0:
+        p.append(f"prune_after_steps: must be >= 0; got {r['prune_after_steps']!r}")
+    if has("prune_after_steps", "prune_ratio") and r["prune_after_steps"] > 0 \
+            and r["prune_ratio"] == 0:
+        p.append(f"prune_after_steps: applies only with structured pruning (prune_ratio > 0); "
+                 f"got {r['prune_after_steps']!r} with prune_ratio 0")
+    if has("distill_weight") and not 0.0 <= r["distill_weight"] <= 1.0:
+        p.append(f"distill_weight: must satisfy 0 <= distill_weight <= 1; got "
+                 f"{r['distill_weight']!r}")
+    if has("distill_temperature") and not (math.isfinite(r["distill_temperature"])
+                                           and r["distill_temperature"] > 0):
+        p.append(f"distill_temperature: must be a positive finite number; got "
+                 f"{r['distill_temperature']!r}")
+    if has("distill_weight", "distill_temperature") and r["distill_weight"] == 0 \
+            and r["distill_temperature"] != 2.0:
+        p.append(f"distill_temperature: applies only with distillation (distill_weight > 0); "
+                 f"got {r['distill_temperature']!r} with distill_weight 0")
+    if has("parallelism", "pipeline_microbatches", "pipeline_schedule") \
+            and r["parallelism"] != "pipeline":
+        for key, default in (("pipeline_microbatches", 4), ("pipeline_schedule", "gpipe")):
+            if r[key] != default:
+                p.append(f"{key}: applies only with parallelism pipeline; got {r[key]!r} with "
+                         f"parallelism {r['parallelism']!r}")
+    if has("parallelism", "workers") and r["parallelism"] == "pipeline" and r["workers"] < 2:
+        p.append(f"workers: pipeline splits the model into one stage per worker, so workers "
+                 f"must be >= 2; got {r['workers']!r}")
+    if has("parallelism", "batch_size", "pipeline_microbatches") \
+            and r["parallelism"] == "pipeline" and r["pipeline_microbatches"] >= 1 \
+            and r["batch_size"] % r["pipeline_microbatches"]:
+        p.append(f"pipeline_microbatches: must divide batch_size; got "
+                 f"{r['pipeline_microbatches']!r} with batch_size {r['batch_size']!r}")
     if has("lr") and not (math.isfinite(r["lr"]) and r["lr"] > 0):
         p.append(f"lr: must be a positive finite number; got {r['lr']!r}")
     if has("weight_decay") and not r["weight_decay"] >= 0:
@@ -347,7 +416,8 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
 
 BASELINE_NOTE = (
     "fp32, the task's default batch size and learning rate, AdamW, constant learning rate, "
-    "no warmup, no accumulation, no pruning, one device, data loaded in the training process"
+    "no warmup, no accumulation, no pruning, no distillation, one device, data loaded in the "
+    "training process"
 )
 
 
