@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt Makefile
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
