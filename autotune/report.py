@@ -43,9 +43,17 @@ def started_line(record: TrialRecord, total: int) -> str:
 
 
 def confirming_line(info: dict[str, Any]) -> str:
+    """The confirmation phase's start, and what the time budget cut from it."""
+    if not info["trials"]:
+        return (f"confirming: none of the {info.get('planned', 0)} confirmation runs fits in "
+                f"the {format_duration(info.get('seconds_left') or 0.0)} of time budget left; "
+                "the winner is the fastest single trial (--time-budget longer to confirm)")
+    cut = info.get("cut_for_time", 0)
+    left = (f"; {cut} of {info['planned']} runs cut to keep the time budget "
+            f"({format_duration(info.get('seconds_left') or 0.0)} left)") if cut else ""
     return (f"confirming: {info['recipes']} recipes (the fastest, and the baseline) run again "
-            f"with {info['seeds']} more seeds each ({info['trials']} runs); the winner is the "
-            "lowest median time-to-target")
+            f"with up to {info['seeds']} more seeds each ({info['trials']} runs){left}; the "
+            "winner is the lowest median time-to-target")
 
 
 def finished_line(record: TrialRecord, total: int, best: Candidate | None,
@@ -107,6 +115,8 @@ def status_line(snap: Snapshot, metric: str = "acc") -> str:
 
 def _why(record: TrialRecord) -> str:
     if record.status == objective.STOPPED:
+        if "time budget" in (record.message or ""):
+            return f"stopped at {format_duration(record.train_seconds)}: time budget spent"
         return f"stopped early at {format_duration(record.train_seconds)}"
     if record.status == objective.NOT_REACHED:
         return f"target not reached in {format_duration(record.train_seconds)}"
@@ -135,7 +145,9 @@ def plan_lines(plan: SearchPlan) -> list[str]:
                   *("  | " + line for line in plan.space_text.splitlines())]
     warm = "; ".join(ws.name for ws in plan.suggestions) or "none"
     lines += [f"warm start after the baseline: {warm}",
-              f"up to {r.trials} trials, no new trial after {time_budget}; results in "
+              f"up to {r.trials} trials, "
+              + (f"ends within {time_budget}" if plan.time_budget_s is not None
+                 else "no time budget") + "; results in "
               f"{plan.run_dir.path}/"]
     return lines
 

@@ -64,8 +64,10 @@ def add_search(sub: Any) -> None:
     p.add_argument("--trials", type=int, default=None,
                    help=f"most trials to run, the baseline included (default {DEFAULT_TRIALS})")
     p.add_argument("--time-budget", default=None,
-                   help="no trial starts after this much search time: 300, 90s, 5m, 1h "
-                   f"(default {format_duration(DEFAULT_TIME_BUDGET_S)}; running trials finish)")
+                   help="the whole search (start-up, trials, confirmation, results) ends "
+                   "within this: 300, 90s, 5m, 1h (default "
+                   f"{format_duration(DEFAULT_TIME_BUDGET_S)}; trials still running at a "
+                   "phase's end are stopped at their next report)")
     p.add_argument("--max-trial-time", default=None,
                    help="training-time limit of one trial, e.g. 60s (default: the task's)")
     p.add_argument("--output", default=None,
@@ -129,7 +131,8 @@ def _add_confirm_args(p: argparse.ArgumentParser) -> None:
                    help="after the search, run the N fastest recipes (and the baseline) again "
                    "with --confirm-seeds more seeds and pick the lowest median time-to-target "
                    f"(default {DEFAULT_CONFIRM_TOP}; 0 turns it off); the search keeps a "
-                   "quarter of --time-budget for these runs")
+                   "quarter of --time-budget for these runs, and cuts those that would not "
+                   "end within it)")
     p.add_argument("--confirm-seeds", type=int, default=DEFAULT_CONFIRM_SEEDS, metavar="K",
                    help=f"further seeds per confirmed recipe (default {DEFAULT_CONFIRM_SEEDS})")
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",

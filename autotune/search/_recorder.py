@@ -45,6 +45,9 @@ class Recorder(Callback):
         self.last: dict[str, dict[str, Any]] = {}
         self.running: dict[str, Any] = {}
         self.started: dict[str, float] = {}
+        self.time_stopped: set[str] = set()
+        """Ids of the trials a scheduler stopped because the time budget's phase ended
+        (``autotune.search._scheduler.Deadline``)."""
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment's state (for a restore); the event
@@ -155,7 +158,8 @@ class Recorder(Callback):
         record.status = status
         record.score = ended_score(status, result, p.target, p.max_train_seconds,
                                    p.task.higher_is_better)
-        record.message = error or _stopped_message(status, result) or result.get("message", "")
+        record.message = error or _stopped_message(
+            status, result, trial.trial_id in self.time_stopped) or result.get("message", "")
         record.finished_at = time.time()
         for key in ("node_ip", "node_id", "hostname", "worker_nodes"):
             setattr(record, key, result.get(key))
@@ -178,11 +182,14 @@ class Recorder(Callback):
             self.on_record(record)
 
 
-def _stopped_message(status: str, result: dict[str, Any]) -> str:
+def _stopped_message(status: str, result: dict[str, Any], for_time: bool = False) -> str:
     if status != objective.STOPPED:
         return ""
     best = result.get("best_metric")
     seconds = result.get("train_seconds") or 0.0
     shown = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
+    if for_time:
+        return (f"stopped at {seconds:.1f}s of training (metric {shown}): the search's time "
+                "budget (--time-budget) for this phase was spent")
     return (f"stopped early at {seconds:.1f}s of training (metric {shown}): behind other trials "
             "at the same training time, or already slower than the best time-to-target")

@@ -104,7 +104,7 @@ class StudySearcher(Searcher):
                  points: list[dict[str, Any]] | None = None, gate: MemoryGate | None = None,
                  on_refused: RefusedFn | None = None, deadline: float | None = None,
                  target: float, max_train_seconds: float,
-                 higher_is_better: bool = True) -> None:
+                 higher_is_better: bool = True, first_regardless: bool = False) -> None:
         super().__init__(metric="score", mode="min")
         self.study = study
         self.space = space
@@ -115,6 +115,9 @@ class StudySearcher(Searcher):
         self.gate = gate
         self.on_refused = on_refused
         self.deadline = deadline
+        self.first_regardless = first_regardless
+        """Propose the first point even past the deadline: the baseline, which every search
+        measures (each speedup is against it), however small its time budget."""
         self.target = target
         self.max_train_seconds = max_train_seconds
         self.higher_is_better = higher_is_better
@@ -122,8 +125,10 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         for _ in range(MAX_REFUSED_IN_A_ROW):
-            if self.left <= 0 or (self.deadline is not None and time.time() > self.deadline):
+            late = self.deadline is not None and time.time() > self.deadline
+            if self.left <= 0 or (late and not self.first_regardless):
                 return Searcher.FINISHED
+            self.first_regardless = False
             self.left -= 1
             trial, params = self._ask()
             try:

@@ -242,9 +242,11 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
     tracker = open_tracker(plan.request.loggers, _tracking_context(plan), emit,
                            plan.request.verbose)
     new: list[TrialRecord] = []
+    confirmation: dict[str, Any] | None = None
     try:
         if not _nothing_left(plan, prior):
-            new = _run.run(plan, emit, prior, start, on_record=tracker.on_record)
+            new, done = _run.run(plan, emit, prior, start, on_record=tracker.on_record)
+            confirmation = done.to_dict()
     except KeyboardInterrupt:
         run_dir.end_session()
         tracker.close(interrupted=True)
@@ -258,7 +260,7 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
     records = prior + new
     wall = time.time() - start
     summary = summarize(records)
-    context = search_document(plan, len(records), wall)
+    context = search_document(plan, len(records), wall, confirmation)
     run_dir.write_yaml(run_dir.path / "search.yaml", context)
     failed: list[str] = []
     write_report_after_search(  # report.html, trials.csv; never raises

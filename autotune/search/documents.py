@@ -23,11 +23,17 @@ def device_description(device_type: str) -> str:
     return f"cpu ({cpu_model()}, {os.cpu_count() or 1} cores)"
 
 
-def search_document(plan: SearchPlan, trials_run: int, wall_seconds: float) -> dict[str, Any]:
+def search_document(plan: SearchPlan, trials_run: int, wall_seconds: float,
+                    confirmation: dict[str, Any] | None = None) -> dict[str, Any]:
     """``search.yaml``: the task, the search's settings and where its results are, and its
     provenance (versions, the git state of the task's code, the machine:
-    ``autotune.search.provenance``)."""
+    ``autotune.search.provenance``). ``confirmation``: what the confirmation phase ran and
+    what the time budget cut (``autotune.search._run.Confirmation``)."""
     r = plan.request
+    budget = plan.time_budget_s
+    timing = {"time_budget_s": budget,
+              "within_time_budget": None if budget is None or not wall_seconds
+              else wall_seconds <= budget}
     return {
         "device": device_description(plan.device_type),
         "task": {"name": r.model, "metric": plan.task.metric, "target": plan.target,
@@ -35,7 +41,8 @@ def search_document(plan: SearchPlan, trials_run: int, wall_seconds: float) -> d
                  "options": r.task_options, "description": plan.task.description},
         "search": {"seed": r.seed, "trials_run": trials_run, "budget_bytes": r.budget_bytes,
                    "space": plan.space_source, "max_train_seconds": plan.max_train_seconds,
-                   "wall_seconds": round(wall_seconds, 1),
+                   "wall_seconds": round(wall_seconds, 1), **timing,
+                   "confirmation": confirmation,
                    "results_dir": str(plan.run_dir.path)},
         "baseline_recipe": plan.baseline.to_dict(),
         "provenance": search_provenance(r.model, plan.device_type),

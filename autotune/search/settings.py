@@ -20,7 +20,7 @@ DEFAULT_MODEL = "bert"
 DEFAULT_TRIALS = 20
 """Trials at most, the baseline included."""
 DEFAULT_TIME_BUDGET_S = 480.0
-"""No new trial after 8 minutes of search."""
+"""The whole search ends within 8 minutes (``autotune.search._run`` splits it in phases)."""
 DEFAULT_CONFIRM_TOP = 3
 DEFAULT_CONFIRM_SEEDS = 2
 CONFIRM_SHARE = 0.25
@@ -53,7 +53,8 @@ class SearchRequest:
     """``cpu`` or ``cuda``; None: a GPU where there is one."""
     trials: int = DEFAULT_TRIALS
     time_budget_s: float | None = DEFAULT_TIME_BUDGET_S
-    """No trial starts after this much search time (running ones finish); None: no limit."""
+    """Seconds the whole search may take, start-up to results (trials still running at a
+    phase's end are stopped; confirmation runs that would not fit are cut); None: no limit."""
     max_trial_seconds: float | None = None
     """Training-time limit of one trial; None: the task's."""
     results_dir: str | None = None

@@ -89,7 +89,9 @@ def candidates(records: list[TrialRecord]) -> list[Candidate]:
     are left out)."""
     reruns: dict[int, list[TrialRecord]] = {}
     for r in records:
-        if not r.is_search_trial and r.status != objective.INTERRUPTED:
+        # A rerun interrupted (Ctrl-C) or stopped at the time budget's end says nothing of
+        # its recipe's speed: it is left out, not counted as a miss.
+        if not r.is_search_trial and r.status not in (objective.INTERRUPTED, objective.STOPPED):
             reruns.setdefault(int(r.rerun_of or 0), []).append(r)
     return [Candidate(r, tuple(reruns.get(r.trial, ())) if r.reached else ())
             for r in records if r.is_search_trial]
@@ -116,7 +118,11 @@ def confirm_points(records: list[TrialRecord], top: int, seeds: int, seed: int,
     """The confirmation runs still to do: for the ``top`` fastest distinct recipes that
     reached the target, and the baseline if it did, each of seeds ``seed+1 .. seed+seeds`` not
     yet run. A point is the trial's params plus ``_seed``, ``_rerun_of`` (the original trial)
-    and ``_max_train_seconds`` (see ``RERUN_TIME_FACTOR``)."""
+    and ``_max_train_seconds`` (see ``RERUN_TIME_FACTOR``).
+
+    Ordered seed by seed (every recipe's first further seed, fastest recipe first, then every
+    recipe's second...), so that when the time budget cuts the list (``fit_in_time``) each
+    recipe keeps as many seeds as the others."""
     if top <= 0 or seeds <= 0:
         return []
     ranked: list[TrialRecord] = []
@@ -129,10 +135,10 @@ def confirm_points(records: list[TrialRecord], top: int, seeds: int, seed: int,
     if baseline is not None and baseline not in chosen:
         chosen.append(baseline)
     points = []
-    for r in chosen:
-        done = {x.seed for x in records if x.rerun_of == r.trial
-                and x.status != objective.INTERRUPTED}
-        for k in range(1, seeds + 1):
+    for k in range(1, seeds + 1):
+        for r in chosen:
+            done = {x.seed for x in records if x.rerun_of == r.trial
+                    and x.status not in (objective.INTERRUPTED, objective.STOPPED)}
             if seed + k in done:
                 continue
             assert r.tta_seconds is not None
@@ -140,6 +146,41 @@ def confirm_points(records: list[TrialRecord], top: int, seeds: int, seed: int,
             points.append({**r.params, "_seed": seed + k, "_rerun_of": r.trial,
                            "_max_train_seconds": limit})
     return points
+
+
+def expected_wall_seconds(record: TrialRecord, limit: float) -> float:
+    """How long a confirmation run of ``record``'s recipe should take, start to end: the
+    original trial's own wall time (it ended when it reached the target, as the rerun will),
+    else its setup, training and evaluation seconds, else ``limit``."""
+    if record.started_at is not None and record.finished_at is not None:
+        return max(0.0, record.finished_at - record.started_at)
+    parts = [record.setup_seconds, record.train_seconds, record.eval_seconds]
+    if any(p is not None for p in parts):
+        return sum(p or 0.0 for p in parts)
+    return limit
+
+
+def fit_in_time(points: list[dict[str, Any]], records: list[TrialRecord], seconds: float,
+                concurrency: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split confirmation ``points`` (in ``confirm_points``' order) into those expected to end
+    within ``seconds`` on ``concurrency`` trial slots, and those cut: each point goes to the
+    slot free first (as Tune starts them), and is kept if it would end in time
+    (``expected_wall_seconds`` of its original trial)."""
+    by_trial = {r.trial: r for r in records if r.is_search_trial}
+    slots = [0.0] * max(1, concurrency)
+    kept: list[dict[str, Any]] = []
+    cut: list[dict[str, Any]] = []
+    for point in points:
+        original = by_trial.get(int(point["_rerun_of"]))
+        limit = float(point.get("_max_train_seconds", seconds))
+        cost = expected_wall_seconds(original, limit) if original else limit
+        slot = min(range(len(slots)), key=slots.__getitem__)
+        if slots[slot] + cost <= seconds:
+            slots[slot] += cost
+            kept.append(point)
+        else:
+            cut.append(point)
+    return kept, cut
 
 
 def no_winner_reason(records: list[TrialRecord], metric: str, target: float,
