@@ -39,7 +39,7 @@ from autotune.knobs import (
 from autotune.recipe import Recipe
 from autotune.tasks import Task
 from autotune.train import TrialLimits, TrialResult, pick_device, run_trial
-from autotune.train.parallel import prepare
+from autotune.train.parallel import Prepared, prepare
 
 __all__ = ["Configured", "LossFn", "configure", "fit"]
 
@@ -48,8 +48,15 @@ class Configured:
     """A model with a recipe applied, and what one optimizer step needs. Built by ``configure``.
 
     The fields are the live torch objects: step them only through ``step`` (which also advances
-    the scheduler and re-applies the pruning masks), or read them (``scheduler.get_last_lr()``,
-    ``model.state_dict()``).
+    the scheduler and re-applies the ``weight_sparsity`` masks), or read them
+    (``scheduler.get_last_lr()``, ``model.state_dict()``).
+
+    Structured pruning (``prune_ratio``) with ``prune_after_steps`` 0 is done by ``configure``:
+    the model you get is already smaller. With ``prune_after_steps`` N > 0, the N-th ``step``
+    prunes after its update, as a trial does: the model shrinks in place (same object, same
+    ``state_dict`` keys, smaller tensors) and ``optimizer``, ``scheduler`` and ``masks`` are
+    replaced by new objects carrying the old state, sliced. Read them from this object after
+    that step; an optimizer or scheduler you kept a reference to is then stale.
     """
 
     recipe: Recipe
@@ -68,8 +75,8 @@ class Configured:
     scaler: torch.amp.GradScaler | None
     """Loss scaler for fp16 (``autotune.knobs.make_grad_scaler``); None for fp32 and bf16."""
     masks: dict[nn.Parameter, torch.Tensor]
-    """Keep-masks of the pruned weights (``autotune.knobs.prune_by_magnitude``); empty with no
-    pruning."""
+    """Keep-masks of the ``weight_sparsity`` zeroed weights
+    (``autotune.knobs.prune_by_magnitude``); empty without it."""
     device: torch.device
     """Where the model lives; put batches there before ``step``."""
     channels_last: bool = False
@@ -78,6 +85,9 @@ class Configured:
     inactive: tuple[str, ...] = ()
     """The recipe's knobs that cannot act on this model and device, ``knob: why`` each (e.g.
     ``channels_last`` on a model without convolutions)."""
+    prepared: Prepared | None = field(default=None, repr=False)
+    """The trial-side setup behind this object (``autotune.train.parallel.Prepared``): it
+    holds the unit groups that ``prune_after_steps`` cuts."""
     grad_norm: torch.Tensor | None = field(default=None, init=False)
     """With ``grad_clip`` > 0: the global gradient norm before clipping at the last ``step``,
     as a tensor on the device (``float(run.grad_norm)`` reads it; on a GPU that waits for
@@ -121,7 +131,7 @@ class Configured:
         if len(micro_batches) == 0:
             raise ValueError("step() needs at least one micro-batch; got an empty sequence")
         try:
-            return optimizer_step(
+            loss = optimizer_step(
                 self.model, loss_fn, micro_batches, self.optimizer, self.scheduler, self.recipe,
                 self.device.type, scaler=self.scaler, masks=self.masks,
                 channels_last=self.channels_last, grad_norm=self._keep_grad_norm,
@@ -131,6 +141,19 @@ class Configured:
                 f"{exc}; lower the learning rate (recipe lr={self.recipe.lr:g}) or use fp32 "
                 f"(precision={self.recipe.precision!r})"
             ) from None
+        self._prune_when_due()
+        return loss
+
+    def _prune_when_due(self) -> None:
+        """After the ``prune_after_steps``-th step: the structured prune (see the class
+        docstring), through ``Prepared.prune_units``, a trial's own."""
+        due = self.recipe.prune_after_steps > 0 \
+            and self.scheduler.last_epoch >= self.recipe.prune_after_steps
+        if not due or self.prepared is None or not self.prepared.prune_groups:
+            return
+        self.prepared.prune_units()
+        for name in ("optimizer", "scheduler", "masks"):
+            object.__setattr__(self, name, getattr(self.prepared, name))  # frozen: only here
 
     def _keep_grad_norm(self, norm: torch.Tensor) -> None:
         object.__setattr__(self, "grad_norm", norm.detach())  # frozen: only step() sets it
@@ -143,12 +166,14 @@ def configure(
 
     Moves ``model`` to ``device`` (default: a GPU if there is one, else the CPU) in training
     mode, sets TF32 for this process (``tf32``), puts convolution weights in channels-last
-    order (``channels_last``), turns on activation checkpointing (``checkpointing``), prunes
-    it in place (``prune_ratio``), compiles its forward in place (``compile``, with the
-    inductor cache a search's trials share), and builds the optimizer over its parameters (in
-    the ``fused_optimizer`` implementation), the learning-rate scheduler and, for fp16, the
-    grad scaler. Raises ``UserError`` for a multi-worker recipe, or one the device cannot run
-    (``tf32``, or ``compile`` reduce-overhead, on a CPU).
+    order (``channels_last``), removes its smallest units (``prune_ratio``, structured pruning:
+    now, or at ``step`` number ``prune_after_steps``), turns on activation checkpointing
+    (``checkpointing``), zeroes its smallest weights (``weight_sparsity``), compiles its
+    forward in place (``compile``, with the inductor cache a search's trials share), and
+    builds the optimizer over its parameters (in the ``fused_optimizer`` implementation), the
+    learning-rate scheduler and, for fp16, the grad scaler. Raises ``UserError`` for a
+    multi-worker recipe, or one the device cannot run (``tf32``, or ``compile``
+    reduce-overhead, on a CPU).
     """
     _require_single(recipe)
     dev = pick_device(str(device) if device is not None else None)
@@ -167,6 +192,7 @@ def configure(
         device=dev,
         channels_last=prepared.channels_last,
         inactive=tuple(prepared.inactive),
+        prepared=prepared,
     )
 
 

@@ -4,7 +4,8 @@ its recipes' predicted peak per device, without training.
 The grid takes every combination of the knobs that change memory (precision, batch size,
 parallel mode, activation checkpointing, offload) and, for the other knobs, their most
 memory-hungry value in the space (the optimizer with the largest state, the most accumulation,
-the highest pruning ratio, whose masks are held). A space-less task gets a default grid:
+the lowest structured pruning ratio, which keeps the largest model, and the highest
+``weight_sparsity``, whose masks are held). A space-less task gets a default grid:
 fp32/bf16/fp16 x half, once and twice its batch size.
 """
 
@@ -62,7 +63,8 @@ def grid_recipes(space: SearchSpace, baseline: Recipe, workers: list[int]) -> li
     def hungriest_optimizer(values: tuple) -> str:
         return max(values, key=lambda o: optimizer_state_per_param(baseline.replace(optimizer=o)))
 
-    pick = {"optimizer": hungriest_optimizer, "accumulation_steps": max, "prune_ratio": max}
+    pick = {"optimizer": hungriest_optimizer, "accumulation_steps": max, "prune_ratio": min,
+            "weight_sparsity": max}
     grid = space.grid(baseline, GRID_KNOBS, pick)
     return [r if r.parallelism == "single" else r.replace(workers=n)
             for r in grid for n in ([1] if r.parallelism == "single" else workers)]
@@ -77,6 +79,7 @@ def estimate_space(task: Task, model: str, space_path: str | None, workers: list
     fixed = recipes[0] if recipes else baseline
     if recipes:
         fixed = fixed.replace(accumulation_steps=max(r.accumulation_steps for r in recipes),
-                              prune_ratio=max(r.prune_ratio for r in recipes))
+                              prune_ratio=min(r.prune_ratio for r in recipes),
+                              weight_sparsity=max(r.weight_sparsity for r in recipes))
     rows = estimate_recipes(task, recipes, budget_bytes, device_type)
     return Estimate(rows=rows, space_source=source, fixed=fixed, budget_bytes=budget_bytes)

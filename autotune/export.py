@@ -112,6 +112,15 @@ def _launch_summary(recipe: Recipe) -> str:
         extras.append("TF32 matmuls")
     if recipe.channels_last:
         extras.append("channels_last model and inputs")
+    if recipe.prune_ratio > 0:
+        extras.append(
+            f"structured pruning of {recipe.prune_ratio:g} of the units "
+            f"(autotune.knobs.prune_structured(model, {recipe.prune_ratio:g}) "
+            + ("before training" if recipe.prune_after_steps == 0 else
+               f"after {recipe.prune_after_steps} steps") + ")")
+    if recipe.weight_sparsity > 0:
+        extras.append(f"weight_sparsity {recipe.weight_sparsity:g} (autotune.knobs."
+                      "prune_by_magnitude; apply_masks after each step)")
     if recipe.compile != "none":
         extras.append(f"torch.compile mode {recipe.compile}" + (
             " (DeepSpeed: engine.compile(compile_kwargs={'mode': ...}) after initialize)"
@@ -255,17 +264,29 @@ def hf_unsupported(recipe: Recipe) -> list[str]:
     """The recipe's knobs that ``hf_training_arguments`` cannot express, one line each with
     what to do instead; empty when the arguments reproduce the whole recipe.
 
-    SGD momentum is supported (``optim_args``); pruning and channels-last have no
+    SGD momentum is supported (``optim_args``); structured pruning, weight sparsity and
+    channels-last have no
     TrainingArguments field; plain Adam (L2 weight decay) has no HF optimizer name outside
     DeepSpeed; HF names no ``foreach`` implementation, nor a fused SGD (a ZeRO recipe's
     DeepSpeed config carries both).
     """
     out: list[str] = []
     if recipe.prune_ratio > 0:
+        when = ("before building the Trainer" if recipe.prune_after_steps == 0 else
+                f"after {recipe.prune_after_steps} optimizer steps (a TrainerCallback's "
+                "on_step_end; the Trainer's optimizer must then be rebuilt around the smaller "
+                "model, which the Trainer does not do: prefer prune_after_steps 0)")
         out.append(
-            f"prune_ratio {recipe.prune_ratio:g}: TrainingArguments have no pruning; zero the "
-            "smallest-magnitude weights yourself (autotune.knobs.prune_by_magnitude) "
-            "before training and after each optimizer step (a TrainerCallback's on_step_end)."
+            f"prune_ratio {recipe.prune_ratio:g}: TrainingArguments have no structured "
+            f"pruning; remove the units yourself {when} with "
+            f"autotune.knobs.prune_structured(model, {recipe.prune_ratio:g})."
+        )
+    if recipe.weight_sparsity > 0:
+        out.append(
+            f"weight_sparsity {recipe.weight_sparsity:g}: TrainingArguments have no weight "
+            "masks; zero the smallest-magnitude weights yourself "
+            "(autotune.knobs.prune_by_magnitude) before training and re-apply the masks after "
+            "each optimizer step (a TrainerCallback's on_step_end, autotune.knobs.apply_masks)."
         )
     if recipe.optimizer == "adam" and recipe.weight_decay > 0 \
             and recipe.parallelism not in ZERO_MODES:

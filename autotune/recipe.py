@@ -367,6 +367,11 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
             and r["prune_ratio"] == 0:
         p.append(f"prune_after_steps: applies only with structured pruning (prune_ratio > 0); "
                  f"got {r['prune_after_steps']!r} with prune_ratio 0")
+    if has("prune_after_steps", "prune_ratio", "parallelism") and r["prune_after_steps"] > 0 \
+            and r["prune_ratio"] > 0 and r["parallelism"] != "single":
+        p.append(f"prune_after_steps: pruning during training runs in a single process only; "
+                 f"got {r['prune_after_steps']!r} with parallelism {r['parallelism']!r} (use "
+                 f"prune_after_steps 0, which prunes before the first step in every mode)")
     if has("distill_weight") and not 0.0 <= r["distill_weight"] <= 1.0:
         p.append(f"distill_weight: must satisfy 0 <= distill_weight <= 1; got "
                  f"{r['distill_weight']!r}")

@@ -491,6 +491,8 @@ def _value_problem(name: str, value: Any) -> str | None:
         probe["parallelism"] = "zero2"
     if name in ("prefetch_factor", "persistent_workers"):
         probe["dataloader_workers"] = 1
+    if name == "prune_after_steps" and isinstance(value, int) and value > 0:
+        probe["prune_ratio"] = 0.5
     problems = [q for q in recipe_problems(probe) if q.startswith(f"{name}:")]
     return problems[0].split(": ", 1)[1] if problems else None
 

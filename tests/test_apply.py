@@ -60,9 +60,9 @@ def test_bf16_recipe_autocasts_and_fp16_adds_a_scaler():
                       torch.amp.GradScaler)
 
 
-def test_prune_ratio_zeroes_each_linear_weight_and_step_keeps_it():
+def test_weight_sparsity_zeroes_each_linear_weight_and_step_keeps_it():
     task = make_toy_task()
-    run = configure(Recipe(prune_ratio=0.3, lr=1e-2), _model(), device="cpu")
+    run = configure(Recipe(weight_sparsity=0.3, lr=1e-2), _model(), device="cpu")
     weights = prunable_weights(run.model)
     for w in weights:
         assert float((w == 0).float().mean()) == pytest.approx(0.3, abs=0.01)

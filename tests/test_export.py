@@ -400,8 +400,10 @@ def test_hf_arguments_build_the_trainers_optimizer_and_schedule(recipe, tmp_path
 def test_hf_lists_what_it_cannot_express():
     assert hf_unsupported(Recipe()) == []
     assert hf_unsupported(Recipe(optimizer="sgd")) == []  # momentum goes in optim_args
-    notes = hf_unsupported(Recipe(prune_ratio=0.3, optimizer="adam"))
-    assert any(n.startswith("prune_ratio 0.3") for n in notes)
+    notes = hf_unsupported(Recipe(prune_ratio=0.3, weight_sparsity=0.2, optimizer="adam"))
+    assert any(n.startswith("prune_ratio 0.3") and "prune_structured(model, 0.3)" in n
+               for n in notes)
+    assert any(n.startswith("weight_sparsity 0.2") for n in notes)
     assert any(n.startswith("optimizer adam") for n in notes)
     assert hf_unsupported(Recipe(optimizer="adam", weight_decay=0.0)) == []
     # Through DeepSpeed the optimizer is Adam itself.

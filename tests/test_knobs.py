@@ -92,7 +92,7 @@ def test_a_nan_loss_raises_diverged_before_its_backward_pass():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_prune_ratio_zeroes_that_fraction_and_keeps_it_through_training():
+def test_weight_sparsity_zeroes_that_fraction_and_keeps_it_through_training():
     torch.manual_seed(0)
     task = make_toy_task()
     model = task.build_model()
@@ -109,7 +109,7 @@ def test_prune_ratio_zeroes_that_fraction_and_keeps_it_through_training():
     assert sparsity(weights) == pytest.approx(0.3, abs=0.005)
 
 
-def test_pruning_removes_the_smallest_magnitudes():
+def test_weight_sparsity_zeroes_the_smallest_magnitudes():
     layer = nn.Linear(10, 1, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.arange(1, 11, dtype=torch.float32).view(1, 10))
@@ -118,7 +118,7 @@ def test_pruning_removes_the_smallest_magnitudes():
     assert layer.weight.flatten().tolist()[3:] == list(range(4, 11))
 
 
-def test_no_pruning_at_ratio_zero():
+def test_no_weight_sparsity_masks_at_zero():
     assert prune_by_magnitude(nn.Linear(4, 4), 0.0) == {}
 
 

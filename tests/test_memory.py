@@ -88,6 +88,7 @@ def bert() -> Task:
     {"precision": "bf16"},
     {"precision": "fp16", "optimizer": "sgd"},
     {"optimizer": "adam", "accumulation_steps": 3},
+    {"weight_sparsity": 0.5, "batch_size": 64},
     {"prune_ratio": 0.5, "batch_size": 64},
     {"checkpointing": True, "batch_size": 64},
 ])

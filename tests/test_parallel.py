@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from autotune.knobs import (
     MODES,
+    apply_structured_pruning,
     build_optimizer,
     build_scheduler,
     optimizer_step,
@@ -35,11 +36,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def initial_pruned(recipe: Recipe) -> torch.nn.Module:
+    """The contract model as ``prepare`` leaves it before the parallel mode: structured
+    pruning (``prune_ratio`` at step 0) applied."""
+    model = w.initial_model()
+    apply_structured_pruning(model, recipe)
+    return model
+
+
 def reference_step(recipe: Recipe) -> tuple[dict[str, torch.Tensor], float | None]:
     """The single-process step: each accumulation step's micro-batch is the workers' together.
     Returns the parameters after it and, with ``grad_clip``, the gradient norm it clipped."""
-    model = w.initial_model()
-    masks = prune_by_magnitude(model, recipe.prune_ratio)
+    model = initial_pruned(recipe)
+    masks = prune_by_magnitude(model, recipe.weight_sparsity)
     opt = build_optimizer(model.parameters(), recipe)
     x, y = w.data(WORKERS, recipe.accumulation_steps)
     size = w.BATCH * WORKERS
@@ -62,8 +71,14 @@ be off by far more than the tolerance. The test checks that the reference did cl
 PARALLEL = [m for m in MODES if m != "single"]
 CASES = [
     *[(mode, {}) for mode in PARALLEL],
+    # prune_ratio: every worker prunes the same seeded weights before the mode wraps them
+    # (the parameters' shapes are checked: a mode that kept the dense model fails); the
+    # weight_sparsity masks are re-applied after the mode's step (DDP; FSDP2: by shard).
     ("ddp", {"accumulation_steps": 2, "prune_ratio": 0.3}),
     ("fsdp", {"accumulation_steps": 2, "prune_ratio": 0.3}),
+    ("zero3", {"prune_ratio": 0.3}),
+    ("ddp", {"accumulation_steps": 2, "weight_sparsity": 0.3}),
+    ("fsdp", {"weight_sparsity": 0.3}),
     ("zero2", {"accumulation_steps": 2}),
     ("zero1", {"precision": "bf16"}),
     ("ddp", {"precision": "bf16"}),
@@ -128,8 +143,9 @@ def test_one_step_matches_the_single_process_step(mode, changes, tmp_path):
         assert norm is not None and norm > 1.25 * recipe.grad_clip, norm
         assert saved["grad_norm"] == pytest.approx(norm, rel=1e-2 if recipe.precision != "fp32"
                                                    else 1e-4)
-    before = {n: p.detach() for n, p in w.initial_model().named_parameters()}
+    before = {n: p.detach() for n, p in initial_pruned(recipe).named_parameters()}
     assert got.keys() == expected.keys()
+    assert {n: t.shape for n, t in got.items()} == {n: t.shape for n, t in expected.items()}
     for name in expected:
         step = (expected[name] - before[name]).abs().max()
         assert step > 1e-3, f"the reference step did not move {name}"

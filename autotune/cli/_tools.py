@@ -214,8 +214,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     f = est.fixed
     print(f"predicted peak memory per device of {args.model} on {device} (nothing trains): "
           f"space {est.space_source}; optimizer {f.optimizer}, accumulation_steps "
-          f"{f.accumulation_steps}, prune_ratio {f.prune_ratio:g} (the space's most "
-          "memory-hungry values)", flush=True)
+          f"{f.accumulation_steps}, prune_ratio {f.prune_ratio:g}, weight_sparsity "
+          f"{f.weight_sparsity:g} (the space's most memory-hungry values)", flush=True)
     print(estimate_table(est.rows, budget))
     if budget is not None:
         print(f"{est.fitting} of {est.runnable} combinations fit the budget of {args.budget} "

@@ -2,8 +2,10 @@
 
 - the knobs, each a pure function testable on a tiny model without a trainer: precision
   (``autocast_context``, ``make_grad_scaler``), optimizer and schedule (``build_optimizer``,
-  ``build_scheduler``, ``lr_factor``), pruning (``prune_by_magnitude``, ``apply_masks``,
-  ``sparsity``), activation checkpointing (``apply_checkpointing``), gradient clipping
+  ``build_scheduler``, ``lr_factor``), structured pruning (``prune_structured``,
+  ``find_units``, ``prune_during_training``: ``prune_ratio``), weight sparsity masks
+  (``prune_by_magnitude``, ``apply_masks``, ``sparsity``: ``weight_sparsity``), activation
+  checkpointing (``apply_checkpointing``), gradient clipping
   (``clip_gradients``), TF32 and channels-last (``set_tf32``, ``to_channels_last``,
   ``channels_last_batch``), ``torch.compile`` (``compile_model``; ``compile_seconds`` measures
   what it cost, ``eager`` evaluates without compiling), and the knobs that cannot act in a
@@ -58,6 +60,16 @@ from autotune.knobs.step import (
     micro_batch_loss,
     optimizer_step,
 )
+from autotune.knobs.structured import (
+    PruneResult,
+    UnitGroup,
+    apply_structured_pruning,
+    count_parameters,
+    find_units,
+    prune_during_training,
+    prune_structured,
+    units_removed,
+)
 
 __all__ = [
     "DTYPES",
@@ -65,8 +77,11 @@ __all__ = [
     "MODES",
     "Diverged",
     "LossFn",
+    "PruneResult",
+    "UnitGroup",
     "apply_checkpointing",
     "apply_masks",
+    "apply_structured_pruning",
     "autocast_context",
     "build_optimizer",
     "build_scheduler",
@@ -74,8 +89,10 @@ __all__ = [
     "clip_gradients",
     "compile_model",
     "compile_seconds",
+    "count_parameters",
     "deepspeed_config",
     "eager",
+    "find_units",
     "forget_compiled",
     "graphs_compiled",
     "implementation_kwargs",
@@ -88,10 +105,13 @@ __all__ = [
     "optimizer_step",
     "prunable_weights",
     "prune_by_magnitude",
+    "prune_during_training",
+    "prune_structured",
     "set_tf32",
     "sparsity",
     "tf32_enabled",
     "to_channels_last",
+    "units_removed",
     "unsupported_reason",
     "use_compile_cache",
     "weight_bytes",

@@ -25,8 +25,9 @@ def unsupported_reason(recipe: Recipe, device_type: str) -> str | None:
     """Why this recipe cannot run on this kind of device (None when it can)."""
     if recipe.parallelism in ZERO_MODES and recipe.precision == "fp16" and device_type == "cpu":
         return "DeepSpeed does not support fp16 on the CPU (use bf16 or fp32)"
-    if recipe.parallelism == "zero3" and recipe.prune_ratio > 0:
-        return "pruning is not supported with ZeRO-3 (its parameters are partitioned)"
+    if recipe.parallelism == "zero3" and recipe.weight_sparsity > 0:
+        return ("weight_sparsity is not supported with ZeRO-3 (its parameters are partitioned, "
+                "so the masks cannot be re-applied)")
     if recipe.parallelism == "fsdp" and recipe.precision == "fp16":
         return "fp16 with FSDP2 needs a sharded gradient scaler, which autotune does not use"
     if recipe.parallelism == "fsdp" and recipe.fused_optimizer == "fused" \

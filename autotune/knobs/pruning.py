@@ -1,4 +1,6 @@
-"""The pruning knob: zero the smallest-magnitude weights, and keep them zero while training."""
+"""The ``weight_sparsity`` knob: zero the smallest-magnitude weights, and keep them zero while
+training (unstructured masks: the same dense matmuls run, so it is a regulariser, not a speed
+knob; structured pruning that removes compute is ``autotune.knobs.structured``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def prunable_weights(model: nn.Module) -> list[nn.Parameter]:
-    """Weight matrices of linear and convolution layers: what magnitude pruning removes.
+    """Weight matrices of linear and convolution layers: what ``weight_sparsity`` masks.
 
     Embeddings, norms and biases are left dense: they are small or lookup tables.
     """
@@ -19,8 +21,9 @@ def prunable_weights(model: nn.Module) -> list[nn.Parameter]:
 def prune_by_magnitude(model: nn.Module, ratio: float) -> dict[nn.Parameter, torch.Tensor]:
     """Zero the ``ratio`` fraction of smallest-magnitude entries of each prunable weight.
 
-    Returns the keep-masks, which ``apply_masks`` re-applies after every optimizer step so the
-    pruned weights stay zero through training. No masks for ratio 0.
+    ``ratio`` is ``Recipe.weight_sparsity``. Returns the keep-masks, which ``apply_masks``
+    re-applies after every optimizer step so the zeroed weights stay zero through training. No
+    masks for ratio 0.
     """
     if ratio <= 0:
         return {}

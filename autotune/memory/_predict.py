@@ -50,7 +50,7 @@ class Prediction:
     peak_bytes: int
     """Predicted peak tensor memory of one device."""
     parameters_bytes: int
-    """Parameters (the device's share), buffers and pruning masks at the peak."""
+    """Parameters (the device's share), buffers and ``weight_sparsity`` masks at the peak."""
     gradients_bytes: int
     """Gradients at the peak, with communication buckets (DDP, ZeRO)."""
     optimizer_bytes: int
@@ -127,7 +127,8 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
     """What a step trace depends on: the task (its load spec, which names the model and its
     options, or the identity of its model factory), the micro-batch size, precision,
     checkpointing, the optimizer (and whether it keeps momentum or applies weight decay),
-    whether gradients are accumulated, whether pruning masks exist, and whether the weights
+    whether gradients are accumulated, the structured pruning ratio at step 0 (it shrinks the
+    model), whether ``weight_sparsity`` masks exist, and whether the weights
     are cast to 16 bits (DeepSpeed's bf16/fp16). Learning rate, schedule, warmup, parallel
     mode and worker count do not change a device's step."""
     if task.load_spec is not None:
@@ -143,7 +144,8 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
         recipe.optimizer == "sgd" and recipe.momentum > 0,
         recipe.weight_decay > 0,
         recipe.accumulation_steps > 1,
-        recipe.prune_ratio > 0,
+        recipe.prune_ratio if recipe.prune_after_steps == 0 else 0.0,
+        recipe.weight_sparsity > 0,
         weight_bytes(recipe),
     )
 

@@ -8,7 +8,10 @@ exists only from the first step on (the first one is taken on zero gradients, wi
 forward pass); gradient accumulation traces two micro-batches, because the second one runs
 while the first one's gradients are held. The step is the trial's own function,
 ``autotune.knobs.optimizer_step`` (with ``read_values=False``: fake tensors have no values),
-after the same model factory, checkpointing, pruning masks, loss scaler and optimizer.
+after the same model factory, structured pruning, checkpointing, ``weight_sparsity`` masks,
+loss scaler and optimizer. Structured pruning (``prune_ratio``) at step 0 is traced: the
+smaller model is the one that trains. With ``prune_after_steps`` > 0 the dense model trains
+first, and its steps are the peak, so the dense model is traced.
 
 The batch is ``largest_batch``: the micro-batch of the training examples with the most
 non-zero inputs, the worst case for tasks that cut padding per batch (``bert`` keeps its full
@@ -34,6 +37,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from autotune.knobs import (
     apply_checkpointing,
+    apply_structured_pruning,
     build_optimizer,
     make_grad_scaler,
     optimizer_step,
@@ -184,6 +188,8 @@ def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | 
             model.train()
             if weights_dtype is not None:
                 _cast_weights(model, weights_dtype)
+            if recipe.prune_after_steps == 0:  # the smaller model; later, the dense one peaks
+                apply_structured_pruning(model, recipe)
             if recipe.checkpointing:
                 apply_checkpointing(model)
         batch = largest_batch(task, recipe.batch_size)
@@ -194,7 +200,7 @@ def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | 
             tracker = TensorTracker(model)
             with tracker:
                 tracker.phase("setup")
-                masks = prune_by_magnitude(model, recipe.prune_ratio)
+                masks = prune_by_magnitude(model, recipe.weight_sparsity)
                 optimizer = build_optimizer(model.parameters(), recipe)
                 scaler = make_grad_scaler(recipe.precision, "cpu")
                 _create_optimizer_state(model, optimizer)

@@ -15,7 +15,9 @@ DataLoader's workers (``loader_start_seconds``). It does include compiling (``co
 torch compiles in the first steps (and recompiles where a shape changes), which a user's run
 pays too; ``compile_seconds`` records that part apart, by torch's own count. Evaluations run a
 compiled model eagerly, so they never compile. On a GPU the clock synchronises the device
-before each reading.
+before each reading. Structured pruning after ``prune_after_steps`` dense steps
+(``Prepared.prune_units``: the cut, the optimizer's state sliced, and the recompile that
+follows under ``compile``) is on it too.
 
 Memory (``autotune.memory``): every trial records the predicted peak per device beside the
 measured one. On a GPU the measured peak is the allocator's over the whole trial, and a budget
@@ -230,6 +232,8 @@ def _train(
                 result.inactive_knobs.append(_NOTHING_COMPILED)
         result.steps += 1
         result.examples += examples_per_step
+        if result.steps == recipe.prune_after_steps:
+            prepared.prune_units()  # structured pruning after the dense steps, on the clock
         elapsed = clock.pause()
         out_of_steps = limits.max_steps is not None and result.steps >= limits.max_steps
         # Worker 0's clock decides for all (max of the others' zeros).

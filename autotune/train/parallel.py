@@ -15,8 +15,8 @@ does one optimizer step the way the recipe's ``parallelism`` asks:
   itself, but through the shared pieces of the step (``micro_batch_loss``, ``loss_value``,
   ``apply_masks``).
 
-Every mode steps with the same optimizer, learning-rate schedule, gradient clipping and pruning
-masks as a single worker (ZeRO clips in DeepSpeed's engine, from its config's
+Every mode steps with the same optimizer, learning-rate schedule, gradient clipping and
+``weight_sparsity`` masks as a single worker (ZeRO clips in DeepSpeed's engine, from its config's
 ``gradient_clipping``; the others in the shared step, after the gradients are averaged).
 Each worker trains on its own micro-batches, so one step covers
 ``batch_size x accumulation_steps x workers`` examples. The contract (tested for every mode):
@@ -43,8 +43,11 @@ from torch import nn
 
 from autotune.cache import cache_dir
 from autotune.knobs import (
+    PruneResult,
+    UnitGroup,
     apply_checkpointing,
     apply_masks,
+    apply_structured_pruning,
     build_optimizer,
     build_scheduler,
     channels_last_batch,
@@ -55,6 +58,7 @@ from autotune.knobs import (
     micro_batch_loss,
     optimizer_step,
     prune_by_magnitude,
+    prune_during_training,
     set_tf32,
     to_channels_last,
     use_compile_cache,
@@ -107,6 +111,10 @@ class Prepared:
     """The global gradient norm before clipping at the last optimizer step, with ``grad_clip``
     > 0 (None before the first step or without clipping). A tensor, left on the device: read
     it (``float(...)``) only when reporting, since reading waits for the device."""
+    prune_groups: list[UnitGroup] = field(default_factory=list)
+    """With ``prune_ratio`` > 0 and ``prune_after_steps`` > 0: the unit groups found at setup
+    that ``prune_units`` cuts once that many optimizer steps are done (empty otherwise, and
+    after the cut)."""
 
     def step(
         self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool = True
@@ -127,6 +135,25 @@ class Prepared:
 
     def _keep_grad_norm(self, norm: torch.Tensor) -> None:
         self.grad_norm = norm.detach()
+
+    def prune_units(self) -> PruneResult | None:
+        """The structured prune of ``prune_after_steps`` > 0 (``prune_groups``), once, between
+        optimizer steps: the model shrinks in place and the optimizer, scheduler and
+        ``weight_sparsity`` masks are rebuilt around it with their state sliced
+        (``autotune.knobs.prune_during_training``), so training goes on where it was. A
+        compiled model recompiles at its next step (on the training clock, as a user's run
+        pays it). Single-process only (a recipe rule keeps it from parallel modes). Returns
+        what was removed; None when there is nothing (left) to cut."""
+        if not self.prune_groups:
+            return None
+        if self.engine is not None or _unwrap(self.model) is not self.model:
+            raise RuntimeError("pruning during training runs in a single process only "
+                               f"(parallelism {self.recipe.parallelism!r})")
+        result, self.optimizer, self.scheduler, self.masks = prune_during_training(
+            self.model, self.optimizer, self.scheduler, self.recipe, self.prune_groups,
+            self.masks)
+        self.prune_groups = []
+        return result
 
     def _engine_step(
         self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool
@@ -175,9 +202,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     """Configure ``model`` (already seeded and built, on the CPU or device) for the recipe:
-    TF32 for the process, the memory format, activation checkpointing and pruning first (on
-    the plain model), then the parallel mode, ``torch.compile`` (``compile``) and the
-    optimizer (in the recipe's implementation, ``fused_optimizer``).
+    TF32 for the process, the memory format, structured pruning (``prune_ratio`` at step 0;
+    for a later step its unit groups are kept in ``prune_groups``), activation checkpointing
+    and ``weight_sparsity`` masks first (on the plain model), then the parallel mode,
+    ``torch.compile`` (``compile``) and the optimizer (in the recipe's implementation,
+    ``fused_optimizer``).
 
     Compiling is in place (``autotune.knobs.compile_model``), where torch advises for each
     mode: ``single`` and ``ddp`` compile the plain model (DDP's forward calls it, and dynamo,
@@ -190,9 +219,14 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     model = model.to(device)
     inactive = inactive_knobs(recipe, model, device)
     channels_last = recipe.channels_last and to_channels_last(model)
+    # Structured pruning on the plain model, before checkpointing, wrappers and compiling.
+    # At step 0 every worker cuts the same seeded weights the same way, so every mode gets it.
+    prune_groups, no_prune = apply_structured_pruning(model, recipe)
+    if no_prune:
+        inactive.append(no_prune)
     if recipe.checkpointing:
         apply_checkpointing(model)
-    masks = prune_by_magnitude(model, recipe.prune_ratio)
+    masks = prune_by_magnitude(model, recipe.weight_sparsity)
     mode = recipe.parallelism
     if mode in ZERO_MODES:
         prepared = _prepare_zero(model, recipe, device, masks)
@@ -217,6 +251,7 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
         scheduler=build_scheduler(optimizer, recipe),
         scaler=make_grad_scaler(recipe.precision, device.type), masks=masks,
         channels_last=channels_last, inactive=inactive, compiled=compiled,
+        prune_groups=prune_groups,
     )
 
 
@@ -265,9 +300,10 @@ def _compile_sharded(model: nn.Module, blocks: list[nn.Module], mode: str) -> bo
 def _shard_masks(
     model: nn.Module, masks: dict[str, torch.Tensor]
 ) -> dict[nn.Parameter, torch.Tensor]:
-    """Pruning masks for the sharded parameters: each worker keeps the shard of each mask that
-    matches its shard of the parameter (``distribute_tensor`` with the parameter's placements).
-    ``fully_shard`` keeps parameter names, so masks are matched by name."""
+    """``weight_sparsity`` masks for the sharded parameters: each worker keeps the shard of
+    each mask that matches its shard of the parameter (``distribute_tensor`` with the
+    parameter's placements). ``fully_shard`` keeps parameter names, so masks are matched by
+    name."""
     if not masks:
         return {}
     # lazy: torch.distributed.tensor takes 0.4 s to import (measured), for FSDP recipes only
