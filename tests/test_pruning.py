@@ -153,6 +153,52 @@ def test_the_largest_units_by_in_and_out_weights_stay_in_order():
     assert (model[0].out_features, model[2].in_features) == (3, 3)
 
 
+class Residual(nn.Module):
+    """fc1's output feeds fc2 and a residual sum: its units are not fc2's alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(torch.relu(h)) + h
+
+
+class Shared(nn.Module):
+    """One Linear pair applied twice (shared weights): left whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(4, 8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(2):
+            x = self.down(torch.relu(self.up(x)))
+        return x
+
+
+class Chain(nn.Module):
+    """A plain model fx can trace: fc1 -> GELU -> dropout -> fc2 is a pair; fc2 -> fc3 passes
+    through a LayerNorm, which mixes units, so it is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 2)
+        self.norm = nn.LayerNorm(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.dropout(nn.functional.gelu(self.fc1(x)), 0.0)
+        return self.fc3(self.norm(self.fc2(h)))
+
+
+def test_traced_models_pair_only_layers_whose_units_feed_one_layer_alone():
+    assert find_units(Residual()) == [] and find_units(Shared()) == []
+    model = Chain()
+    (group,) = find_units(model)
+    assert (group.producers[0].module, group.consumers[0].module) == (model.fc1, model.fc2)
+
+
 def test_units_removed_rounds_and_keeps_one():
     assert [units_removed(64, r) for r in (0.0, 0.1, 0.25, 0.5)] == [0, 6, 16, 32]
     assert units_removed(2, 0.9) == 1  # never the last unit

@@ -37,6 +37,7 @@ carried over, so training goes on where it was.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,7 +127,21 @@ def find_units(model: nn.Module) -> list[UnitGroup]:
         groups += _named_structures(name or type(model).__name__, module)
     if not groups:
         groups = _traced_chains(model)
-    return groups
+    return _each_side_once(groups)
+
+
+def _each_side_once(groups: list[UnitGroup]) -> list[UnitGroup]:
+    """The groups without any that would cut a layer's side a second time (a layer found by
+    two rules, say): a side's units are one set, cut once."""
+    claimed: set[tuple[int, str]] = set()
+    out = []
+    for group in groups:
+        sides = {(id(c.module), c.side) for c in (*group.producers, *group.consumers)}
+        if sides & claimed:
+            continue
+        claimed |= sides
+        out.append(group)
+    return out
 
 
 def no_units_reason(model: nn.Module) -> str:
@@ -233,6 +248,9 @@ def _traced_chains(model: nn.Module) -> list[UnitGroup]:
     except Exception:  # noqa: BLE001 - an untraceable model simply has no traced units
         return []
     modules = dict(model.named_modules())
+    calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
+    # A layer called more than once (weights shared between two places) is left whole.
+    modules = {name: m for name, m in modules.items() if calls[name] <= 1}
     out = []
     for node in graph.nodes:
         producer = _layer(node, modules)
