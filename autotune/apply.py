@@ -33,6 +33,7 @@ from autotune.knobs import (
     Diverged,
     LossFn,
     autocast_context,
+    distillation_loss,
     optimizer_step,
     unsupported_reason,
 )
@@ -85,6 +86,9 @@ class Configured:
     inactive: tuple[str, ...] = ()
     """The recipe's knobs that cannot act on this model and device, ``knob: why`` each (e.g.
     ``channels_last`` on a model without convolutions)."""
+    teacher: nn.Module | None = field(default=None, repr=False)
+    """With ``distill_weight`` > 0: the teacher given to ``configure``, on ``device``, frozen
+    and in eval mode (outside the optimizer); ``step`` runs its forward pass too."""
     prepared: Prepared | None = field(default=None, repr=False)
     """The trial-side setup behind this object (``autotune.train.parallel.Prepared``): it
     holds the unit groups that ``prune_after_steps`` cuts."""
@@ -124,12 +128,18 @@ class Configured:
         weights re-zeroed.
 
         ``loss_fn(model, micro_batch)`` returns the mean loss; the batches must already be on
-        ``device``. Returns the mean loss over the micro-batches. Raises ``FloatingPointError``
+        ``device``. With a teacher (``distill_weight`` > 0) it returns ``(mean task loss,
+        logits)`` of one forward pass instead, like ``Task.outputs``: it is applied to the
+        model and, without gradients, to the teacher, and the step's loss is the
+        distillation mix (``autotune.knobs.distillation_loss``). Returns the mean loss over
+        the micro-batches. Raises ``FloatingPointError``
         when a loss is NaN or infinite (a trial ends as *diverged* there), before that
         micro-batch's backward pass.
         """
         if len(micro_batches) == 0:
             raise ValueError("step() needs at least one micro-batch; got an empty sequence")
+        if self.teacher is not None:
+            loss_fn = distillation_loss(loss_fn, self.teacher, self.recipe)  # type: ignore[arg-type]
         try:
             loss = optimizer_step(
                 self.model, loss_fn, micro_batches, self.optimizer, self.scheduler, self.recipe,
@@ -160,7 +170,8 @@ class Configured:
 
 
 def configure(
-    recipe: Recipe, model: nn.Module, *, device: str | torch.device | None = None
+    recipe: Recipe, model: nn.Module, *, device: str | torch.device | None = None,
+    teacher: nn.Module | None = None,
 ) -> Configured:
     """Apply ``recipe`` to ``model`` as a trial does, for a training loop of your own.
 
@@ -171,17 +182,27 @@ def configure(
     (``checkpointing``), zeroes its smallest weights (``weight_sparsity``), compiles its
     forward in place (``compile``, with the inductor cache a search's trials share), and
     builds the optimizer over its parameters (in the ``fused_optimizer`` implementation), the
-    learning-rate scheduler and, for fp16, the grad scaler. Raises ``UserError`` for a
-    multi-worker recipe, or one the device cannot run (``tf32``, or ``compile``
-    reduce-overhead, on a CPU).
+    learning-rate scheduler and, for fp16, the grad scaler. A recipe that distils
+    (``distill_weight`` > 0) needs ``teacher``, a trained model taking the same batches: it is
+    moved to the device once and frozen (see ``Configured.step`` for the loss function it
+    then takes). Raises ``UserError`` for a multi-worker recipe, one the device cannot run
+    (``tf32``, or ``compile`` reduce-overhead, on a CPU), or a teacher missing or not asked
+    for.
     """
     _require_single(recipe)
+    if recipe.distill_weight > 0 and teacher is None:
+        raise UserError(f"the recipe distils (distill_weight {recipe.distill_weight:g}): pass "
+                        "the trained teacher, configure(recipe, model, teacher=teacher_model), "
+                        "or use recipe.replace(distill_weight=0.0)")
+    if recipe.distill_weight == 0 and teacher is not None:
+        raise UserError("a teacher was given but the recipe does not distil (distill_weight "
+                        "0); drop teacher=, or set distill_weight > 0")
     dev = pick_device(str(device) if device is not None else None)
     reason = unsupported_reason(recipe, dev.type)
     if reason:
         raise UserError(f"this recipe cannot run on {dev.type}: {reason}")
     model.train()
-    prepared = prepare(model, recipe, dev)  # a trial's own setup, in the same order
+    prepared = prepare(model, recipe, dev, teacher)  # a trial's own setup, in the same order
     return Configured(
         recipe=recipe,
         model=prepared.model,
@@ -192,6 +213,7 @@ def configure(
         device=dev,
         channels_last=prepared.channels_last,
         inactive=tuple(prepared.inactive),
+        teacher=prepared.teacher,
         prepared=prepared,
     )
 

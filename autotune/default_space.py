@@ -22,6 +22,9 @@ What it searches, around a baseline with batch ``B`` and learning rate ``LR``:
   CUDA (a CPU has no TF32: those recipes would only be infeasible there);
 - compile ``none, default`` on CUDA only: on a CPU, compiling costs more than a trial's time
   limit can win back (docs/benchmarks.md, "torch.compile");
+- for a task with a distillation teacher (``Task.teacher``), ``distill_weight`` ``0.0, 0.5``
+  and, when distilling, ``distill_temperature`` ``2.0, 4.0`` (a task without one never gets
+  them: every such recipe would be an error);
 - parallelism fixed at the baseline's (single: one device).
 
 Pure: no torch, Ray or Optuna; the caller passes what it knows of the device.
@@ -73,6 +76,11 @@ GRAD_CLIPS = (0.0, 1.0)
 """No clipping, and the usual global-norm clip of 1.0 (HF's and DeepSpeed's default)."""
 
 
+DISTILL_WEIGHTS = (0.0, 0.5)
+"""No distillation, and an even mix of the task loss and the teacher's soft targets."""
+DISTILL_TEMPERATURES = (2.0, 4.0)
+"""Softening temperatures of the distillation term: Hinton et al.'s usual range."""
+
 LOADER_WORKERS = (0, 1, 2, 4)
 """DataLoader worker counts a default space may try, those above the machine's cores left out
 (a worker beyond them competes with training for a core)."""
@@ -80,13 +88,14 @@ PREFETCH_FACTORS = (2, 4)
 
 
 def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, source: str,
-                       dataset: bool = False, cpus: int = 1) -> str:
+                       dataset: bool = False, cpus: int = 1, teacher: bool = False) -> str:
     """The text of the default search space for a task whose baseline is ``baseline``, run on
     ``device_type`` (``cuda``/``cpu``). ``bf16_fast``: on CUDA pass
     ``torch.cuda.is_bf16_supported()``, on a CPU ``autotune.hardware.bf16_is_fast("cpu")``.
     ``source`` is the task as given to ``--model`` (named in the header's command).
     ``dataset``: the task's data is a ``Dataset`` (so the DataLoader knobs act); ``cpus``: the
     cores of the machine the trials run on (``os.cpu_count()``), the most loader workers.
+    ``teacher``: the task has a distillation teacher (so the distillation knobs can act).
 
     Commented YAML: a header saying where it came from and how to use an edited copy, and a
     comment on every knob saying its effect and why its values were chosen."""
@@ -183,6 +192,7 @@ def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, s
         ),
         *(_loader_knobs(baseline, device, cpus) if dataset else []),
         *_step_knobs(baseline, device),
+        *(_distill_knobs(baseline) if teacher else []),
         (
             "parallelism",
             "How a run spreads over devices: fixed at the baseline's (single: one device, "
@@ -241,6 +251,28 @@ def _step_knobs(baseline: Recipe, device: str) -> list[tuple[str, str, list[str]
     return knobs
 
 
+def _distill_knobs(baseline: Recipe) -> list[tuple[str, str, list[str]]]:
+    """Knowledge distillation from the task's teacher (name, comment, settings)."""
+    weights = _with(DISTILL_WEIGHTS, baseline.distill_weight)
+    distilling = "{distill_weight: " + _list([w for w in weights if w > 0]) + "}"
+    return [
+        (
+            "distill_weight",
+            "Share of the loss taken from the task's teacher (soft targets, KL divergence at "
+            "distill_temperature) instead of the labels: richer targets can reach the target "
+            "in fewer steps, for one teacher forward pass per micro-batch on the clock.",
+            [f"choices: {_list(weights)}"],
+        ),
+        (
+            "distill_temperature",
+            "Softening temperature of the teacher's and the model's outputs: higher shows "
+            "more of the teacher's ranking of the wrong classes.",
+            [f"choices: {_list(_with(DISTILL_TEMPERATURES, baseline.distill_temperature))}",
+             f"when: {distilling}"],
+        ),
+    ]
+
+
 def _loader_knobs(baseline: Recipe, device: str, cpus: int) -> list[tuple[str, str, list[str]]]:
     """The DataLoader knobs of a Dataset task (name, comment, settings)."""
     workers = _with([w for w in LOADER_WORKERS if w <= max(1, cpus)],
@@ -280,12 +312,12 @@ def _loader_knobs(baseline: Recipe, device: str, cpus: int) -> list[tuple[str, s
 
 def default_space(
     baseline: Recipe, device_type: str, *, bf16_fast: bool, source: str,
-    dataset: bool = False, cpus: int = 1,
+    dataset: bool = False, cpus: int = 1, teacher: bool = False,
 ) -> SearchSpace:
     """The default search space, parsed and validated (``parse_space`` of
     ``default_space_yaml``): a bug in the generator raises ``ConfigError`` like a bad file."""
     text = default_space_yaml(baseline, device_type, bf16_fast=bf16_fast, source=source,
-                              dataset=dataset, cpus=cpus)
+                              dataset=dataset, cpus=cpus, teacher=teacher)
     return parse_space(text, source=f"<default space for {source}>")
 
 

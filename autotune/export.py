@@ -121,6 +121,11 @@ def _launch_summary(recipe: Recipe) -> str:
     if recipe.weight_sparsity > 0:
         extras.append(f"weight_sparsity {recipe.weight_sparsity:g} (autotune.knobs."
                       "prune_by_magnitude; apply_masks after each step)")
+    if recipe.distill_weight > 0:
+        extras.append(
+            f"distillation from a frozen teacher: loss = {1 - recipe.distill_weight:g} x task "
+            f"loss + {recipe.distill_weight:g} x T^2 x KL at T={recipe.distill_temperature:g} "
+            "(autotune.knobs.distillation_loss; the launcher has no such option)")
     if recipe.compile != "none":
         extras.append(f"torch.compile mode {recipe.compile}" + (
             " (DeepSpeed: engine.compile(compile_kwargs={'mode': ...}) after initialize)"
@@ -302,6 +307,15 @@ def hf_unsupported(recipe: Recipe) -> list[str]:
             "the Trainer call model.to(memory_format=torch.channels_last) (convolution "
             "weights), and in your collator x.contiguous(memory_format=torch.channels_last) "
             "for 4-D image inputs."
+        )
+    if recipe.distill_weight > 0:
+        out.append(
+            f"distill_weight {recipe.distill_weight:g}: TrainingArguments (and DeepSpeed's "
+            "config) have no knowledge distillation; override Trainer.compute_loss to return "
+            "autotune.knobs.distillation_loss(outputs_fn, teacher, recipe)(model, inputs), "
+            f"with the trained teacher frozen (teacher.eval().requires_grad_(False)) on the "
+            f"model's device: (1 - w) x task loss + w x T^2 x KL at T="
+            f"{recipe.distill_temperature:g}, one teacher forward pass per micro-batch."
         )
     impl = recipe.fused_optimizer
     if recipe.parallelism not in ZERO_MODES and (

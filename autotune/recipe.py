@@ -383,6 +383,11 @@ def recipe_problems(r: Mapping[str, Any]) -> list[str]:
             and r["distill_temperature"] != 2.0:
         p.append(f"distill_temperature: applies only with distillation (distill_weight > 0); "
                  f"got {r['distill_temperature']!r} with distill_weight 0")
+    if has("distill_weight", "parallelism") and r["distill_weight"] > 0 \
+            and r["parallelism"] == "pipeline":
+        p.append(f"distill_weight: distillation is not supported with parallelism pipeline (the "
+                 f"last stage holds the logits, with no teacher beside it); got "
+                 f"{r['distill_weight']!r} with parallelism 'pipeline'")
     if has("parallelism", "pipeline_microbatches", "pipeline_schedule") \
             and r["parallelism"] != "pipeline":
         for key, default in (("pipeline_microbatches", 4), ("pipeline_schedule", "gpipe")):

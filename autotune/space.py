@@ -493,6 +493,8 @@ def _value_problem(name: str, value: Any) -> str | None:
         probe["dataloader_workers"] = 1
     if name == "prune_after_steps" and isinstance(value, int) and value > 0:
         probe["prune_ratio"] = 0.5
+    if name == "distill_temperature":
+        probe["distill_weight"] = 0.5
     problems = [q for q in recipe_problems(probe) if q.startswith(f"{name}:")]
     return problems[0].split(": ", 1)[1] if problems else None
 

@@ -7,7 +7,8 @@
   (``prune_by_magnitude``, ``apply_masks``, ``sparsity``: ``weight_sparsity``), activation
   checkpointing (``apply_checkpointing``), gradient clipping
   (``clip_gradients``), TF32 and channels-last (``set_tf32``, ``to_channels_last``,
-  ``channels_last_batch``), ``torch.compile`` (``compile_model``; ``compile_seconds`` measures
+  ``channels_last_batch``), knowledge distillation (``distillation_loss``, ``step_loss``,
+  ``load_teacher``), ``torch.compile`` (``compile_model``; ``compile_seconds`` measures
   what it cost, ``eager`` evaluates without compiling), and the knobs that cannot act in a
   run (``inactive_knobs``);
 - THE training step (``optimizer_step``, module ``step``), which trials, ``autotune.configure``
@@ -35,6 +36,15 @@ from autotune.knobs.device import (
     set_tf32,
     tf32_enabled,
     to_channels_last,
+)
+from autotune.knobs.distill import (
+    DistillError,
+    distill_problem,
+    distillation_loss,
+    distillation_term,
+    freeze_teacher,
+    load_teacher,
+    step_loss,
 )
 from autotune.knobs.modes import (
     MODES,
@@ -75,6 +85,7 @@ __all__ = [
     "DTYPES",
     "FINAL_LR_FRACTION",
     "MODES",
+    "DistillError",
     "Diverged",
     "LossFn",
     "PruneResult",
@@ -91,12 +102,17 @@ __all__ = [
     "compile_seconds",
     "count_parameters",
     "deepspeed_config",
+    "distill_problem",
+    "distillation_loss",
+    "distillation_term",
     "eager",
     "find_units",
     "forget_compiled",
+    "freeze_teacher",
     "graphs_compiled",
     "implementation_kwargs",
     "inactive_knobs",
+    "load_teacher",
     "loss_value",
     "lr_factor",
     "make_grad_scaler",
@@ -109,6 +125,7 @@ __all__ = [
     "prune_structured",
     "set_tf32",
     "sparsity",
+    "step_loss",
     "tf32_enabled",
     "to_channels_last",
     "units_removed",

@@ -135,6 +135,16 @@ def _tracker_class() -> type:
                     self.reset_mod_stats()
             super()._pre_fw_hook(module, inputs)
 
+        def _track_module_params_and_buffers(
+            self, module: nn.Module, install_grad_hooks: bool = True
+        ) -> tuple[int, int]:
+            # torch's version hooks every parameter's gradient, which raises for a frozen one
+            # (a distillation teacher's): a module with frozen parameters gets no gradient
+            # hooks; its trainable parameters' gradients are still seen as parameters' .grad.
+            frozen = any(not p.requires_grad for p in module.parameters())
+            return super()._track_module_params_and_buffers(
+                module, install_grad_hooks=install_grad_hooks and not frozen)
+
     return _StepTracker
 
 

@@ -167,11 +167,11 @@ def _fsdp(trace: StepTrace, recipe: Recipe) -> dict[str, dict[str, int]]:
     in_flight = 2 * block if fb["gradients"] else 0
     return {
         "forward_backward": _phase(
-            parameters=sharded + root + block,
+            parameters=sharded + root + block + trace.teacher_bytes,
             gradients=int(g * trace.gradient_bytes / n) + in_flight,
             optimizer=trace.optimizer_bytes // n, activations=fb["activations"]),
         "optimizer_step": _phase(
-            parameters=sharded, gradients=trace.gradient_bytes // n,
+            parameters=sharded + trace.teacher_bytes, gradients=trace.gradient_bytes // n,
             optimizer=step["optimizer"] // n, activations=step["activations"]),
     }
 
@@ -185,7 +185,8 @@ def _zero(trace: StepTrace, recipe: Recipe) -> tuple[dict[str, dict[str, int]], 
     bucket = int(deepspeed_setting(recipe, "reduce_bucket_size")) * d
     if stage < 3 and deepspeed_setting(recipe, "overlap_comm"):
         bucket *= 2
-    buffers = trace.param_bytes - d * p + trace.mask_bytes  # buffers and pruning masks
+    # buffers, pruning masks and a distillation teacher's weights (whole on every worker)
+    buffers = trace.param_bytes - d * p + trace.mask_bytes + trace.teacher_bytes
     gathered = 0
     if stage == 3:
         live = int(deepspeed_setting(recipe, "stage3_max_live_parameters")) + int(

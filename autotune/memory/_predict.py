@@ -128,8 +128,9 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
     options, or the identity of its model factory), the micro-batch size, precision,
     checkpointing, the optimizer (and whether it keeps momentum or applies weight decay),
     whether gradients are accumulated, the structured pruning ratio at step 0 (it shrinks the
-    model), whether ``weight_sparsity`` masks exist, and whether the weights
-    are cast to 16 bits (DeepSpeed's bf16/fp16). Learning rate, schedule, warmup, parallel
+    model), whether ``weight_sparsity`` masks exist, whether a distillation
+    teacher runs beside the model, and whether the weights are cast to 16 bits (DeepSpeed's
+    bf16/fp16). Learning rate, schedule, warmup, parallel
     mode and worker count do not change a device's step."""
     if task.load_spec is not None:
         identity = "spec:" + json.dumps(task.load_spec, sort_keys=True, default=str)
@@ -146,6 +147,7 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
         recipe.accumulation_steps > 1,
         recipe.prune_ratio if recipe.prune_after_steps == 0 else 0.0,
         recipe.weight_sparsity > 0,
+        recipe.distill_weight > 0,
         weight_bytes(recipe),
     )
 

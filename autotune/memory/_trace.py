@@ -11,7 +11,10 @@ while the first one's gradients are held. The step is the trial's own function,
 after the same model factory, structured pruning, checkpointing, ``weight_sparsity`` masks,
 loss scaler and optimizer. Structured pruning (``prune_ratio``) at step 0 is traced: the
 smaller model is the one that trains. With ``prune_after_steps`` > 0 the dense model trains
-first, and its steps are the peak, so the dense model is traced.
+first, and its steps are the peak, so the dense model is traced. A
+recipe that distils traces the task's teacher too (``autotune.knobs.load_teacher``, with fake
+copies of its weights): its weights count with the parameters, its forward pass (without
+gradients) with the activations.
 
 The batch is ``largest_batch``: the micro-batch of the training examples with the most
 non-zero inputs, the worst case for tasks that cut padding per batch (``bert`` keeps its full
@@ -24,6 +27,7 @@ the step runs on real tensors on the CPU, tracked the same way (``method`` says 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
 import warnings
@@ -39,9 +43,12 @@ from autotune.knobs import (
     apply_checkpointing,
     apply_structured_pruning,
     build_optimizer,
+    freeze_teacher,
+    load_teacher,
     make_grad_scaler,
     optimizer_step,
     prune_by_magnitude,
+    step_loss,
 )
 from autotune.memory._measured import CATEGORIES, TensorTracker
 from autotune.recipe import Recipe
@@ -84,6 +91,9 @@ class StepTrace:
     block; the rest is the root group, gathered for the whole forward and backward pass)."""
     method: str
     """``fake_trace`` or ``cpu_trace``."""
+    teacher_bytes: int = 0
+    """A distillation teacher's parameters and buffers (counted in the phases' ``parameters``;
+    never sharded by a parallel mode)."""
     seconds: float = 0.0
     """Wall time the trace took."""
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -182,6 +192,9 @@ def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | 
     mode = FakeTensorMode() if fake else None
     fake_ctx = mode if mode is not None else contextlib.nullcontext()
     rng = torch.get_rng_state()
+    teacher = load_teacher(task, recipe)
+    if teacher is not None and mode is not None:
+        teacher = _fake_copy(teacher, mode)
     try:
         with fake_ctx:
             model = task.build_model()
@@ -197,22 +210,52 @@ def _trace(task: Task, recipe: Recipe, fake: bool, weights_dtype: torch.dtype | 
             batch = map_tensors(mode.from_tensor, batch)
         micro = [batch] * (2 if recipe.accumulation_steps > 1 else 1)
         with fake_ctx:
-            tracker = TensorTracker(model)
+            tracker = TensorTracker(model, *([teacher] if teacher is not None else []))
             with tracker:
                 tracker.phase("setup")
                 masks = prune_by_magnitude(model, recipe.weight_sparsity)
                 optimizer = build_optimizer(model.parameters(), recipe)
                 scaler = make_grad_scaler(recipe.precision, "cpu")
                 _create_optimizer_state(model, optimizer)
-                optimizer_step(model, task.loss, micro, optimizer, None, recipe, "cpu",
+                optimizer_step(model, step_loss(task, teacher, recipe), micro, optimizer, None,
+                               recipe, "cpu",
                                scaler=scaler, masks=masks, read_values=False,
                                phase=tracker.phase)
             stats = _model_stats(model, optimizer, masks)
+            stats["teacher_bytes"] = _module_bytes(teacher) if teacher is not None else 0
     finally:
         torch.set_rng_state(rng)
     phases = {name: _masks_as_parameters(tracker.phase_peaks[name], stats["mask_bytes"])
               for name in PHASES}
     return StepTrace(phases=phases, method=FAKE if fake else REAL, **stats)
+
+
+def _fake_copy(module: nn.Module, mode: FakeTensorMode) -> nn.Module:
+    """A frozen copy of ``module`` whose parameters and buffers are fake tensors of the same
+    shapes and dtypes (nothing allocated), for tracing a real model such as a trained
+    teacher: the trace must not mix real and fake tensors. Shared tensors stay shared."""
+    clone = copy.deepcopy(module)
+    fakes: dict[int, torch.Tensor] = {}
+
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in fakes:
+            fakes[id(t)] = mode.from_tensor(t.detach())
+            if isinstance(t, nn.Parameter):
+                fakes[id(t)] = nn.Parameter(fakes[id(t)], requires_grad=False)
+        return fakes[id(t)]
+
+    for original, sub in zip(module.modules(), clone.modules(), strict=True):
+        for name, param in original.named_parameters(recurse=False):
+            setattr(sub, name, fake(param))
+        for name, buffer in original.named_buffers(recurse=False):
+            sub.register_buffer(name, fake(buffer))
+    return freeze_teacher(clone)
+
+
+def _module_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (shared tensors once)."""
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return sum(_nbytes(t) for t in tensors.values())
 
 
 def _cast_weights(model: nn.Module, dtype: torch.dtype) -> None:

@@ -46,7 +46,7 @@ from autotune.search.tracking import (
 )
 from autotune.search.winner import Summary, confirm_points, no_winner_reason, summarize
 from autotune.space import SearchSpace, load_space, parse_space, shipped_space_path
-from autotune.tasks import Task, dry_run, load_task
+from autotune.tasks import Task, check_teacher, dry_run, load_task
 from autotune.warm_start import WarmStart, describe_change, snap_all_to_space, warm_starts
 
 EventFn = Callable[[str, Any], None]
@@ -157,7 +157,9 @@ def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> S
     dry_run(task, baseline.batch_size, device)  # a broken task stops here, not in every trial
     fast = bf16_is_fast(device)
     space, source, text, generated = _load_space(request, run_dir, resumed, baseline, device,
-                                                 fast, task.is_dataset)
+                                                 fast, task.is_dataset, task.teacher is not None)
+    if _may_distil(space, baseline):  # no teacher: stop here; else build it once, now
+        check_teacher(task, baseline.batch_size, device)
     return SearchPlan(
         request=request, task=task, space=space, space_source=source, baseline=baseline,
         target=task.target if request.target is None else request.target,
@@ -170,9 +172,20 @@ def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> S
     )
 
 
+def _may_distil(space: SearchSpace, baseline: Recipe) -> bool:
+    """Whether a recipe of this search can have ``distill_weight`` > 0."""
+    if baseline.distill_weight > 0:
+        return True
+    for knob in space.knobs:
+        if knob.knob == "distill_weight" and (
+                any(v > 0 for v in knob.choices or ()) or (knob.high or 0) > 0):
+            return True
+    return False
+
+
 def _load_space(request: SearchRequest, run_dir: RunDirectory, resumed: bool,
-                baseline: Recipe, device: str, bf16_fast: bool, dataset: bool
-                ) -> tuple[SearchSpace, str, str, bool]:
+                baseline: Recipe, device: str, bf16_fast: bool, dataset: bool,
+                teacher: bool = False) -> tuple[SearchSpace, str, str, bool]:
     """``(space, source, text, generated)``: the saved copy on resume, ``--space``, the space
     shipped for the task, or else the default space generated from the task's baseline."""
     if resumed:
@@ -183,7 +196,7 @@ def _load_space(request: SearchRequest, run_dir: RunDirectory, resumed: bool,
         path = shipped_space_path(request.model)
         if not path.exists():
             text = default_space_yaml(baseline, device, bf16_fast=bf16_fast,
-                                      source=request.model, dataset=dataset,
+                                      source=request.model, dataset=dataset, teacher=teacher,
                                       cpus=os.cpu_count() or 1)
             source = f"default space for {request.model} (generated from its baseline)"
             return parse_space(text, source=source), source, text, True

@@ -17,6 +17,7 @@ from autotune.errors import UserError
 from autotune.tasks._base import (
     Batch,
     MetricError,
+    OutputsFn,
     Task,
     TaskData,
     accuracy,
@@ -25,15 +26,17 @@ from autotune.tasks._base import (
     move_batch,
     validation_batches,
 )
-from autotune.tasks._check import dry_run
+from autotune.tasks._check import check_teacher, dry_run
 
 __all__ = [
     "BUILTIN_TASKS",
     "Batch",
     "MetricError",
+    "OutputsFn",
     "Task",
     "TaskData",
     "accuracy",
+    "check_teacher",
     "dry_run",
     "evaluate_metric",
     "load_task",

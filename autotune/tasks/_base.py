@@ -35,6 +35,11 @@ TaskData = tuple[torch.Tensor, ...] | Dataset
 """A task's training or validation data: tensors sharing their first dimension (the labels
 last), or a map-style ``Dataset`` (``len`` and ``dataset[i]``) of samples."""
 
+OutputsFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]
+"""``outputs(model, batch) -> (mean task loss, logits)`` from one forward pass (``Task.outputs``).
+The logits are ``(rows, classes)``: one row per example, or per real token of a token task
+(padded positions left out), so that a distillation term can average over rows."""
+
 
 @dataclass(frozen=True)
 class Task:
@@ -101,6 +106,19 @@ class Task:
     """Known-good starting points, as changes to the baseline recipe (e.g. ``{"precision":
     "bf16"}``). A search evaluates those that lie in its space right after the baseline (a warm
     start), so a short search never misses the usual wins; they are measured like any trial."""
+    teacher: Callable[[], nn.Module] | None = None
+    """For knowledge distillation (the recipe's ``distill_weight`` > 0): returns the trained
+    teacher model on the CPU, which takes the same batches as the model and predicts the same
+    classes. Called once per trial, outside the training clock, so it must be cheap after its
+    first call: load a checkpoint, cached (``autotune.tasks.teachers.trained_teacher`` trains
+    one once and keeps it in ``autotune``'s cache, as a downloaded checkpoint would be).
+    autotune freezes it and puts it in eval mode. None: the task has no teacher, and a
+    recipe that distils is an error for it. Needs ``outputs``."""
+    outputs: OutputsFn | None = None
+    """``(mean task loss, logits)`` of a model on a batch from ONE forward pass, so that
+    distillation runs the model once per micro-batch; applied to the teacher too (its loss
+    is ignored). The loss must equal ``loss(model, batch)``; the logits are ``(rows,
+    classes)``, padded positions left out. Needed with ``teacher``."""
 
     def __post_init__(self) -> None:
         for role in ("train", "validation"):
@@ -116,6 +134,9 @@ class Task:
                              "data are sliced into batches as they are")
         if not 0.0 < self.target:
             raise ValueError(f"task {self.name!r}: target must be > 0, got {self.target}")
+        if self.teacher is not None and self.outputs is None:
+            raise ValueError(f"task {self.name!r}: a teacher needs outputs (the loss and logits "
+                             "of one forward pass), which distillation applies to both models")
         if self.predict is None and self.evaluate is None:
             raise ValueError(f"task {self.name!r}: give predict (the metric is accuracy) or "
                              "evaluate (any metric)")

@@ -62,6 +62,42 @@ def dry_run(task: Task, batch_size: int, device: str = "cpu") -> None:
         torch.set_rng_state(rng)
 
 
+def check_teacher(task: Task, batch_size: int, device: str = "cpu", *,
+                  knob: str = "distill_weight") -> None:
+    """For a search whose recipes may distil (``knob`` is what asks for it, named in the
+    message): the task has a teacher, it loads (trained now if it is not cached: its one-time
+    cost, before any trial), and on the first training batch its logits have the model's
+    shape. ``UserError`` otherwise, before any trial."""
+    name = f"task {task.name!r}"
+    if task.teacher is None or task.outputs is None:
+        missing = "teacher" if task.teacher is None else "outputs function"
+        raise UserError(
+            f"{knob} can be > 0 in this search, but {name} has no {missing}: distillation "
+            "needs a teacher (Task.teacher) and the loss and logits of one forward pass "
+            "(Task.outputs). Remove distill_weight from the search space (or set it to 0), or "
+            "give the task a teacher.")
+    teacher = _step("teacher()", name, task.teacher)
+    if not isinstance(teacher, torch.nn.Module):
+        raise UserError(f"{name}: teacher() returned {type(teacher).__name__}, not a "
+                        "torch.nn.Module")
+    dev = torch.device(device)
+    rng = torch.get_rng_state()
+    try:
+        model = task.build_model().to(dev)
+        teacher = teacher.to(dev).eval()
+        batch = move_batch(_first_batch(task, batch_size, name), dev)
+        outputs = task.outputs
+        with torch.no_grad():
+            _, logits = _step("outputs(model, batch)", name, lambda: outputs(model, batch))
+            _, taught = _step("outputs(teacher, batch)", name, lambda: outputs(teacher, batch))
+    finally:
+        torch.set_rng_state(rng)
+    if logits.shape != taught.shape:
+        raise UserError(f"{name}: the teacher's logits have shape {tuple(taught.shape)} but the "
+                        f"model's {tuple(logits.shape)} on the same batch; a teacher must "
+                        "predict the same classes over the same positions")
+
+
 def _first_batch(task: Task, batch_size: int, name: str) -> Any:
     """The first ``batch_size`` training examples as one batch: sliced tensors, or a
     Dataset's first samples through the task's collate function."""

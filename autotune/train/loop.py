@@ -10,8 +10,10 @@ with the matching status, so a search records them and goes on. Each optimizer s
 The time-to-target clock counts training only: forward, backward and optimizer steps,
 including taking each batch (slicing tensors, or waiting for a DataLoader: what its knobs
 change; ``autotune.train.data``). It is paused for evaluations (which are measured separately)
-and does not include model building, moving tensor data to the device, or starting the
-DataLoader's workers (``loader_start_seconds``). It does include compiling (``compile``):
+and does not include model building, moving tensor data to the device, loading a
+distillation teacher (a checkpoint, trained once and cached like a download), or starting the
+DataLoader's workers (``loader_start_seconds``); the teacher's forward pass in each step is on
+it. It does include compiling (``compile``):
 torch compiles in the first steps (and recompiles where a shape changes), which a user's run
 pays too; ``compile_seconds`` records that part apart, by torch's own count. Evaluations run a
 compiled model eagerly, so they never compile. On a GPU the clock synchronises the device
@@ -47,9 +49,11 @@ from autotune.knobs import (
     Diverged,
     autocast_context,
     compile_seconds,
+    distill_problem,
     eager,
     forget_compiled,
     graphs_compiled,
+    load_teacher,
     unsupported_reason,
 )
 from autotune.memory import (
@@ -141,16 +145,17 @@ def train_in_process(
     setup_start = time.perf_counter()
     batches: TensorBatches | LoaderBatches | None = None
     try:
-        reason = unsupported_reason(recipe, dev.type)
+        reason = unsupported_reason(recipe, dev.type) or distill_problem(task, recipe)
         if reason:
             raise _Unsupported(reason)
+        teacher = load_teacher(task, recipe)  # a recipe that distils; setup, off the clock
         result.predicted_peak_bytes = limits.predicted_peak_bytes
         if result.predicted_peak_bytes is None and rank == 0:
             result.predicted_peak_bytes = _predict(task, recipe, dev, result)
         result.memory_cap_fraction = cap_device_memory(dev, limits.budget_bytes)
         reset_peak(dev)
         if dev.type == "cpu":
-            _measure_cpu_peak(task, recipe, dev, limits.seed, result, world)
+            _measure_cpu_peak(task, recipe, dev, limits.seed, result, world, teacher)
         result.inactive_knobs = inactive_data_knobs(task, recipe, dev.type)
         seed_everything(limits.seed)
         model = task.build_model()
@@ -158,7 +163,7 @@ def train_in_process(
         batches = make_batches(task, recipe, limits.seed, dev, rank, world)
         if recipe.compile != "none":
             forget_compiled()  # compiles as a fresh run would, whatever ran here before
-        prepared = prepare(model, recipe, dev)
+        prepared = prepare(model, recipe, dev, teacher)
         result.inactive_knobs += prepared.inactive
         result.loader_start_seconds = batches.start()
         result.setup_seconds = time.perf_counter() - setup_start
@@ -327,12 +332,13 @@ def _estimator_miss(result: TrialResult, measured: int, limits: TrialLimits) -> 
 
 
 def _measure_cpu_peak(task: Task, recipe: Recipe, dev: torch.device, seed: int,
-                      result: TrialResult, world: int) -> None:
+                      result: TrialResult, world: int,
+                      teacher: torch.nn.Module | None = None) -> None:
     """Fill in the CPU's tracked peak. Should the tracker fail on some model (not for lack of
     memory), a single-worker trial goes on with the process's RSS as its peak, and says so;
     the workers of a parallel trial cannot leave their collectives alone, so they fail."""
     try:
-        phases = measure_step_memory(task, recipe, dev, seed)
+        phases = measure_step_memory(task, recipe, dev, seed, teacher=teacher)
     except Exception as exc:
         if world > 1 or is_out_of_memory(exc):
             raise
@@ -343,7 +349,8 @@ def _measure_cpu_peak(task: Task, recipe: Recipe, dev: torch.device, seed: int,
 
 
 def measure_step_memory(
-    task: Task, recipe: Recipe, dev: torch.device, seed: int, steps: int = 2
+    task: Task, recipe: Recipe, dev: torch.device, seed: int, steps: int = 2,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, dict[str, int]]:
     """Peak tracked tensor memory of ``steps`` optimizer steps of ``recipe`` on the task's
     largest micro-batch (``autotune.memory.largest_batch``), live on real tensors: a fresh
@@ -351,6 +358,8 @@ def measure_step_memory(
     tracker (so the mode's own buffers count) and discarded after. Returns the breakdown at
     the peak (``parameters``, ``gradients``, ``optimizer``, ``activations``, ``total``) of
     each phase: ``prepare`` (the parallel mode's setup), ``step1``, ``step2``...
+    ``teacher`` (a recipe that distils) is tracked with the model: its weights count as
+    parameters, its forward pass as activations.
 
     In a multi-worker run every worker calls this at the same point, so the collectives of
     the parallel mode's setup and steps pair up. Why a copy, during setup: see the module
@@ -360,11 +369,11 @@ def measure_step_memory(
     model = task.build_model()
     model.train()
     batch = move_batch(largest_batch(task, recipe.batch_size), dev)
-    with TensorTracker(model) as tracker:
+    with TensorTracker(model, *([teacher] if teacher is not None else [])) as tracker:
         tracker.phase("prepare")
         # Eager, as the memory prediction traces it: compiling here would run torch.compile
         # inside the tracker, off the clock, and warm the run's compile up front.
-        prepared = prepare(model, recipe.replace(compile="none"), dev)
+        prepared = prepare(model, recipe.replace(compile="none"), dev, teacher)
         for i in range(steps):
             tracker.phase(f"step{i + 1}")
             prepared.step(task, [batch] * recipe.accumulation_steps, strict=False)

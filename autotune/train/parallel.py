@@ -52,6 +52,7 @@ from autotune.knobs import (
     build_scheduler,
     channels_last_batch,
     compile_model,
+    freeze_teacher,
     inactive_knobs,
     loss_value,
     make_grad_scaler,
@@ -60,6 +61,7 @@ from autotune.knobs import (
     prune_by_magnitude,
     prune_during_training,
     set_tf32,
+    step_loss,
     to_channels_last,
     use_compile_cache,
     zero_config,
@@ -111,6 +113,10 @@ class Prepared:
     """The global gradient norm before clipping at the last optimizer step, with ``grad_clip``
     > 0 (None before the first step or without clipping). A tensor, left on the device: read
     it (``float(...)``) only when reporting, since reading waits for the device."""
+    teacher: nn.Module | None = None
+    """The frozen teacher of a recipe that distils (``distill_weight`` > 0), on ``device``:
+    each step's loss runs its forward pass too (``autotune.knobs.step_loss``). It is never
+    wrapped, sharded, compiled or given to the optimizer."""
     prune_groups: list[UnitGroup] = field(default_factory=list)
     """With ``prune_ratio`` > 0 and ``prune_after_steps`` > 0: the unit groups found at setup
     that ``prune_units`` cuts once that many optimizer steps are done (empty otherwise, and
@@ -127,8 +133,9 @@ class Prepared:
             return self._engine_step(task, micro_batches, strict)
         sync = getattr(self.model, "no_sync", None)
         return optimizer_step(
-            self.model, task.loss, micro_batches, self.optimizer, self.scheduler, self.recipe,
-            self.device.type, scaler=self.scaler, masks=self.masks,
+            self.model, step_loss(task, self.teacher, self.recipe), micro_batches,
+            self.optimizer, self.scheduler, self.recipe, self.device.type,
+            scaler=self.scaler, masks=self.masks,
             skip_sync=(lambda: sync()) if sync is not None else None, strict=strict,
             channels_last=self.channels_last, grad_norm=self._keep_grad_norm,
         )
@@ -163,11 +170,12 @@ class Prepared:
         loss, the finite check and the masks are the shared step's. The engine clips too
         (``gradient_clipping`` in its config), and keeps the norm it clipped by."""
         total = 0.0
+        loss_fn = step_loss(task, self.teacher, self.recipe)
         for batch in micro_batches:
             if self.channels_last:
                 batch = channels_last_batch(batch)
             # DeepSpeed's bf16/fp16 keep 16-bit weights; autocast casts float inputs too.
-            loss = micro_batch_loss(self.engine, task.loss, batch, self.recipe.precision,
+            loss = micro_batch_loss(self.engine, loss_fn, batch, self.recipe.precision,
                                     self.device.type)
             total += loss_value(loss, self.engine.global_steps, strict)
             self.engine.backward(loss)
@@ -200,7 +208,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
+def prepare(model: nn.Module, recipe: Recipe, device: torch.device,
+            teacher: nn.Module | None = None) -> Prepared:
     """Configure ``model`` (already seeded and built, on the CPU or device) for the recipe:
     TF32 for the process, the memory format, structured pruning (``prune_ratio`` at step 0;
     for a later step its unit groups are kept in ``prune_groups``), activation checkpointing
@@ -214,11 +223,19 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     still overlap the backward pass: ``torch._dynamo.config.optimize_ddp``); ``fsdp`` compiles
     each sharded block (``_compile_sharded``); ZeRO modes compile DeepSpeed's engine
     (``engine.compile``). Nothing is compiled here: torch compiles at the first forward pass.
+
+    ``teacher`` (``autotune.knobs.load_teacher``, for a recipe that distils) is moved to the
+    device once and frozen, in channels-last order when the model is, and kept beside the
+    model, outside every wrapper and the optimizer.
     """
     set_tf32(recipe.tf32)
     model = model.to(device)
     inactive = inactive_knobs(recipe, model, device)
     channels_last = recipe.channels_last and to_channels_last(model)
+    if teacher is not None:
+        teacher = freeze_teacher(teacher, device)
+        if channels_last:
+            to_channels_last(teacher)
     # Structured pruning on the plain model, before checkpointing, wrappers and compiling.
     # At step 0 every worker cuts the same seeded weights the same way, so every mode gets it.
     prune_groups, no_prune = apply_structured_pruning(model, recipe)
@@ -231,6 +248,7 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
     if mode in ZERO_MODES:
         prepared = _prepare_zero(model, recipe, device, masks)
         prepared.channels_last, prepared.inactive = channels_last, inactive
+        prepared.teacher = teacher
         prepared.compiled = _compile_engine(prepared.engine, recipe.compile)
         return prepared
     if mode == "ddp":
@@ -250,7 +268,7 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device) -> Prepared:
         model=model, recipe=recipe, device=device, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, recipe),
         scaler=make_grad_scaler(recipe.precision, device.type), masks=masks,
-        channels_last=channels_last, inactive=inactive, compiled=compiled,
+        channels_last=channels_last, inactive=inactive, compiled=compiled, teacher=teacher,
         prune_groups=prune_groups,
     )
 
