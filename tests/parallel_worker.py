@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from autotune.knobs import load_teacher
 from autotune.recipe import Recipe
 from autotune.tasks import Task
 from autotune.train.parallel import init_worker, prepare
@@ -51,7 +52,20 @@ def task() -> Task:
         name="contract", build_model=BlockNet, train=(x, y), validation=(x, y),
         loss=lambda m, b: nn.functional.cross_entropy(m(b[0]).float(), b[1]),
         predict=lambda m, b: m(b[0]).argmax(-1), target=1.0,
+        teacher=teacher, outputs=outputs,
     )
+
+
+def teacher() -> nn.Module:
+    """The distillation cases' teacher: another seeded BlockNet (its logits differ from the
+    model's, which is all the contract needs)."""
+    torch.manual_seed(7)
+    return BlockNet()
+
+
+def outputs(model: nn.Module, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(batch[0])
+    return nn.functional.cross_entropy(logits.float(), batch[1]), logits
 
 
 def initial_model() -> nn.Module:
@@ -75,7 +89,8 @@ def step_in_mode(rank: int, workers: int, port: int, recipe_dict: dict, out_path
     init_worker(rank, workers, "127.0.0.1", port, "cpu")
     try:
         recipe = Recipe.from_dict(recipe_dict)
-        prepared = prepare(initial_model(), recipe, torch.device("cpu"))
+        prepared = prepare(initial_model(), recipe, torch.device("cpu"),
+                           load_teacher(task(), recipe))
         prepared.step(task(), micro_batches(rank, workers, recipe.accumulation_steps))
         state = prepared.full_state()
         norm = prepared.grad_norm

@@ -14,8 +14,10 @@ from autotune.knobs import (
     apply_structured_pruning,
     build_optimizer,
     build_scheduler,
+    load_teacher,
     optimizer_step,
     prune_by_magnitude,
+    step_loss,
     unsupported_reason,
     weight_bytes,
 )
@@ -55,7 +57,8 @@ def reference_step(recipe: Recipe) -> tuple[dict[str, torch.Tensor], float | Non
     micro = [[x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]]
              for i in range(recipe.accumulation_steps)]
     norms: list[torch.Tensor] = []
-    optimizer_step(model, w.task().loss, micro, opt, build_scheduler(opt, recipe), recipe,
+    loss = step_loss(w.task(), load_teacher(w.task(), recipe), recipe)
+    optimizer_step(model, loss, micro, opt, build_scheduler(opt, recipe), recipe,
                    "cpu", masks=masks, grad_norm=norms.append)
     state = {n: p.detach().float() for n, p in model.named_parameters()}
     return state, float(norms[0]) if norms else None
@@ -89,6 +92,11 @@ CASES = [
     pytest.param("zero2", {"offload": True, "optimizer": "adamw", "lr": 1e-2},
                  marks=pytest.mark.slow),
     ("zero2", {"precision": "fp16"}),  # refused on the CPU: skipped with the reason
+    # distill_weight: each worker's loss mixes in the KL to its own frozen copy of the teacher
+    # (never wrapped, sharded or partitioned); the gradient is still averaged once.
+    ("ddp", {"distill_weight": 0.5, "accumulation_steps": 2}),
+    ("fsdp", {"distill_weight": 0.5}),
+    ("zero2", {"distill_weight": 0.5, "distill_temperature": 4.0}),
     # grad_clip: after DDP's all-reduce; over FSDP2's shards; DeepSpeed's gradient_clipping.
     ("ddp", {"grad_clip": CLIP, "accumulation_steps": 2}),
     ("fsdp", {"grad_clip": CLIP, "accumulation_steps": 2}),
