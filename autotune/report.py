@@ -10,11 +10,12 @@ from typing import Any
 
 from autotune import objective
 from autotune.recipe import Recipe
-from autotune.results import TrialRecord
+from autotune.results import ScreenRecord, TrialRecord
 from autotune.search import SearchOutcome, SearchPlan
 from autotune.search.progress import Snapshot
 from autotune.search.winner import Candidate, candidates
 from autotune.units import format_bytes, format_duration
+from autotune.warm_start import describe_change
 
 # -- progress lines -------------------------------------------------------------------------
 
@@ -54,6 +55,65 @@ def confirming_line(info: dict[str, Any]) -> str:
     return (f"confirming: {info['recipes']} recipes (the fastest, and the baseline) run again "
             f"with up to {info['seeds']} more seeds each ({info['trials']} runs){left}; the "
             "winner is the lowest median time-to-target")
+
+
+def screening_line(info: dict[str, Any]) -> str:
+    """Screening's start: how many system configurations, how long each."""
+    sampled = f" (a spread sample of {info['sampled_from']})" \
+        if info["sampled_from"] > info["configs"] else ""
+    reused = info["configs"] - info["to_measure"]
+    again = f"; {reused} measured by the earlier run" if reused else ""
+    within = f", within {format_duration(info['time_s'])}" if info.get("time_s") is not None \
+        else ""
+    return (f"screening {info['configs']} system configurations{sampled}: "
+            f"{info['seconds_each']:.1f}s of timed steps each{within}{again}")
+
+
+def _config_name(record: ScreenRecord, baseline: dict[str, Any] | None) -> str:
+    """A screened configuration as its change from the baseline's (``baseline``)."""
+    if record.is_baseline:
+        return "baseline"
+    try:
+        return describe_change(Recipe.from_dict(baseline or {}), Recipe.from_dict(
+            record.recipe or {})) or record.label
+    except Exception:  # noqa: BLE001 - a record from another version still prints
+        return record.label
+
+
+def screened_line(record: ScreenRecord) -> str:
+    """One screened configuration: its speed and peak memory, or why none."""
+    name = "baseline" if record.is_baseline else record.label
+    if record.status != "ok":
+        return f"  screened {name}: {record.status} {record.message}".rstrip()
+    compile_text = f", compile {format_duration(record.compile_seconds)}" \
+        if record.compile_seconds else ""
+    return (f"  screened {name}: {record.examples_per_second:.0f} examples/s, step "
+            f"{(record.step_seconds or 0.0) * 1000:.1f} ms, peak "
+            f"{format_bytes(record.peak_memory_bytes)}{compile_text}")
+
+
+def screening_table(records: list[ScreenRecord], decisions: list[Any],
+                    warm_start: list[str] | None = None) -> str:
+    """The screening's ranking: each configuration's speed, memory, and whether it was kept
+    for the convergence trials (and why); then the warm start on the kept ones."""
+    by_label = {r.label: r for r in records}
+    base = next((r.recipe for r in records if r.is_baseline), None)
+    rows = [("rank", "kept", "examples/s", "step", "peak mem", "configuration (why)")]
+    for d in decisions:
+        r = by_label[d.label]
+        speed = f"{r.examples_per_second:.0f}" if r.examples_per_second else "-"
+        step = f"{r.step_seconds * 1000:.1f} ms" if r.step_seconds else "-"
+        rows.append((str(d.rank or "-"), "yes" if d.kept else "no", speed, step,
+                     format_bytes(r.peak_memory_bytes), f"{_config_name(r, base)} ({d.reason})"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    kept = sum(d.kept for d in decisions)
+    lines = [f"screening kept {kept} of {len(decisions)} system configurations for the "
+             "convergence trials:"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1]
+              for row in rows]
+    if warm_start is not None:
+        lines.append(f"warm start after the baseline: {'; '.join(warm_start) or 'none'}")
+    return "\n".join(lines)
 
 
 def finished_line(record: TrialRecord, total: int, best: Candidate | None,

@@ -29,6 +29,7 @@ object with Optuna's ``suggest_categorical/suggest_int/suggest_float`` methods.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ SPACES_DIR = Path(str(files("autotune.search_spaces")))
 (``autotune.search_spaces``, mapped in pyproject.toml), so an editable and a wheel install both
 find them."""
 _KNOB_KEYS = {"choices", "low", "high", "step", "log", "value", "when", "help"}
+SYSTEM_PARAM = "system"
+"""The sampler's parameter that picks one of a restricted space's system configurations
+(``SearchSpace.systems``); not a knob name (those are ``Recipe`` fields)."""
 
 
 class Suggester(Protocol):
@@ -122,6 +126,11 @@ class SearchSpace:
     source: str = "<memory>"
     model: str | None = None
     doc: dict[str, Any] = field(default_factory=dict, compare=False)
+    systems: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    """Whole system configurations to choose among, ``(label, ((knob, value), ...))`` each,
+    when screening restricted the space (``restrict_to_systems``): sampled as one categorical
+    parameter ``system`` before ``knobs`` (which then hold the other knobs), so that only
+    configurations that were measured and kept are proposed, never a mix of their values."""
 
     def suggest(self, trial: Suggester) -> dict[str, Any]:
         """Sample one point, define-by-run: knobs whose conditions fail are not sampled.
@@ -131,14 +140,48 @@ class SearchSpace:
         """
         params: dict[str, Any] = {}
         values: dict[str, Any] = {}
+        if self.systems:
+            labels = [label for label, _ in self.systems]
+            label = labels[0] if len(labels) == 1 else \
+                trial.suggest_categorical(SYSTEM_PARAM, labels)
+            params[SYSTEM_PARAM] = label
+            values.update(self.system_values(label))
         for knob in self.knobs:
             if knob.applies(values):
                 params[knob.name] = values[knob.knob] = knob.suggest(trial)
         return params
 
+    def system_values(self, label: str) -> dict[str, Any]:
+        """The knob values of the system configuration ``label`` (``systems``)."""
+        for name, values in self.systems:
+            if name == label:
+                return dict(values)
+        raise ConfigError(self.source, [f"system: {label!r} is not one of the kept system "
+                                        f"configurations ({[n for n, _ in self.systems]})"])
+
+    def knob_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A sampled point as recipe knob values: variants (``lr@sgd``) under their knob's
+        name, and ``system`` as its configuration's knobs."""
+        out: dict[str, Any] = {}
+        for name, value in params.items():
+            if name == SYSTEM_PARAM and self.systems:
+                out.update(self.system_values(value))
+            else:
+                out[name.split("@", 1)[0]] = value
+        return out
+
     def to_recipe(self, params: Mapping[str, Any], baseline: Recipe) -> Recipe:
         """The recipe for a sampled point: the baseline with the point's knobs set."""
-        return baseline.replace(**{name.split("@", 1)[0]: v for name, v in params.items()})
+        return baseline.replace(**self.knob_values(params))
+
+    def restrict_to_systems(self, names: Sequence[str],
+                            configs: Sequence[tuple[str, Mapping[str, Any]]]) -> SearchSpace:
+        """This space with the knobs ``names`` replaced by a choice among whole
+        configurations of them (``systems``: label, knob values), e.g. the system
+        configurations a screening kept."""
+        return dataclasses.replace(
+            self, knobs=tuple(k for k in self.knobs if k.knob not in names),
+            systems=tuple((label, tuple(values.items())) for label, values in configs))
 
     def point_for(self, recipe: Recipe) -> dict[str, Any]:
         """The point (knob values) that reproduces ``recipe`` in this space, for seeding the
@@ -146,6 +189,15 @@ class SearchSpace:
         point: dict[str, Any] = {}
         values: dict[str, Any] = {}
         problems = []
+        if self.systems:
+            label = next((name for name, config in self.systems
+                          if all(getattr(recipe, k) == v for k, v in config)), None)
+            if label is None:
+                raise ConfigError(self.source, [
+                    "system: the recipe's system configuration is not one of the kept ones "
+                    f"({[n for n, _ in self.systems]})"])
+            point[SYSTEM_PARAM] = label
+            values.update(self.system_values(label))
         for knob in self.knobs:
             if not knob.applies(values):
                 continue
@@ -210,7 +262,8 @@ class SearchSpace:
 
     def size_hint(self) -> str:
         """Short description for progress output: knob names and their ranges."""
-        parts = []
+        parts = [f"{SYSTEM_PARAM}=[{len(self.systems)} kept configurations]"] \
+            if self.systems else []
         for k in self.knobs:
             if k.choices is not None:
                 parts.append(f"{k.name}={list(k.choices)}")

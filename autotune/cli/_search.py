@@ -19,6 +19,9 @@ from autotune.report import (
     leaderboard,
     plan_lines,
     resumed_line,
+    screened_line,
+    screening_line,
+    screening_table,
     started_line,
     status_line,
     verdict_lines,
@@ -135,6 +138,12 @@ def _add_confirm_args(p: argparse.ArgumentParser) -> None:
                    "end within it)")
     p.add_argument("--confirm-seeds", type=int, default=DEFAULT_CONFIRM_SEEDS, metavar="K",
                    help=f"further seeds per confirmed recipe (default {DEFAULT_CONFIRM_SEEDS})")
+    p.add_argument("--screen", action=argparse.BooleanOptionalAction, default=None,
+                   help="first time a few seconds of training steps of each system "
+                   "configuration of the space (precision, micro-batch, checkpointing, compile, "
+                   "optimizer implementation, data loading, parallel mode), within 15%% of "
+                   "--time-budget, and run the convergence trials on the fastest only "
+                   "(default: on when the space has two or more system configurations)")
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not try the general warm-start rules after the baseline (lower "
                    "precision where the device runs it natively; a larger batch with a scaled "
@@ -217,7 +226,7 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, dict[str, A
         target=args.target, seed=args.seed, device=args.device,
         max_trial_seconds=max_trial, results_dir=args.results_dir, output=args.output,
         placement=args.placement, workers_per_trial=args.workers_per_trial,
-        warm_start=args.warm_start, task_warm_start=args.task_warm_start,
+        warm_start=args.warm_start, task_warm_start=args.task_warm_start, screen=args.screen,
         confirm_top=args.confirm, confirm_seeds=args.confirm_seeds, resume=args.resume,
         **given,
     )
@@ -260,6 +269,14 @@ class _SearchPrinter:
             self.display.refresh()
         elif kind == "confirming":
             show(confirming_line(payload))
+        elif kind == "screening":
+            show(screening_line(payload))
+        elif kind == "screened_one":
+            show(screened_line(payload))
+        elif kind == "screened":
+            for line in screening_table(payload["records"], payload["decisions"],
+                                        payload.get("warm_start")).splitlines():
+                show(line)
         elif kind == "finished":
             show(finished_line(payload, self.trials, summarize(self.records).best,
                                self.metric))

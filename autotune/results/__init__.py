@@ -13,6 +13,7 @@ from autotune.results.records import (
 )
 from autotune.results.rundir import (
     BEST_FILE,
+    SCREENING_FILE,
     SEARCH_FILE,
     STUDY_FILE,
     TRIALS_FILE,
@@ -20,14 +21,20 @@ from autotune.results.rundir import (
     check_writable,
     write_text,
 )
+from autotune.results.screening import CUT, REFUSED, SCREEN_SCHEMA_VERSION, ScreenRecord
 
 __all__ = [
     "BEST_FILE",
+    "CUT",
     "MEASUREMENTS",
     "SCHEMA_VERSION",
+    "SCREEN_SCHEMA_VERSION",
+    "SCREENING_FILE",
     "SEARCH_FILE",
     "STUDY_FILE",
+    "ScreenRecord",
     "TRIALS_FILE",
+    "REFUSED",
     "RecordFormatError",
     "RunDirectory",
     "TrialRecord",

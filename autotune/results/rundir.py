@@ -5,6 +5,7 @@ Layout of ``autotune_runs/<model>-<date>-<time>/`` (or ``--results-dir``)::
     settings.json      the search's settings (SearchRequest) and its sessions (start, end)
     space.yaml         the search space as the search started with it (resume reads it)
     trials.jsonl       one TrialRecord a line, appended as each trial ends
+    screening.jsonl    one ScreenRecord a line: each system configuration's screening
     study.journal      the Optuna study (JournalStorage): every proposal, with its recipe,
                        state and measurements as user attributes; optuna.load_study opens it
     search.yaml        what was searched, on what, for how long (written at the end)
@@ -34,8 +35,10 @@ import yaml
 
 from autotune.errors import UserError
 from autotune.results.records import RecordFormatError, TrialRecord, dumps
+from autotune.results.screening import ScreenRecord, screen_dumps
 
 TRIALS_FILE = "trials.jsonl"
+SCREENING_FILE = "screening.jsonl"
 SETTINGS_FILE = "settings.json"
 SPACE_FILE = "space.yaml"
 STUDY_FILE = "study.journal"
@@ -72,6 +75,10 @@ class RunDirectory:
     @property
     def trials_path(self) -> Path:
         return self.path / TRIALS_FILE
+
+    @property
+    def screening_path(self) -> Path:
+        return self.path / SCREENING_FILE
 
     @property
     def study_path(self) -> Path:
@@ -121,14 +128,18 @@ class RunDirectory:
     # -- records ----------------------------------------------------------------------------
     def append(self, record: TrialRecord) -> None:
         """Append one record as one ``write`` of one line (see the module docstring)."""
-        data = dumps(record).encode()
-        fd = os.open(self.trials_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(f"short write to {self.trials_path} ({written} of {len(data)})")
-        finally:
-            os.close(fd)
+        _append_line(self.trials_path, dumps(record))
+
+    def append_screen(self, record: ScreenRecord) -> None:
+        """Append one screening record to ``screening.jsonl``, as ``append`` does."""
+        _append_line(self.screening_path, screen_dumps(record))
+
+    def screen_records(self, on_warning: Callable[[str], None] | None = None
+                       ) -> list[ScreenRecord]:
+        """Every screening record so far, in the order they ended (a torn line is skipped
+        with a warning, as ``records`` does)."""
+        return [ScreenRecord.from_json(data, source=where)
+                for where, data in _read_lines(self.screening_path, on_warning)]
 
     def records(self, on_warning: Callable[[str], None] | None = None) -> list[TrialRecord]:
         """Every record so far, in the order trials ended. A line that is not whole JSON (a
@@ -208,6 +219,41 @@ class RunDirectory:
     # -- documents --------------------------------------------------------------------------
     def write_yaml(self, path: Path, data: dict[str, Any], header: str = "") -> None:
         write_text(path, header + yaml.safe_dump(data, sort_keys=False))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` as one ``write`` (see the module docstring)."""
+    data = line.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"short write to {path} ({written} of {len(data)})")
+    finally:
+        os.close(fd)
+
+
+def _read_lines(path: Path, on_warning: Callable[[str], None] | None
+                ) -> list[tuple[str, dict[str, Any]]]:
+    """``(where, object)`` of each whole JSON line of ``path`` (none if it is missing)."""
+    if not path.exists():
+        return []
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if on_warning is not None:
+                on_warning(f"{where}: not a whole record (a torn write); skipped, the "
+                           "other records are kept")
+            continue
+        if not isinstance(data, dict):
+            raise RecordFormatError(f"{where}: not a record")
+        out.append((where, data))
+    return out
 
 
 def write_text(path: Path, text: str) -> None:

@@ -1,9 +1,12 @@
-"""One run of a search on Ray Tune: the search phase (Optuna's proposals, the memory gate, the
-deadline, the scheduler), then the confirmation phase (the fastest recipes again with more
-seeds). Imported only when a search runs (Ray Tune and Optuna are heavy).
+"""One run of a search on Ray Tune: the screening phase (each system configuration's speed,
+``autotune.search.screening``), the search phase (Optuna's proposals on the kept
+configurations, the memory gate, the deadline, the scheduler), then the confirmation phase
+(the fastest recipes again with more seeds). Imported only when a search runs (Ray Tune and
+Optuna are heavy).
 
 The time budget ``T`` (``--time-budget``) is kept for the whole search, counted from its start
-(``start``, before Ray starts): ``search_times`` splits it. Optuna proposes until
+(``start``, before Ray starts): ``search_times`` splits it. Screening (when the search screens)
+ends by ``T x SCREEN_SHARE``; what it has not measured then is cut. Optuna proposes until
 ``T x (1 - CONFIRM_SHARE)`` (less ASHA's grace period, so a last trial can still be judged; the
 baseline is proposed however late). Search trials still running at
 ``T x (1 - CONFIRM_SHARE / 2)`` are stopped (at their last report before it: a trial reports
@@ -30,10 +33,11 @@ from autotune.results import TrialRecord
 from autotune.search._ray import max_concurrent, ray_session, resources_for, trial_resources
 from autotune.search._recorder import EventFn, Recorder
 from autotune.search._scheduler import Deadline, DeadlineFIFO, grace_seconds, make_scheduler
+from autotune.search._screener import screen_phase
 from autotune.search._searcher import MemoryGate, StudySearcher, fail_interrupted, open_study
 from autotune.search._trainable import TrialSetup, trainable
 from autotune.search.plan import SearchPlan
-from autotune.search.settings import CONFIRM_SHARE
+from autotune.search.settings import CONFIRM_SHARE, SCREEN_SHARE
 from autotune.search.winner import confirm_points, fit_in_time
 
 END_MARGIN_S = 5.0
@@ -51,17 +55,23 @@ class PhaseTimes:
     """Search trials still running are stopped."""
     end: float
     """Confirmation runs still running are stopped; only writing the results is left."""
+    screening_end: float | None = None
+    """Screening measurements still running are cut (None: the search does not screen)."""
 
 
 def search_times(start: float, budget_s: float, confirming: bool,
-                 grace_s: float) -> PhaseTimes:
+                 grace_s: float, screening: bool = False) -> PhaseTimes:
     """The phases of a ``budget_s`` search that began at ``start`` (see the module docstring);
-    without confirmation runs the search phase has the whole budget."""
+    without confirmation runs the search phase has the whole budget. Screening takes its
+    share from the search phase's."""
     end = start + max(0.0, budget_s - END_MARGIN_S)
     share = CONFIRM_SHARE if confirming else 0.0
     search_end = min(end, start + budget_s * (1.0 - share / 2))
     proposals_end = min(start + budget_s * (1.0 - share), search_end - grace_s)
-    return PhaseTimes(proposals_end=max(start, proposals_end), search_end=search_end, end=end)
+    screening_end = min(start + budget_s * SCREEN_SHARE, proposals_end) if screening else None
+    return PhaseTimes(proposals_end=max(start, proposals_end), search_end=search_end, end=end,
+                      screening_end=None if screening_end is None
+                      else max(start, screening_end))
 
 
 @dataclass
@@ -91,9 +101,13 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
     r = plan.request
     times = None if plan.time_budget_s is None else search_times(
         start, plan.time_budget_s, plan.confirm_share() > 0,
-        grace_seconds(plan.max_train_seconds, r.grace_period_s))
+        grace_seconds(plan.max_train_seconds, r.grace_period_s), r.screen is not False)
     confirmation = Confirmation()
     with ray_session(r.address):
+        base = trial_resources(r.device, r.cpus_per_trial, r.gpus_per_trial)
+        # Screening first: the convergence trials search the kept system configurations.
+        plan = screen_phase(plan, _setup(plan), base, times.screening_end if times else None,
+                            on_event or (lambda kind, payload: None))
         study = open_study(plan.run_dir.study_path, r.sampler, r.seed)
         if r.verbose:
             _let_logs_through()
@@ -105,10 +119,7 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
         search_deadline = Deadline(times.search_end - lead if times else None,
                                    recorder.time_stopped)
         end_deadline = Deadline(times.end - lead if times else None, recorder.time_stopped)
-        setup = TrialSetup(r.model, r.task_options, plan.space, plan.baseline, plan.target,
-                           plan.max_train_seconds, r.budget_bytes, r.seed, r.device,
-                           r.report_interval_s, plan.workers_per_trial)
-        base = trial_resources(r.device, r.cpus_per_trial, r.gpus_per_trial)
+        setup = _setup(plan)
         fit = _Fitter(plan, setup, base, recorder)
         searched = [x for x in prior if x.is_search_trial]
         remaining = r.trials - len(searched)
@@ -147,6 +158,14 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
             recorder.record_interrupted()
             raise
     return recorder.records, confirmation
+
+
+def _setup(plan: SearchPlan) -> TrialSetup:
+    """What every trial (and screening) process needs besides its point."""
+    r = plan.request
+    return TrialSetup(r.model, r.task_options, plan.space, plan.baseline, plan.target,
+                      plan.max_train_seconds, r.budget_bytes, r.seed, r.device,
+                      r.report_interval_s, plan.workers_per_trial)
 
 
 def _let_logs_through() -> None:

@@ -41,10 +41,10 @@ def recipe_for(params: dict[str, Any], space: SearchSpace, baseline: Recipe,
                workers_per_trial: int) -> Recipe:
     """The recipe of a sampled point; parallel modes get ``workers_per_trial`` workers unless
     the space samples ``workers``."""
-    params = dict(params)
-    if params.get("parallelism", baseline.parallelism) != "single" and "workers" not in params:
-        params["workers"] = workers_per_trial
-    return space.to_recipe(params, baseline)
+    values = space.knob_values(params)  # a restricted space's ``system`` expanded
+    if values.get("parallelism", baseline.parallelism) != "single" and "workers" not in values:
+        values["workers"] = workers_per_trial
+    return baseline.replace(**values)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from autotune.results import RunDirectory, TrialRecord, check_writable
 from autotune.search.documents import best_recipe_document, search_document
 from autotune.search.plan import SearchPlan
 from autotune.search.reporting import CSV_FILE, REPORT_FILE, write_report_after_search
+from autotune.search.screening import search_screening
 from autotune.search.settings import SearchRequest
 from autotune.search.tracking import (
     SearchResults,
@@ -273,7 +274,8 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
     records = prior + new
     wall = time.time() - start
     summary = summarize(records)
-    context = search_document(plan, len(records), wall, confirmation)
+    context = search_document(plan, len(records), wall, confirmation,
+                              search_screening(plan))
     run_dir.write_yaml(run_dir.path / "search.yaml", context)
     failed: list[str] = []
     write_report_after_search(  # report.html, trials.csv; never raises

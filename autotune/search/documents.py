@@ -24,11 +24,14 @@ def device_description(device_type: str) -> str:
 
 
 def search_document(plan: SearchPlan, trials_run: int, wall_seconds: float,
-                    confirmation: dict[str, Any] | None = None) -> dict[str, Any]:
+                    confirmation: dict[str, Any] | None = None,
+                    screening: dict[str, Any] | None = None) -> dict[str, Any]:
     """``search.yaml``: the task, the search's settings and where its results are, and its
     provenance (versions, the git state of the task's code, the machine:
     ``autotune.search.provenance``). ``confirmation``: what the confirmation phase ran and
-    what the time budget cut (``autotune.search._run.Confirmation``)."""
+    what the time budget cut (``autotune.search._run.Confirmation``); ``screening``: each
+    system configuration screened, its speed and memory, kept or dropped and why
+    (``autotune.search.screening.screening_document``)."""
     r = plan.request
     budget = plan.time_budget_s
     timing = {"time_budget_s": budget,
@@ -42,7 +45,7 @@ def search_document(plan: SearchPlan, trials_run: int, wall_seconds: float,
         "search": {"seed": r.seed, "trials_run": trials_run, "budget_bytes": r.budget_bytes,
                    "space": plan.space_source, "max_train_seconds": plan.max_train_seconds,
                    "wall_seconds": round(wall_seconds, 1), **timing,
-                   "confirmation": confirmation,
+                   "confirmation": confirmation, "screening": screening,
                    "results_dir": str(plan.run_dir.path)},
         "baseline_recipe": plan.baseline.to_dict(),
         "provenance": search_provenance(r.model, plan.device_type),

@@ -25,6 +25,9 @@ DEFAULT_CONFIRM_TOP = 3
 DEFAULT_CONFIRM_SEEDS = 2
 CONFIRM_SHARE = 0.25
 """Share of the time budget kept for the confirmation runs."""
+SCREEN_SHARE = 0.15
+"""Share of the time budget that screening the system configurations may take, at most
+(``autotune.search.screening``); the convergence trials begin when it is done."""
 RESUMABLE = ("trials", "time_budget_s", "address", "cpus_per_trial", "gpus_per_trial",
              "max_concurrent_trials", "storage", "loggers", "mlflow_uri", "verbose")
 """Settings that may be given again with ``resume`` to change them; the rest are the search's."""
@@ -82,6 +85,10 @@ class SearchRequest:
     """The baseline recipe (``Recipe.to_dict()``); None: the task's."""
     sampler: str = "tpe"
     scheduler: str = "asha"
+    screen: bool | None = None
+    """Screen the space's system configurations (timed steps, no convergence) first and run
+    the convergence trials on the fast ones only (``autotune.search.screening``); None: when
+    the space has at least two system configurations."""
     warm_start: bool = True
     """Try the general warm-start rules (``autotune.warm_start``) right after the baseline."""
     task_warm_start: bool = False

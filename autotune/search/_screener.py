@@ -1,0 +1,137 @@
+"""Screening on Ray: each system configuration measured (``autotune.train.screen``) in a Ray
+task that holds a trial's resources, so it runs where trials run (one per GPU on a GPU
+cluster, a whole node on CPUs, never in the driver), within screening's share of the time
+budget. The decision and the restricted space are ``autotune.search.screening``'s (pure).
+
+Each task process builds the task once (``task_for``) and serves configuration after
+configuration. A measurement still running when the share is spent is cancelled and recorded
+``cut``, with those never started; every record is appended to ``screening.jsonl`` as it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from autotune.recipe import Recipe
+from autotune.results import CUT, REFUSED, ScreenRecord
+from autotune.search._searcher import MemoryGate
+from autotune.search._trainable import TrialSetup, task_for
+from autotune.search.plan import SearchPlan
+from autotune.search.screening import (
+    SystemConfig,
+    decide,
+    restricted_plan,
+    seconds_per_config,
+    spread_sample,
+    system_configs,
+)
+from autotune.train import pick_device
+from autotune.train.screen import ERROR, screen
+
+EventFn = Callable[[str, Any], None]
+
+
+def measure(setup: TrialSetup, recipe: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One screening measurement in a Ray task process: ``ScreenResult.to_dict()``."""
+    device = pick_device(setup.device)
+    task = task_for(setup.model, device.type, setup.task_options)
+    result = screen(task, Recipe.from_dict(recipe), str(device), seconds=seconds,
+                    seed=setup.seed, budget_bytes=setup.budget_bytes).to_dict()
+    result["node_id"] = ray.get_runtime_context().get_node_id()
+    return result
+
+
+# One process serves every measurement (Ray's default for a GPU task is a fresh process each):
+# the task is built once.
+_measure = ray.remote(max_calls=0)(measure)
+
+
+def wanted(plan: SearchPlan, configs: list[SystemConfig]) -> bool:
+    """Whether this search screens: asked for (or not refused) and something to choose."""
+    return plan.request.screen is not False and len(configs) >= 2
+
+
+def screen_phase(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float],
+                 deadline: float | None, emit: EventFn) -> SearchPlan:
+    """Screen the plan's system configurations (those a resumed search has not screened yet)
+    and return the plan for the convergence trials (``restricted_plan``); ``plan`` itself when
+    the search does not screen."""
+    configs = system_configs(plan.space, plan.baseline, plan.workers_per_trial)
+    if not wanted(plan, configs):
+        return plan
+    sampled = spread_sample(configs)
+    done = {r.label: r for r in plan.run_dir.screen_records()}
+    todo = [(i, c) for i, c in enumerate(sampled) if c.label not in done]
+    share = None if deadline is None else max(0.0, deadline - time.time())
+    seconds = seconds_per_config(share, len(todo))
+    emit("screening", {"configs": len(sampled), "sampled_from": len(configs),
+                       "to_measure": len(todo), "seconds_each": seconds, "time_s": share})
+    new = _measure_all(plan, setup, resources, todo, seconds, deadline, emit)
+    records = sorted([*done.values(), *new], key=lambda r: r.order)
+    records = [r for r in records if r.label in {c.label for c in sampled}]
+    decisions = decide(records)
+    restricted = restricted_plan(plan, sampled, decisions)
+    emit("screened", {"records": records, "decisions": decisions,
+                      "sampled_from": len(configs),
+                      "warm_start": [ws.name for ws in restricted.suggestions]})
+    return restricted
+
+
+def _measure_all(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float],
+                 todo: list[tuple[int, SystemConfig]], seconds: float,
+                 deadline: float | None, emit: EventFn) -> list[ScreenRecord]:
+    """Gate, then measure ``todo`` as Ray tasks; every record appended as it ends."""
+    r = plan.request
+    gate = MemoryGate(plan.task, r.budget_bytes, plan.device_type) \
+        if r.budget_bytes is not None else None
+    out: list[ScreenRecord] = []
+
+    def write(record: ScreenRecord) -> None:
+        record.finished_at = time.time()
+        plan.run_dir.append_screen(record)
+        out.append(record)
+        emit("screened_one", record)
+
+    pending: dict[Any, ScreenRecord] = {}
+    options = {"num_cpus": resources["cpu"], "num_gpus": resources.get("gpu", 0)}
+    for order, config in todo:
+        record = ScreenRecord(config.label, config.values, "running", config.recipe.to_dict(),
+                              config.is_baseline, order)
+        if gate is not None:
+            fits, prediction = gate.check(config.recipe)
+            record.predicted_peak_bytes = (prediction or {}).get("peak_bytes")
+            if not fits:
+                record.status = REFUSED
+                record.message = "predicted peak over the budget: not run"
+                write(record)
+                continue
+        ref = _measure.options(**options).remote(setup, config.recipe.to_dict(), seconds)
+        pending[ref] = record
+    try:
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            if not ready:
+                break
+            record = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except RayError as exc:
+                result = {"status": ERROR, "message": str(exc).strip().splitlines()[-1][:300]}
+            write(record.with_result(result))
+    except KeyboardInterrupt:  # not recorded: a resumed search measures them
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    for ref, record in pending.items():  # the time share is spent
+        ray.cancel(ref, force=True)
+        record.status = CUT
+        record.message = "not measured: screening's share of the time budget was spent"
+        write(record)
+    return out
+

@@ -1,0 +1,339 @@
+"""Screening: each system configuration's speed and memory measured in timed steps
+(``autotune.train.screen``), the configurations of a space, the keep rule, the restricted
+space and its warm start (``autotune.search.screening``), and a real small search whose
+convergence trials run on the kept configurations only, and which a resume reuses."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+
+from autotune.errors import ConfigError
+from autotune.recipe import Recipe
+from autotune.results import CUT, REFUSED, RunDirectory, ScreenRecord
+from autotune.search import SearchRequest, search
+from autotune.search._run import search_times
+from autotune.search._screener import wanted
+from autotune.search.screening import (
+    config_label,
+    decide,
+    kept_warm_starts,
+    spread_sample,
+    system_configs,
+    system_knob_names,
+)
+from autotune.search.settings import SCREEN_SHARE
+from autotune.space import SYSTEM_PARAM, parse_space
+from autotune.tasks import load_task
+from autotune.train.screen import INFEASIBLE, NOT_SCREENED, OK, UNSUPPORTED, screen
+from autotune.warm_start import LR_BATCH_EXPONENT, WARMUP_STEPS
+
+# -- the measurement ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_task("mnist", "cpu", {})
+
+
+def test_a_larger_batch_moves_more_examples_per_second_and_holds_more_memory(mnist):
+    small = screen(mnist, Recipe(batch_size=4, lr=1e-3), "cpu", seconds=0.3, max_steps=10)
+    large = screen(mnist, Recipe(batch_size=128, lr=1e-3), "cpu", seconds=0.3, max_steps=10)
+    assert small.status == large.status == OK, (small.message, large.message)
+    # 32x the examples per step: per-step costs (the optimizer, Python, kernel launches) are
+    # shared by 32x more examples
+    assert large.examples_per_second > small.examples_per_second
+    assert large.peak_memory_bytes > small.peak_memory_bytes
+    assert large.peak_memory_source == "cpu_tracked"
+    assert small.warmup_steps == 3 and small.steps >= 3
+    assert small.examples_per_second == pytest.approx(4 * small.steps / small.timed_seconds)
+
+
+def test_bf16_and_fp32_are_measured_apart(mnist):
+    fp32 = screen(mnist, Recipe(batch_size=32), "cpu", seconds=0.2, max_steps=5,
+                  warmup_steps=1)
+    bf16 = screen(mnist, Recipe(batch_size=32, precision="bf16"), "cpu", seconds=0.2,
+                  max_steps=5, warmup_steps=1)
+    assert fp32.status == bf16.status == OK
+    assert fp32.examples_per_second != bf16.examples_per_second
+    # bf16 autocast keeps 16-bit activations: the tracked peak is smaller (deterministic)
+    assert bf16.peak_memory_bytes < fp32.peak_memory_bytes
+
+
+def test_what_cannot_run_is_a_status_not_an_exception(toy_task):
+    assert screen(toy_task, Recipe(tf32=True), "cpu").status == UNSUPPORTED  # no TF32 on a CPU
+    parallel = screen(toy_task, Recipe(parallelism="ddp", workers=2), "cpu")
+    assert parallel.status == NOT_SCREENED and "convergence trials" in parallel.message
+    over = screen(toy_task, Recipe(batch_size=64), "cpu", seconds=0.1, budget_bytes=1000)
+    assert over.status == INFEASIBLE and "exceeds the budget" in over.message
+    assert over.peak_memory_bytes > 1000
+
+
+@pytest.mark.slow
+def test_compile_time_is_reported_apart_from_the_throughput(mnist):
+    result = screen(mnist, Recipe(batch_size=64, compile="default"), "cpu", seconds=0.5,
+                    max_steps=30)
+    assert result.status == OK, result.message
+    assert result.compile_seconds > 1.0  # the first steps compile...
+    assert result.warmup_seconds >= result.compile_seconds
+    assert result.timed_seconds < result.compile_seconds  # ...and the timed ones do not
+
+
+# -- the configurations ---------------------------------------------------------------------
+
+CONDITIONS = """\
+knobs:
+  precision: {choices: [fp32, bf16]}
+  batch_size: {choices: [16, 32]}
+  optimizer: {choices: [adamw, sgd]}
+  dataloader_workers: {choices: [0, 2]}
+  prefetch_factor: {choices: [2, 4], when: {dataloader_workers: [2]}}
+  checkpointing: {choices: [false, true], when: {optimizer: [sgd]}}
+  lr: {low: 1.0e-3, high: 1.0e-2, log: true}
+"""
+
+
+def test_configurations_are_the_combinations_of_system_knobs_with_conditions():
+    space = parse_space(CONDITIONS)
+    # checkpointing depends on an optimisation knob: left to the convergence trials
+    assert system_knob_names(space) == ["precision", "batch_size", "dataloader_workers",
+                                        "prefetch_factor"]
+    configs = system_configs(space, Recipe(), workers_per_trial=1)
+    # 2 precisions x 2 batches x (no workers, or 2 workers x 2 prefetch depths)
+    assert len(configs) == 2 * 2 * 3 == len({c.label for c in configs})
+    assert configs[0].is_baseline and configs[0].recipe == Recipe()
+    assert sum(c.is_baseline for c in configs) == 1
+    assert all("prefetch_factor" not in c.values for c in configs
+               if c.values["dataloader_workers"] == 0)
+    assert {c.recipe.prefetch_factor for c in configs
+            if c.values["dataloader_workers"] == 2} == {2, 4}
+
+
+def test_a_spread_sample_starts_at_the_baseline_and_covers_every_value():
+    space = parse_space("""\
+knobs:
+  precision: {choices: [fp32, bf16, fp16]}
+  batch_size: {choices: [16, 32, 64, 128, 256]}
+  fused_optimizer: {choices: [default, foreach, fused]}
+  channels_last: {choices: [false, true]}
+""")
+    configs = system_configs(space, Recipe(), 1)
+    assert len(configs) == 90
+    sample = spread_sample(configs, limit=8)
+    assert len(sample) == 8 and sample[0] is configs[0]
+    for knob, values in (("precision", 3), ("batch_size", 5), ("fused_optimizer", 3),
+                         ("channels_last", 2)):
+        assert len({c.values[knob] for c in sample}) == values, knob
+    assert spread_sample(configs[:5], limit=8) == configs[:5]
+
+
+# -- the decision ---------------------------------------------------------------------------
+
+
+def _rec(order, batch, speed, memory, status=OK, precision="fp32", baseline=False, **extra):
+    config = {"precision": precision, "batch_size": batch, **extra}
+    recipe = Recipe(precision=precision, batch_size=batch,
+                    **{k: v for k, v in extra.items()}).to_dict()
+    return ScreenRecord(config_label(config), config, status, recipe, baseline, order,
+                        examples_per_second=speed, peak_memory_bytes=memory)
+
+
+def test_dominated_and_slow_configurations_are_dropped_the_baseline_kept():
+    records = [
+        _rec(0, 32, 100.0, 1000, baseline=True),          # the slowest: kept as reference
+        _rec(1, 32, 300.0, 900, precision="bf16"),        # dominates the baseline
+        _rec(2, 64, 500.0, 2000),                          # fastest
+        _rec(3, 64, 450.0, 1500, precision="bf16"),       # slower, less memory: not dominated
+        _rec(4, 16, 200.0, 500),                           # another batch: not dominated
+        _rec(5, 128, None, None, status=REFUSED),
+        _rec(6, 128, None, None, status=INFEASIBLE, precision="bf16"),
+        _rec(7, 16, None, None, status=CUT, precision="bf16"),
+        _rec(8, 64, 440.0, 2500, precision="fp16"),       # dominated by the fp32 one
+    ]
+    decisions = {d.label: d for d in decide(records, keep_top=3)}
+    kept = [r.order for r in records if decisions[r.label].kept]
+    assert kept == [0, 1, 2, 3]
+    base = decisions[records[0].label]
+    assert "baseline" in base.reason and "dominated" in base.reason
+    assert "dominated by #1" in decisions[records[8].label].reason
+    assert "slower than the 3 kept" in decisions[records[4].label].reason
+    assert "memory gate" in decisions[records[5].label].reason
+    assert decisions[records[6].label].reason.startswith("infeasible")
+    assert "time budget" in decisions[records[7].label].reason
+    assert decisions[records[2].label].rank == 1
+    # the ranking: kept first, fastest first
+    assert [d.label for d in decide(records)][:4] == [
+        records[i].label for i in (2, 3, 1, 0)]
+
+
+def test_a_multi_worker_configuration_follows_its_single_device_one():
+    records = [
+        _rec(0, 32, 100.0, 1000, baseline=True, parallelism="single"),
+        _rec(1, 32, 300.0, 900, precision="bf16", parallelism="single"),
+        _rec(2, 32, None, None, status="not_screened", precision="bf16", parallelism="ddp",
+             workers=2),
+        _rec(3, 16, 50.0, 500, parallelism="single"),
+        _rec(4, 16, None, None, status="not_screened", parallelism="ddp", workers=2),
+    ]
+    decisions = {d.label: d for d in decide(records, keep_top=1)}
+    assert decisions[records[2].label].kept
+    assert not decisions[records[4].label].kept
+
+
+# -- the restricted space and its warm start ------------------------------------------------
+
+TOY_SPACE = """\
+model: toy
+knobs:
+  precision: {choices: [fp32, bf16]}
+  batch_size: {choices: [16, 32, 64]}
+  optimizer: {choices: [adamw, sgd]}
+  lr: {low: 1.0e-3, high: 3.0e-2, log: true, when: {optimizer: adamw}}
+  lr@sgd: {low: 0.01, high: 0.3, log: true, when: {optimizer: sgd}}
+  warmup_steps: {choices: [0, 5, 100]}
+"""
+
+
+def test_the_restricted_space_proposes_only_kept_configurations():
+    space = parse_space(TOY_SPACE)
+    baseline = Recipe(batch_size=32, lr=1e-2)
+    configs = system_configs(space, baseline, 1)
+    kept = [c for c in configs if c.values in ({"precision": "fp32", "batch_size": 32},
+                                               {"precision": "bf16", "batch_size": 64})]
+    names = system_knob_names(space)
+    restricted = space.restrict_to_systems(names, [(c.label, c.values) for c in kept])
+    assert [k.knob for k in restricted.knobs] == ["optimizer", "lr", "lr", "warmup_steps"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        params = restricted.suggest(trial)
+        recipe = restricted.to_recipe(params, baseline)
+        seen.add((recipe.precision, recipe.batch_size))
+        assert restricted.point_for(recipe) == params
+        study.tell(trial, 0.0)
+    assert seen == {("fp32", 32), ("bf16", 64)}
+    assert restricted.point_for(baseline)[SYSTEM_PARAM] == kept[0].label
+    with pytest.raises(ConfigError, match="kept"):
+        restricted.point_for(baseline.replace(batch_size=16))
+
+
+def test_each_kept_configuration_warm_starts_with_the_lr_following_its_batch(tmp_path):
+    space = parse_space(TOY_SPACE)
+    baseline = Recipe(batch_size=32, lr=1e-2)
+    configs = system_configs(space, baseline, 1)
+    kept = [c for c in configs if c.values["batch_size"] != 32 or c.is_baseline]
+    plan = SimpleNamespace(space=space, baseline=baseline)  # what kept_warm_starts reads
+    warm = kept_warm_starts(plan, kept, space)
+    by_config = {(w.recipe.precision, w.recipe.batch_size): w.recipe for w in warm}
+    assert set(by_config) == {(p, b) for p in ("fp32", "bf16") for b in (16, 64)}
+    larger, smaller = by_config[("bf16", 64)], by_config[("fp32", 16)]
+    assert larger.lr == pytest.approx(1e-2 * 2 ** LR_BATCH_EXPONENT["adamw"])
+    assert larger.warmup_steps == WARMUP_STEPS  # a raised learning rate comes with warmup
+    assert smaller.lr == pytest.approx(1e-2 / 2 ** LR_BATCH_EXPONENT["adamw"])
+    assert smaller.warmup_steps == 0
+
+
+
+
+def test_screening_takes_its_share_of_the_time_budget_from_the_search_phase():
+    times = search_times(0.0, 400.0, confirming=True, grace_s=5.0, screening=True)
+    assert times.screening_end == pytest.approx(400.0 * SCREEN_SHARE)
+    assert times.proposals_end == search_times(0.0, 400.0, True, 5.0).proposals_end
+    assert search_times(0.0, 400.0, True, 5.0).screening_end is None
+
+
+# -- a real search --------------------------------------------------------------------------
+
+SEARCH_SPACE = """\
+model: toy
+knobs:
+  precision: {choices: [fp32, bf16]}
+  batch_size: {choices: [16, 32, 64]}
+  optimizer: {choices: [adamw, sgd]}
+  lr: {low: 1.0e-3, high: 3.0e-2, log: true, when: {optimizer: adamw}}
+  lr@sgd: {low: 0.01, high: 0.3, log: true, when: {optimizer: sgd}}
+"""
+BUDGET = 30_000
+"""Bytes: the toy MLP's fp32 recipe at batch 64 is predicted over it (with the gate's margin),
+its other configurations under."""
+
+
+@pytest.fixture(scope="module")
+def screened_search(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("screened")
+    space = tmp / "space.yaml"
+    space.write_text(SEARCH_SPACE)
+    events = []
+    request = SearchRequest(
+        model="tests.toy_task:make_task", space=str(space), budget_bytes=BUDGET, trials=4,
+        time_budget_s=150, confirm_top=0, results_dir=str(tmp / "results"))
+    outcome = search(request, on_event=lambda kind, payload: events.append((kind, payload)))
+    return outcome, events
+
+
+def test_convergence_trials_run_on_the_kept_configurations_only(screened_search):
+    outcome, events = screened_search
+    run_dir = RunDirectory(outcome.run_dir)
+    screened = run_dir.screen_records()
+    assert len(screened) == 6
+    by_config = {(r.config["precision"], r.config["batch_size"]): r for r in screened}
+    # the memory gate refused fp32 at batch 64 before any run: no measurement at all
+    refused = by_config[("fp32", 64)]
+    assert refused.status == REFUSED and refused.steps == 0 and refused.predicted_peak_bytes
+    measured = [r for r in screened if r.status == OK]
+    assert measured and all(r.examples_per_second > 0 and r.peak_memory_bytes for r in measured)
+    assert by_config[("fp32", 32)].is_baseline and by_config[("fp32", 32)].order == 0
+    decisions = {d.label: d for d in dict(events)["screened"]["decisions"]}
+    kept = {(r.config["precision"], r.config["batch_size"]) for r in screened
+            if decisions[r.label].kept}
+    assert ("fp32", 32) in kept and ("fp32", 64) not in kept and len(kept) <= 4
+    for record in outcome.records:
+        assert (record.recipe["precision"], record.recipe["batch_size"]) in kept
+        assert set(record.params) - {SYSTEM_PARAM} <= {"optimizer", "lr", "lr@sgd"}
+    assert outcome.records[0].is_baseline
+    # the warm start: each kept configuration with the baseline's optimisation knobs
+    warm = [r for r in outcome.records if r.warm_start_name
+            and r.warm_start_name.startswith("screened")]
+    assert {(r.recipe["precision"], r.recipe["batch_size"]) for r in warm} <= kept
+    # search.yaml says what was screened and kept
+    doc = yaml.safe_load((outcome.run_dir / "search.yaml").read_text())["search"]["screening"]
+    assert doc["configurations"] == 6 and doc["kept"] == len(kept)
+    assert sum(row["kept"] for row in doc["results"]) == len(kept)
+    assert all(row["why"] for row in doc["results"])
+    kinds = [k for k, _ in events]
+    assert kinds.index("screening") < kinds.index("screened") < kinds.index("started")
+    assert kinds.count("screened_one") == 6
+
+
+@pytest.mark.slow
+def test_a_resumed_search_reuses_its_screening(screened_search):
+    outcome, _ = screened_search
+    path = outcome.run_dir / "screening.jsonl"
+    before = path.read_text()
+    events = []
+    again = search(SearchRequest(resume=str(outcome.run_dir)),
+                   on_event=lambda kind, payload: events.append((kind, payload)),
+                   given={"trials": 5})
+    assert path.read_text() == before  # nothing measured again
+    assert dict(events)["screening"]["to_measure"] == 0
+    assert len([r for r in again.records if r.is_search_trial]) == 5
+    kept = {r.label for r in again.plan.run_dir.screen_records()
+            if any(d.label == r.label and d.kept for d in dict(events)["screened"]["decisions"])}
+    last = again.records[-1]
+    assert last.params[SYSTEM_PARAM] in kept
+    lines = [json.loads(x) for x in before.splitlines()]
+    assert all(x["schema"] == 1 for x in lines)
+
+
+def test_screening_is_off_when_asked_or_with_one_configuration():
+    space = parse_space("knobs:\n  lr: {low: 1.0e-3, high: 1.0e-2}\n")
+    assert len(system_configs(space, Recipe(), 1)) == 1
+    configs = system_configs(parse_space(TOY_SPACE), Recipe(batch_size=32), 1)
+    assert wanted(SimpleNamespace(request=SearchRequest()), configs)
+    assert not wanted(SimpleNamespace(request=SearchRequest(screen=False)), configs)
+    assert not wanted(SimpleNamespace(request=SearchRequest()), configs[:1])
