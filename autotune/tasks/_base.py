@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,12 @@ def evaluate_metric(task: Task, model: nn.Module, device: torch.device) -> float
     return float(value)
 
 
+DATA_DIR_ENV = "AUTOTUNE_DATA_DIR"
+"""Folder that ``package_data_file`` looks in first: ``$AUTOTUNE_DATA_DIR/<package>/<relative>``.
+For a machine without the data wheels (a GPU machine that gets only the few files the tasks
+read, ``benchmarks/device_pack.py``)."""
+
+
 def package_data_file(package: str, relative: str, install: str) -> Path:
     """Path of a data file shipped inside an installed package, without importing the package.
 
@@ -281,13 +288,21 @@ def package_data_file(package: str, relative: str, install: str) -> Path:
     those packages would pull in their heavy dependencies, so only the import system's finder is
     asked where the package lives. ``install`` is the pip command that provides the file; it is
     named in the ``UserError`` raised when the package or the file is missing.
+
+    With ``$AUTOTUNE_DATA_DIR`` set, ``$AUTOTUNE_DATA_DIR/<package>/<relative>`` is used when it
+    exists (the same file, copied out of the wheel); otherwise the installed package is asked.
     """
+    override = os.environ.get(DATA_DIR_ENV)
+    if override and (Path(override) / package / relative).is_file():
+        return Path(override) / package / relative
     spec = importlib.util.find_spec(package)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
+        also = (f" (nor is {Path(override) / package / relative} there, under "
+                f"${DATA_DIR_ENV})" if override else "")
         raise UserError(
-            f"the package {package!r}, which holds the data of this task, is not installed. "
-            f"Install it with: {install}"
+            f"the package {package!r}, which holds the data of this task, is not installed"
+            f"{also}. Install it with: {install}"
         )
     path = Path(locations[0]) / relative
     if not path.is_file():
