@@ -64,7 +64,7 @@ def grid_recipes(space: SearchSpace, baseline: Recipe, workers: list[int]) -> li
         return max(values, key=lambda o: optimizer_state_per_param(baseline.replace(optimizer=o)))
 
     pick = {"optimizer": hungriest_optimizer, "accumulation_steps": max, "prune_ratio": min,
-            "weight_sparsity": max}
+            "weight_sparsity": max, "distill_weight": max}  # a teacher beside the model
     grid = space.grid(baseline, GRID_KNOBS, pick)
     return [r if r.parallelism == "single" else r.replace(workers=n)
             for r in grid for n in ([1] if r.parallelism == "single" else workers)]

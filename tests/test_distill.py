@@ -18,6 +18,7 @@ from autotune.apply import configure
 from autotune.cli import main
 from autotune.default_space import default_space
 from autotune.errors import UserError
+from autotune.estimate import grid_recipes
 from autotune.export import hf_unsupported, torchrun_command
 from autotune.knobs import (
     DistillError,
@@ -25,8 +26,9 @@ from autotune.knobs import (
     distillation_term,
     load_teacher,
 )
-from autotune.memory import TraceCache, predict_peak
+from autotune.memory import TraceCache, estimate_recipes, predict_peak
 from autotune.recipe import Recipe
+from autotune.space import load_space
 from autotune.tasks import Task, check_teacher, load_task, teachers
 from autotune.tasks.teachers import TeacherSpec, trained_teacher
 from autotune.train import TrialLimits, run_trial
@@ -309,6 +311,14 @@ def test_the_memory_prediction_includes_the_teacher(mode: str) -> None:
     # Its forward pass (no gradients) adds activations on top of its weights.
     assert distil.activations_bytes > plain.activations_bytes
     assert distil.peak_bytes > plain.peak_bytes + teacher_bytes
+
+
+def test_autotune_estimate_counts_the_teacher_and_names_a_task_without_one() -> None:
+    # The grid of the shipped mnist space takes its hungriest setting: with the teacher.
+    grid = grid_recipes(load_space("search_spaces/mnist.yaml"), Recipe(), [1])
+    assert grid and all(r.distill_weight == 0.5 for r in grid)
+    rows = estimate_recipes(make_toy_task(), [Recipe(distill_weight=0.5)], None)
+    assert "has no teacher" in rows[0]["unsupported"] and "prediction" not in rows[0]
 
 
 # -- spaces, exports --------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from autotune.knobs import DTYPES, unsupported_reason, weight_bytes
+from autotune.knobs import DTYPES, distill_problem, unsupported_reason, weight_bytes
 from autotune.memory._model_states import compose
 from autotune.memory._trace import StepTrace, trace_step
 from autotune.recipe import Recipe
@@ -200,10 +200,11 @@ def estimate_recipes(
 ) -> list[dict[str, Any]]:
     """One row per recipe for ``autotune estimate``: ``recipe`` (its knobs), ``prediction``
     (``Prediction.to_dict()``) and ``fits`` (``check_budget``), or ``unsupported`` (why the
-    recipe cannot run on ``device_type``, e.g. DeepSpeed's fp16 on a CPU) instead."""
+    recipe cannot run on ``device_type``, e.g. DeepSpeed's fp16 on a CPU, or on ``task``: it
+    distils and the task has no teacher) instead."""
     rows: list[dict[str, Any]] = []
     for recipe in recipes:
-        reason = unsupported_reason(recipe, device_type)
+        reason = unsupported_reason(recipe, device_type) or distill_problem(task, recipe)
         row: dict[str, Any] = {"recipe": recipe.to_dict(), "unsupported": reason}
         if reason is None:
             fits, prediction = check_budget(task, recipe, budget_bytes, device_type,
