@@ -287,6 +287,10 @@ def test_check_teacher_builds_the_teacher_and_compares_its_logits() -> None:
     wrong = dataclasses.replace(task, teacher=lambda: nn.Linear(DIM, 3))
     with pytest.raises(UserError, match=r"teacher's logits have shape \(32, 3\)"):
         check_teacher(wrong, 32)
+    summed = dataclasses.replace(task, outputs=lambda m, b: (_outputs(m, b)[0] * 32,
+                                                             _outputs(m, b)[1]))
+    with pytest.raises(UserError, match="outputs must return the task's own loss"):
+        check_teacher(summed, 32)
 
 
 def test_pipeline_cannot_distil() -> None:

@@ -66,8 +66,9 @@ def check_teacher(task: Task, batch_size: int, device: str = "cpu", *,
                   knob: str = "distill_weight") -> None:
     """For a search whose recipes may distil (``knob`` is what asks for it, named in the
     message): the task has a teacher, it loads (trained now if it is not cached: its one-time
-    cost, before any trial), and on the first training batch its logits have the model's
-    shape. ``UserError`` otherwise, before any trial."""
+    cost, before any trial), and on the first training batch (both models in eval mode) its
+    logits have the model's shape and ``outputs``' loss is ``loss``'s. ``UserError``
+    otherwise, before any trial."""
     name = f"task {task.name!r}"
     if task.teacher is None or task.outputs is None:
         missing = "teacher" if task.teacher is None else "outputs function"
@@ -83,15 +84,20 @@ def check_teacher(task: Task, batch_size: int, device: str = "cpu", *,
     dev = torch.device(device)
     rng = torch.get_rng_state()
     try:
-        model = task.build_model().to(dev)
+        model = task.build_model().to(dev).eval()
         teacher = teacher.to(dev).eval()
         batch = move_batch(_first_batch(task, batch_size, name), dev)
         outputs = task.outputs
         with torch.no_grad():
-            _, logits = _step("outputs(model, batch)", name, lambda: outputs(model, batch))
+            loss, logits = _step("outputs(model, batch)", name, lambda: outputs(model, batch))
             _, taught = _step("outputs(teacher, batch)", name, lambda: outputs(teacher, batch))
+            plain = float(task.loss(model, batch))
     finally:
         torch.set_rng_state(rng)
+    if not math.isclose(float(loss), plain, rel_tol=1e-4, abs_tol=1e-6):
+        raise UserError(f"{name}: outputs(model, batch) gives the loss {float(loss):.6g} but "
+                        f"loss(model, batch) {plain:.6g} on the same batch; outputs must return "
+                        "the task's own loss (with the logits of the same forward pass)")
     if logits.shape != taught.shape:
         raise UserError(f"{name}: the teacher's logits have shape {tuple(taught.shape)} but the "
                         f"model's {tuple(logits.shape)} on the same batch; a teacher must "
