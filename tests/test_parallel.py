@@ -95,7 +95,7 @@ CASES = [
     # distill_weight: each worker's loss mixes in the KL to its own frozen copy of the teacher
     # (never wrapped, sharded or partitioned); the gradient is still averaged once.
     ("ddp", {"distill_weight": 0.5, "accumulation_steps": 2}),
-    ("fsdp", {"distill_weight": 0.5}),
+    pytest.param("fsdp", {"distill_weight": 0.5}, marks=pytest.mark.slow),  # ddp case: same path
     ("zero2", {"distill_weight": 0.5, "distill_temperature": 4.0}),
     # grad_clip: after DDP's all-reduce; over FSDP2's shards; DeepSpeed's gradient_clipping.
     ("ddp", {"grad_clip": CLIP, "accumulation_steps": 2}),
