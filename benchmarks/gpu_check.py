@@ -100,6 +100,9 @@ class Profile:
     search_trial_seconds: float | None
     confirm_top: int
     confirm_seeds: int
+    screen: bool | None
+    """The search's screening of system configurations (``SearchRequest.screen``); None: the
+    search's default."""
     memory_recipes: tuple[dict[str, Any], ...]
     memory_steps: int
     """Optimizer steps of each memory trial."""
@@ -135,19 +138,19 @@ PROFILES: dict[str, Profile] = {
         name="cpu", task_options={"size": "tiny", "max_length": 16}, seeds=2,
         max_train_seconds=1.0, eval_every_seconds=0.5, target=CPU_TARGET, search_trials=2,
         search_time_s=40.0, search_trial_seconds=1.0, confirm_top=0, confirm_seeds=1,
-        memory_recipes=({"batch_size": 16}, {"batch_size": 16, "checkpointing": True},
+        screen=False, memory_recipes=({"batch_size": 16}, {"batch_size": 16, "checkpointing": True},
                         {"batch_size": 16, "precision": "bf16"}),
         memory_steps=1, timing_steps=3, compile=False),
     "gpu-quick": Profile(
         name="gpu-quick", task_options={}, seeds=2, max_train_seconds=None,
         eval_every_seconds=None, target=None, search_trials=6, search_time_s=150.0,
-        search_trial_seconds=None, confirm_top=1, confirm_seeds=1,
+        search_trial_seconds=None, confirm_top=1, confirm_seeds=1, screen=None,
         memory_recipes=_grid(("fp32", "bf16", "fp16"), (32, 128), ()),
         memory_steps=3, timing_steps=20, compile=True),
     "gpu": Profile(
         name="gpu", task_options={}, seeds=3, max_train_seconds=None,
         eval_every_seconds=None, target=None, search_trials=20, search_time_s=480.0,
-        search_trial_seconds=None, confirm_top=3, confirm_seeds=2,
+        search_trial_seconds=None, confirm_top=3, confirm_seeds=2, screen=None,
         memory_recipes=_grid(("fp32", "bf16", "fp16"), (32, 128),
                              ONE_DEVICE_EXTRA + ({"batch_size": 32, "tf32": True},
                                                  {"batch_size": 32, "fused_optimizer": "fused"})),
@@ -254,7 +257,8 @@ def part_search(ctx: Context) -> dict[str, Any]:
         model="bert", task_options=dict(p.task_options), budget_bytes=BUDGET_BYTES,
         target=p.target, device=ctx.device, trials=p.search_trials, time_budget_s=p.search_time_s,
         max_trial_seconds=p.search_trial_seconds, confirm_top=p.confirm_top,
-        confirm_seeds=p.confirm_seeds, seed=0, results_dir=str(ctx.work / "search"))
+        confirm_seeds=p.confirm_seeds, screen=p.screen, seed=0,
+        results_dir=str(ctx.work / "search"))
     outcome = search(request, on_event=lambda kind, payload: warnings.append(str(payload))
                      if kind == "warning" else None)
     launched = [r for r in outcome.records if r.launched]
@@ -282,8 +286,14 @@ def part_search(ctx: Context) -> dict[str, Any]:
                                  if r.memory_cap_fraction is not None}),
         "measured_trials": len(peaks), "trials_over_budget": over,
         "all_within_budget": bool(peaks) and not over,
+        "screened": _lines(outcome.run_dir / "screening.jsonl"),
         "search_wall_s": outcome.wall_seconds, "warnings": warnings[:10],
     }
+
+
+def _lines(path: Path) -> int | None:
+    """Records in a JSON-lines file of the run directory; None when the search wrote none."""
+    return len(path.read_text().splitlines()) if path.is_file() else None
 
 
 # -- part 3: predicted against measured memory ---------------------------------------------------
