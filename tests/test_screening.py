@@ -148,7 +148,7 @@ def test_dominated_and_slow_configurations_are_dropped_the_baseline_kept():
         _rec(1, 32, 300.0, 900, precision="bf16"),        # dominates the baseline
         _rec(2, 64, 500.0, 2000),                          # fastest
         _rec(3, 64, 450.0, 1500, precision="bf16"),       # slower, less memory: not dominated
-        _rec(4, 16, 200.0, 500),                           # another batch: not dominated
+        _rec(4, 16, 200.0, 950),                           # another batch: not dominated
         _rec(5, 128, None, None, status=REFUSED),
         _rec(6, 128, None, None, status=INFEASIBLE, precision="bf16"),
         _rec(7, 16, None, None, status=CUT, precision="bf16"),
@@ -195,6 +195,7 @@ knobs:
   lr: {low: 1.0e-3, high: 3.0e-2, log: true, when: {optimizer: adamw}}
   lr@sgd: {low: 0.01, high: 0.3, log: true, when: {optimizer: sgd}}
   warmup_steps: {choices: [0, 5, 100]}
+  grad_clip: {choices: [0.0, 1.0], when: {precision: [bf16]}}
 """
 
 
@@ -206,7 +207,8 @@ def test_the_restricted_space_proposes_only_kept_configurations():
                                                {"precision": "bf16", "batch_size": 64})]
     names = system_knob_names(space)
     restricted = space.restrict_to_systems(names, [(c.label, c.values) for c in kept])
-    assert [k.knob for k in restricted.knobs] == ["optimizer", "lr", "lr", "warmup_steps"]
+    assert [k.knob for k in restricted.knobs] == ["optimizer", "lr", "lr", "warmup_steps",
+                                                  "grad_clip"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(30):
@@ -214,6 +216,8 @@ def test_the_restricted_space_proposes_only_kept_configurations():
         params = restricted.suggest(trial)
         recipe = restricted.to_recipe(params, baseline)
         seen.add((recipe.precision, recipe.batch_size))
+        # a knob conditioned on a system knob follows the configuration drawn
+        assert ("grad_clip" in params) == (recipe.precision == "bf16")
         assert restricted.point_for(recipe) == params
         study.tell(trial, 0.0)
     assert seen == {("fp32", 32), ("bf16", 64)}
