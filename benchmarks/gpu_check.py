@@ -32,6 +32,8 @@ them. From the repository root::
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import json
 import platform
 import statistics
@@ -157,6 +159,7 @@ PROFILES: dict[str, Profile] = {
         memory_steps=3, timing_steps=30, compile=True),
 }
 PARTS = ("baseline", "search", "memory", "mfu")
+PROBED_MODULES = ("ray", "ray.tune", "optuna", "deepspeed")
 
 
 @dataclass
@@ -495,10 +498,26 @@ def environment(device: str) -> dict[str, Any]:
         env.update(gpu=torch.cuda.get_device_name(0), gpu_memory_bytes=props.total_memory,
                    capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
                    gpu_count=torch.cuda.device_count())
-    for name in ("ray", "optuna", "deepspeed", "transformers"):
-        module = sys.modules.get(name)
-        env[name] = getattr(module, "__version__", None) if module else None
+    for name in ("ray", "optuna", "deepspeed", "transformers", "pydantic", "sqlalchemy"):
+        try:
+            env[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            env[name] = None
     return env
+
+
+def import_probe(modules: tuple[str, ...] = PROBED_MODULES) -> dict[str, str]:
+    """``ok`` or the error of importing each module: on a GPU machine, whether the carried
+    wheels (``benchmarks/device_pack.py``) work with its own packages, before any part needs
+    them (DeepSpeed is imported by no part on one GPU)."""
+    out = {}
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            out[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - recorded; the parts say what it costs
+            out[name] = f"{type(exc).__name__}: {exc}"[:300]
+    return out
 
 
 def run_check(device: str, profile: Profile, out: Path, parts: tuple[str, ...] = PARTS,
@@ -509,10 +528,15 @@ def run_check(device: str, profile: Profile, out: Path, parts: tuple[str, ...] =
                   work=work or Path(tempfile.mkdtemp(prefix="gpu_check_")))
     report: dict[str, Any] = {"schema": SCHEMA, "started_at": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": asdict(profile), "parts": {}}
+    if device == "cuda":  # seconds for DeepSpeed: only where the pack is what is checked
+        report["imports"] = import_probe()
+        print(f"imports: {report['imports']}", flush=True)
     start = time.perf_counter()
     for name in parts:
         print(f"== {name} ...", flush=True)
         ctx.results[name] = run_part(name, PART_FUNCTIONS[name], ctx)
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the next part (or the search's trials) starts clean
         report["parts"][name] = ctx.results[name]
         report["environment"] = environment(device)
         report["wall_seconds"] = round(time.perf_counter() - start, 2)

@@ -69,6 +69,7 @@ def test_gpu_check_parts_on_a_gpu(tmp_path: Path) -> None:
     profile = dataclasses.replace(gpu_check.PROFILES["gpu-quick"], seeds=1, search_trials=3,
                                   search_time_s=90.0, timing_steps=5)
     report = gpu_check.run_check("cuda", profile, tmp_path / "out", work=tmp_path / "w")
+    assert set(report["imports"].values()) == {"ok"}, report["imports"]
     parts = report["parts"]
     assert all(p["ok"] for p in parts.values()), {n: p["error"] for n, p in parts.items()}
     assert parts["baseline"]["model"]["size"] == "base"
@@ -130,6 +131,12 @@ def test_calibration_note_names_what_to_change() -> None:
     assert not slow["sensible"] and "over half" in slow["why"]
     fast = note([2.0, 3.0], [0.8, 0.8], 40.0, 1.0)
     assert not fast["sensible"] and "raise the target" in fast["why"]
+
+
+def test_import_probe_records_each_module() -> None:
+    probe = gpu_check.import_probe(("json", "no_such_module_autotune"))
+    assert probe["json"] == "ok"
+    assert probe["no_such_module_autotune"].startswith("ModuleNotFoundError")
 
 
 def test_memory_summary_median_worst_and_misses() -> None:

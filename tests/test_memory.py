@@ -29,6 +29,7 @@ from autotune.memory._model_states import DEEPSPEED_DEFAULTS, model_states
 from autotune.recipe import Recipe
 from autotune.tasks import Task, load_task
 from autotune.train import TrialLimits, measure_step_memory, run_trial
+from tests.toy_task import make_toy_task
 
 CPU = torch.device("cpu")
 
@@ -375,3 +376,16 @@ def test_gpu_prediction_matches_the_allocators_peak(blocks):
     measure_step_memory(blocks, recipe, dev, seed=0)
     peak = torch.cuda.max_memory_allocated(dev) - base
     assert predict_peak(blocks, recipe, "cuda").peak_bytes == pytest.approx(peak, rel=0.15)
+
+
+def test_trace_cache_keeps_optimizer_implementations_apart() -> None:
+    """A fused optimizer step holds fewer temporaries than torch's default one; a process that
+    traced a fused recipe first (a search's screening does) must not predict the default
+    recipe from that trace. Found by the GPU check's CPU mode (bert: 66 MiB predicted for a
+    step that measured 96 MiB)."""
+    task = make_toy_task()
+    alone = predict_peak(task, Recipe(batch_size=16), cache=TraceCache()).peak_bytes
+    shared = TraceCache()
+    fused = predict_peak(task, Recipe(batch_size=16, fused_optimizer="fused"), cache=shared)
+    assert fused.peak_bytes != alone
+    assert predict_peak(task, Recipe(batch_size=16), cache=shared).peak_bytes == alone

@@ -126,9 +126,10 @@ TRACE_CACHE = TraceCache()
 def trace_key(task: Task, recipe: Recipe) -> tuple:
     """What a step trace depends on: the task (its load spec, which names the model and its
     options, or the identity of its model factory), the micro-batch size, precision,
-    checkpointing, the optimizer (and whether it keeps momentum or applies weight decay),
-    whether gradients are accumulated, the structured pruning ratio at step 0 (it shrinks the
-    model), whether ``weight_sparsity`` masks exist, whether a distillation
+    checkpointing, the optimizer (and whether it keeps momentum or applies weight decay) and
+    its implementation (``fused_optimizer``: a loop, foreach and fused steps hold different
+    temporaries), whether gradients are accumulated, the structured pruning ratio at step 0
+    (it shrinks the model), whether ``weight_sparsity`` masks exist, whether a distillation
     teacher runs beside the model, and whether the weights are cast to 16 bits (DeepSpeed's
     bf16/fp16). Learning rate, schedule, warmup, parallel
     mode and worker count do not change a device's step."""
@@ -142,6 +143,7 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
         recipe.precision,
         recipe.checkpointing,
         recipe.optimizer,
+        recipe.fused_optimizer,
         recipe.optimizer == "sgd" and recipe.momentum > 0,
         recipe.weight_decay > 0,
         recipe.accumulation_steps > 1,
