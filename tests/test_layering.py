@@ -32,6 +32,8 @@ ALLOWED_LAZY = {
         "torch internal, 0.8 s to import (DTensor, runtime estimator)",
     ("autotune.train.parallel", "torch.distributed.fsdp"): "0.4 s to import, FSDP recipes only",
     ("autotune.train.parallel", "torch.distributed.tensor"): "0.4 s to import, FSDP only",
+    ("autotune.train.pipeline", "torch.distributed.pipelining"):
+        "1.2 s to import (torch.export), pipeline recipes only",
     ("autotune", "autotune.train"): "the facade: `import autotune` must not import torch",
     ("autotune", "autotune.apply"): "the facade: `import autotune` must not import torch",
     ("autotune", "autotune.tasks"): "the facade: `import autotune` must not import torch",

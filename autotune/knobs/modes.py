@@ -13,7 +13,7 @@ from autotune.errors import UserError
 from autotune.knobs.optim import FINAL_LR_FRACTION, implementation_kwargs
 from autotune.recipe import ZERO_MODES, Recipe
 
-MODES = ("single", "ddp", "fsdp", *ZERO_MODES)
+MODES = ("single", "ddp", "fsdp", *ZERO_MODES, "pipeline")
 """Every value of ``Recipe.parallelism``."""
 
 DEVICE_TYPES = ("cuda", "cpu")
@@ -23,6 +23,10 @@ _DS_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 def unsupported_reason(recipe: Recipe, device_type: str) -> str | None:
     """Why this recipe cannot run on this kind of device (None when it can)."""
+    if recipe.parallelism == "pipeline":
+        reason = _pipeline_unsupported(recipe)
+        if reason:
+            return reason
     if recipe.parallelism in ZERO_MODES and recipe.precision == "fp16" and device_type == "cpu":
         return "DeepSpeed does not support fp16 on the CPU (use bf16 or fp32)"
     if recipe.parallelism == "zero3" and recipe.weight_sparsity > 0:
@@ -39,6 +43,23 @@ def unsupported_reason(recipe: Recipe, device_type: str) -> str | None:
     if recipe.compile == "reduce-overhead" and device_type == "cpu":
         return ("compile reduce-overhead captures CUDA graphs, which a CPU does not have; use "
                 "compile default or max-autotune-no-cudagraphs (or none)")
+    return None
+
+
+def _pipeline_unsupported(recipe: Recipe) -> str | None:
+    """The knobs autotune's pipeline (``autotune.train.pipeline``) does not combine with
+    (``prune_after_steps`` > 0 and ``distill_weight`` > 0 are refused by the recipe's
+    rules)."""
+    if recipe.precision == "fp16":
+        return ("fp16 with pipeline needs one loss scaler shared by every stage, which autotune "
+                "does not implement; use bf16 or fp32")
+    if recipe.compile != "none":
+        return "compile with pipeline is not supported (the stages run torch.export graphs)"
+    if recipe.checkpointing:
+        return ("checkpointing with pipeline is not supported (the stages are traced graphs, "
+                "not the model's blocks); a stage holds only its own blocks' activations")
+    if recipe.weight_sparsity > 0:
+        return "weight_sparsity with pipeline is not supported (no masks on the stages)"
     return None
 
 

@@ -23,6 +23,11 @@ zero3             as ZeRO-2 with the weights partitioned too (d*P/N); the d-byte
                   parameters: d * min(P, stage3_max_live_parameters + stage3_prefetch_bucket)
 offload           master weights, optimizer state and fp32 gradients (ZeRO-3: also the weight
                   partition) live in host memory: outside a GPU's total, inside a CPU's
+pipeline (N       traced on one piece (``batch_size / pipeline_microbatches`` examples); the
+stages)           biggest stage, a share ``f`` of the model (``pipeline_share``): all weights
+                  (each worker keeps the full model for evaluation), ``f`` of the gradients and
+                  optimizer state, and ``f`` of a piece's activations times the pieces in
+                  flight: all of them for GPipe, ``min(N, pieces)`` for 1F1B
 ================  =============================================================================
 
 Activations and temporaries come from the trace (for DeepSpeed's bf16/fp16 modes the trace
@@ -35,6 +40,7 @@ compare.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +124,8 @@ def compose(trace: StepTrace, recipe: Recipe, device_type: str) -> dict[str, Any
         offloaded = 0
     elif mode == "fsdp":
         phases, offloaded = _fsdp(trace, recipe), 0
+    elif mode == "pipeline":
+        phases, offloaded = _pipeline(trace, recipe), 0
     else:
         phases, offloaded = _zero(trace, recipe)
     if offloaded and device_type == "cpu":
@@ -173,6 +181,43 @@ def _fsdp(trace: StepTrace, recipe: Recipe) -> dict[str, dict[str, int]]:
         "optimizer_step": _phase(
             parameters=sharded + trace.teacher_bytes, gradients=trace.gradient_bytes // n,
             optimizer=step["optimizer"] // n, activations=step["activations"]),
+    }
+
+
+def pipeline_share(trace: StepTrace, stages: int) -> float:
+    """The biggest stage's share of the model: ``ceil(L / N)`` of its ``L`` blocks (the
+    ``ModuleList`` the stages are cut at) plus every parameter outside the blocks (the
+    embeddings and the head, which the first and last stage hold; counted in one stage, an
+    upper bound). 1.0 for a model without blocks."""
+    if not trace.block_params or not trace.param_count:
+        return 1.0
+    blocks = max(1, round(trace.blocks_total_params / trace.block_params))
+    largest = math.ceil(blocks / stages) * trace.block_params
+    root = trace.param_count - trace.blocks_total_params
+    return min(1.0, (largest + root) / trace.param_count)
+
+
+def pieces_in_flight(recipe: Recipe) -> int:
+    """Pipeline micro-batches whose activations the first stage holds at once: GPipe runs
+    every forward before any backward; 1F1B starts backward passes after ``N`` forwards."""
+    pieces = recipe.pipeline_microbatches
+    return pieces if recipe.pipeline_schedule == "gpipe" else min(recipe.workers, pieces)
+
+
+def _pipeline(trace: StepTrace, recipe: Recipe) -> dict[str, dict[str, int]]:
+    """Pipeline phases of the biggest stage (see the module table); ``trace`` is of one piece
+    (``autotune.memory.single_device_recipe``)."""
+    f = pipeline_share(trace, recipe.workers)
+    fb, step = trace.phases["forward_backward"], trace.phases["optimizer_step"]
+    weights = trace.param_bytes + trace.mask_bytes
+    return {
+        "forward_backward": _phase(
+            parameters=weights, gradients=int(f * fb["gradients"]),
+            optimizer=int(f * trace.optimizer_bytes),
+            activations=int(f * fb["activations"] * pieces_in_flight(recipe))),
+        "optimizer_step": _phase(
+            parameters=weights, gradients=int(f * trace.gradient_bytes),
+            optimizer=int(f * step["optimizer"]), activations=step["activations"]),
     }
 
 

@@ -139,7 +139,7 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
         identity = f"factory:{task.name}:{id(task.build_model):x}"
     return (
         identity,
-        recipe.batch_size,
+        _traced_batch_size(recipe),
         recipe.precision,
         recipe.checkpointing,
         recipe.optimizer,
@@ -154,11 +154,22 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
     )
 
 
+def _traced_batch_size(recipe: Recipe) -> int:
+    """The micro-batch a device's trace runs: a pipeline's piece of the batch, else the
+    batch."""
+    if recipe.parallelism == "pipeline":
+        return recipe.batch_size // recipe.pipeline_microbatches
+    return recipe.batch_size
+
+
 def single_device_recipe(recipe: Recipe) -> Recipe:
     """The recipe whose one-device step is traced for ``recipe`` (its parallel mode removed;
-    accumulation reduced to 2, which holds the same tensors as any larger count)."""
+    accumulation reduced to 2, which holds the same tensors as any larger count; for a
+    pipeline, the batch is one of its pieces, ``batch_size / pipeline_microbatches``)."""
     return recipe.replace(parallelism="single", workers=1, offload=False,
-                          accumulation_steps=min(recipe.accumulation_steps, 2))
+                          accumulation_steps=min(recipe.accumulation_steps, 2),
+                          batch_size=_traced_batch_size(recipe), pipeline_microbatches=4,
+                          pipeline_schedule="gpipe")
 
 
 def predict_peak(

@@ -69,6 +69,7 @@ from autotune.recipe import Recipe
 from autotune.tasks import Task, evaluate_metric, move_batch
 from autotune.train.data import LoaderBatches, TensorBatches, inactive_data_knobs, make_batches
 from autotune.train.parallel import Prepared, prepare
+from autotune.train.pipeline import PipelineSplitError
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
 _NOTHING_COMPILED = (
@@ -160,10 +161,12 @@ def train_in_process(
         seed_everything(limits.seed)
         model = task.build_model()
         model.train()
-        batches = make_batches(task, recipe, limits.seed, dev, rank, world)
+        # Pipeline stages all take the same batch (stage 0 its inputs, the last its labels).
+        shard = (0, 1) if recipe.parallelism == "pipeline" else (rank, world)
+        batches = make_batches(task, recipe, limits.seed, dev, *shard)
         if recipe.compile != "none":
             forget_compiled()  # compiles as a fresh run would, whatever ran here before
-        prepared = prepare(model, recipe, dev, teacher)
+        prepared = prepare(model, recipe, dev, teacher, task=task)
         result.inactive_knobs += prepared.inactive
         result.loader_start_seconds = batches.start()
         result.setup_seconds = time.perf_counter() - setup_start
@@ -186,7 +189,7 @@ def _record_failure(result: TrialResult, exc: Exception, dev: torch.device,
     (not possible on this device, or out of memory), else an error."""
     if isinstance(exc, Diverged):
         result.status, result.message = objective.DIVERGED, str(exc)
-    elif isinstance(exc, _Unsupported):
+    elif isinstance(exc, (_Unsupported, PipelineSplitError)):
         result.status, result.message = objective.INFEASIBLE, f"not possible here: {exc}"
     elif is_out_of_memory(exc):
         result.status = objective.INFEASIBLE
@@ -224,7 +227,9 @@ def _train(
 ) -> None:
     clock = _Clock(dev)
     next_eval = limits.eval_every_seconds
-    examples_per_step = recipe.batch_size * recipe.accumulation_steps * world
+    # Data-parallel workers each take their own batches; pipeline stages share one.
+    examples_per_step = recipe.batch_size * recipe.accumulation_steps * (
+        1 if recipe.parallelism == "pipeline" else world)
     graphs_before = graphs_compiled()
     clock.start()
     while True:
@@ -255,7 +260,7 @@ def _train(
             ctx = autocast_context(recipe.precision, dev.type) if prepared.engine \
                 else contextlib.nullcontext()
             with ctx, eager():  # a compiled model evaluates eagerly: no compile off the clock
-                metric = evaluate_metric(task, prepared.model, dev)
+                metric = evaluate_metric(task, prepared.evaluation_model(), dev)
             result.eval_seconds += time.perf_counter() - eval_start
             result.train_seconds = elapsed
             result.curve.append((round(elapsed, 4), metric))
@@ -369,11 +374,19 @@ def measure_step_memory(
     model = task.build_model()
     model.train()
     batch = move_batch(largest_batch(task, recipe.batch_size), dev)
+    # A pipeline is split (torch.export) before the tracker: tracing the model's modules
+    # under it leaves module hooks that break the stages' backward pass. The full model (all
+    # of its weights stay on each worker) is tracked as it is; the stage's optimizer state,
+    # gradients and activations arise inside.
+    pipelined = recipe.parallelism == "pipeline"
+    if pipelined:
+        prepared = prepare(model, recipe, dev, teacher, task=task)
     with TensorTracker(model, *([teacher] if teacher is not None else [])) as tracker:
         tracker.phase("prepare")
         # Eager, as the memory prediction traces it: compiling here would run torch.compile
         # inside the tracker, off the clock, and warm the run's compile up front.
-        prepared = prepare(model, recipe.replace(compile="none"), dev, teacher)
+        if not pipelined:
+            prepared = prepare(model, recipe.replace(compile="none"), dev, teacher, task=task)
         for i in range(steps):
             tracker.phase(f"step{i + 1}")
             prepared.step(task, [batch] * recipe.accumulation_steps, strict=False)

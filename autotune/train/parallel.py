@@ -66,8 +66,10 @@ from autotune.knobs import (
     use_compile_cache,
     zero_config,
 )
+from autotune.memory import largest_batch
 from autotune.recipe import ZERO_MODES, Recipe
 from autotune.tasks import Task
+from autotune.train.pipeline import PipelineRunner, prepare_pipeline
 
 __all__ = ["Prepared", "extensions_dir", "init_worker", "prepare"]
 
@@ -113,14 +115,17 @@ class Prepared:
     """The global gradient norm before clipping at the last optimizer step, with ``grad_clip``
     > 0 (None before the first step or without clipping). A tensor, left on the device: read
     it (``float(...)``) only when reporting, since reading waits for the device."""
-    teacher: nn.Module | None = None
-    """The frozen teacher of a recipe that distils (``distill_weight`` > 0), on ``device``:
-    each step's loss runs its forward pass too (``autotune.knobs.step_loss``). It is never
-    wrapped, sharded, compiled or given to the optimizer."""
     prune_groups: list[UnitGroup] = field(default_factory=list)
     """With ``prune_ratio`` > 0 and ``prune_after_steps`` > 0: the unit groups found at setup
     that ``prune_units`` cuts once that many optimizer steps are done (empty otherwise, and
     after the cut)."""
+    pipeline: PipelineRunner | None = None
+    """This worker's stage of a ``pipeline`` recipe (``autotune.train.pipeline``): it steps
+    and evaluates instead of the fields above."""
+    teacher: nn.Module | None = None
+    """The frozen teacher of a recipe that distils (``distill_weight`` > 0), on ``device``:
+    each step's loss runs its forward pass too (``autotune.knobs.step_loss``). It is never
+    wrapped, sharded, compiled or given to the optimizer."""
 
     def step(
         self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool = True
@@ -131,6 +136,10 @@ class Prepared:
         the step (see ``autotune.knobs.optimizer_step``)."""
         if self.engine is not None:
             return self._engine_step(task, micro_batches, strict)
+        if self.pipeline is not None:
+            loss = self.pipeline.step(micro_batches, strict)
+            self.grad_norm = self.pipeline.grad_norm
+            return loss
         sync = getattr(self.model, "no_sync", None)
         return optimizer_step(
             self.model, step_loss(task, self.teacher, self.recipe), micro_batches,
@@ -187,8 +196,17 @@ class Prepared:
                 self.grad_norm = torch.as_tensor(norm).detach()
         return total / len(micro_batches)
 
+    def evaluation_model(self) -> nn.Module:
+        """The model to evaluate: ``model``, except for a pipeline, whose stages' current
+        parameters are first gathered into every worker's full copy (off the clock)."""
+        if self.pipeline is not None:
+            return self.pipeline.evaluation_model()
+        return self.model
+
     def full_state(self) -> dict[str, torch.Tensor]:
         """Every parameter gathered in full on every worker (for tests and checkpoints)."""
+        if self.pipeline is not None:
+            return self.pipeline.full_state()
         if self.engine is not None and self.recipe.parallelism == "zero3":
             import deepspeed  # lazy: heavy optional dependency
 
@@ -209,7 +227,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def prepare(model: nn.Module, recipe: Recipe, device: torch.device,
-            teacher: nn.Module | None = None) -> Prepared:
+            teacher: nn.Module | None = None, *, task: Task | None = None) -> Prepared:
     """Configure ``model`` (already seeded and built, on the CPU or device) for the recipe:
     TF32 for the process, the memory format, structured pruning (``prune_ratio`` at step 0;
     for a later step its unit groups are kept in ``prune_groups``), activation checkpointing
@@ -227,6 +245,9 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device,
     ``teacher`` (``autotune.knobs.load_teacher``, for a recipe that distils) is moved to the
     device once and frozen, in channels-last order when the model is, and kept beside the
     model, outside every wrapper and the optimizer.
+
+    ``pipeline`` splits the model into one stage per worker (``autotune.train.pipeline``); it
+    needs ``task``, whose loss ends the last stage and whose largest batch is traced.
     """
     set_tf32(recipe.tf32)
     model = model.to(device)
@@ -245,6 +266,14 @@ def prepare(model: nn.Module, recipe: Recipe, device: torch.device,
         apply_checkpointing(model)
     masks = prune_by_magnitude(model, recipe.weight_sparsity)
     mode = recipe.parallelism
+    if mode == "pipeline":
+        if task is None:
+            raise ValueError("prepare: a pipeline recipe needs the task (task=...)")
+        runner = prepare_pipeline(model, recipe, device, task,
+                                  largest_batch(task, recipe.batch_size))
+        return Prepared(model=model, recipe=recipe, device=device, pipeline=runner,
+                        optimizer=runner.optimizer, scheduler=runner.scheduler,
+                        inactive=inactive)
     if mode in ZERO_MODES:
         prepared = _prepare_zero(model, recipe, device, masks)
         prepared.channels_last, prepared.inactive = channels_last, inactive
