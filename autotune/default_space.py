@@ -25,7 +25,10 @@ What it searches, around a baseline with batch ``B`` and learning rate ``LR``:
 - for a task with a distillation teacher (``Task.teacher``), ``distill_weight`` ``0.0, 0.5``
   and, when distilling, ``distill_temperature`` ``2.0, 4.0`` (a task without one never gets
   them: every such recipe would be an error);
-- parallelism fixed at the baseline's (single: one device).
+- parallelism fixed at the baseline's (single: one device). ``pipeline`` is left out on every
+  device too: it pays only for a model too big for one device (each stage holds a share of
+  its gradients and optimizer state), which a default space cannot know, and on a CPU its
+  stages share the same cores, so it only adds the pipeline's bubbles and transfers.
 
 Pure: no torch, Ray or Optuna; the caller passes what it knows of the device.
 """
@@ -196,7 +199,7 @@ def default_space_yaml(baseline: Recipe, device_type: str, *, bf16_fast: bool, s
         (
             "parallelism",
             "How a run spreads over devices: fixed at the baseline's (single: one device, "
-            "nothing parallel; docs/parallel.md shows how to search ddp/fsdp/zero modes).",
+            "nothing parallel; docs/parallel.md shows how to search ddp/fsdp/zero/pipeline).",
             [f"value: {baseline.parallelism}"],
         ),
     ]

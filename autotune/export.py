@@ -99,10 +99,22 @@ def torchrun_command(
 def _launch_summary(recipe: Recipe) -> str:
     precision = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a loss "
                  "scaler"}[recipe.precision]
-    per_step = recipe.batch_size * recipe.accumulation_steps * recipe.workers
+    pipelined = recipe.parallelism == "pipeline"
+    # Pipeline stages share each batch; data-parallel workers take one each.
+    per_step = recipe.batch_size * recipe.accumulation_steps * (
+        1 if pipelined else recipe.workers)
     where = ("1 device" if recipe.parallelism == "single"
              else f"{recipe.workers} workers, {recipe.parallelism}"
              + (" with CPU offload" if recipe.offload else ""))
+    if pipelined:
+        schedule = "GPipe" if recipe.pipeline_schedule == "gpipe" else "1F1B"
+        where += (
+            f" ({recipe.workers} stages cut at evenly spaced transformer layers with "
+            f"torch.distributed.pipelining.pipeline, {recipe.pipeline_microbatches} "
+            f"micro-batches per batch, Schedule{schedule}; "
+            "every rank reads the same batches; each stage's optimizer over its own "
+            "parameters, tied weights' gradients summed across stages: "
+            "autotune.train.pipeline.prepare_pipeline does it)")
     extras = []
     if recipe.grad_clip > 0:
         extras.append(f"gradient norm clipped at {recipe.grad_clip:g}")
@@ -276,6 +288,13 @@ def hf_unsupported(recipe: Recipe) -> list[str]:
     DeepSpeed config carries both).
     """
     out: list[str] = []
+    if recipe.parallelism == "pipeline":
+        out.append(
+            f"parallelism pipeline: TrainingArguments have no pipeline parallelism (under "
+            f"torchrun the Trainer would run {recipe.workers} data-parallel copies instead); "
+            "use --format torchrun with a script that splits the model with "
+            "torch.distributed.pipelining (autotune.train.pipeline.prepare_pipeline)."
+        )
     if recipe.prune_ratio > 0:
         when = ("before building the Trainer" if recipe.prune_after_steps == 0 else
                 f"after {recipe.prune_after_steps} optimizer steps (a TrainerCallback's "

@@ -548,6 +548,8 @@ def _value_problem(name: str, value: Any) -> str | None:
         probe["prune_ratio"] = 0.5
     if name == "distill_temperature":
         probe["distill_weight"] = 0.5
+    if name in ("pipeline_microbatches", "pipeline_schedule"):
+        probe.update(parallelism="pipeline", workers=2)
     problems = [q for q in recipe_problems(probe) if q.startswith(f"{name}:")]
     return problems[0].split(": ", 1)[1] if problems else None
 

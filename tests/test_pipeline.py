@@ -165,3 +165,16 @@ def test_the_biggest_stage_is_predicted_below_one_device_and_1f1b_below_gpipe():
     assert gpipe.parameters_bytes == single.parameters_bytes
     assert gpipe.optimizer_bytes < single.optimizer_bytes
     assert gpipe.parallelism == "pipeline" and "pipeline x2" in gpipe.method
+
+
+def test_exports_say_what_a_pipeline_recipe_needs():
+    from autotune.export import hf_unsupported, torchrun_command
+
+    recipe = Recipe(parallelism="pipeline", workers=2, batch_size=32, accumulation_steps=2,
+                    pipeline_schedule="1f1b")
+    command = torchrun_command(recipe)
+    assert "--nproc-per-node=2" in command and "Schedule1F1B" in command
+    # The stages share each batch: 32 x 2 examples a step, not x 2 workers.
+    assert "64 examples per optimizer step" in command
+    assert any("no pipeline parallelism" in line for line in hf_unsupported(recipe))
+    assert not any("pipeline" in line for line in hf_unsupported(Recipe()))
