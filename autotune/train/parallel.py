@@ -14,12 +14,16 @@ does one optimizer step the way the recipe's ``parallelism`` asks:
   ``recipe.offload``. DeepSpeed is imported only here, only for these modes. The engine steps
   itself, but through the shared pieces of the step (``micro_batch_loss``, ``loss_value``,
   ``apply_masks``).
+- ``pipeline``: the model cut into one stage per worker (``autotune.train.pipeline``); every
+  worker takes the same batches, so one step covers ``batch_size x accumulation_steps``
+  examples; evaluation runs on the full model, gathered (``Prepared.evaluation_model``).
 
 Every mode steps with the same optimizer, learning-rate schedule, gradient clipping and
 ``weight_sparsity`` masks as a single worker (ZeRO clips in DeepSpeed's engine, from its config's
 ``gradient_clipping``; the others in the shared step, after the gradients are averaged).
-Each worker trains on its own micro-batches, so one step covers
-``batch_size x accumulation_steps x workers`` examples. The contract (tested for every mode):
+In the data-parallel modes each worker trains on its own micro-batches, so one step covers
+``batch_size x accumulation_steps x workers`` examples. The contract (tested for every mode;
+pipeline's in tests/test_pipeline.py):
 from the same weights and data, one step equals the single-process step on the concatenated
 batch, within float tolerance.
 
