@@ -341,3 +341,18 @@ def test_screening_is_off_when_asked_or_with_one_configuration():
     assert wanted(SimpleNamespace(request=SearchRequest()), configs)
     assert not wanted(SimpleNamespace(request=SearchRequest(screen=False)), configs)
     assert not wanted(SimpleNamespace(request=SearchRequest()), configs[:1])
+
+
+@pytest.mark.slow
+def test_a_configuration_whose_process_dies_is_an_error_and_dropped(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  batch_size: {choices: [32, 64]}\n")
+    # the toy task's process is SIGKILLed (as by the OOM killer) at a batch of 64
+    outcome = search(SearchRequest(
+        model="tests.toy_task:make_crashing_task", task_options={"crash_batch": 64},
+        space=str(space), trials=1, time_budget_s=120, confirm_top=0,
+        results_dir=str(tmp_path / "run")))
+    records = {r.config["batch_size"]: r for r in RunDirectory(outcome.run_dir).screen_records()}
+    assert records[64].status == "error" and records[32].status == OK
+    assert len(records) == 2
+    assert outcome.records[0].recipe["batch_size"] == 32

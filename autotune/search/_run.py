@@ -107,7 +107,7 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
         base = trial_resources(r.device, r.cpus_per_trial, r.gpus_per_trial)
         # Screening first: the convergence trials search the kept system configurations.
         plan = screen_phase(plan, _setup(plan), base, times.screening_end if times else None,
-                            on_event or (lambda kind, payload: None))
+                            on_event or (lambda kind, payload: None), len(prior))
         study = open_study(plan.run_dir.study_path, r.sampler, r.seed)
         if r.verbose:
             _let_logs_through()

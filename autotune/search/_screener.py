@@ -47,8 +47,9 @@ def measure(setup: TrialSetup, recipe: dict[str, Any], seconds: float) -> dict[s
 
 
 # One process serves every measurement (Ray's default for a GPU task is a fresh process each):
-# the task is built once.
-_measure = ray.remote(max_calls=0)(measure)
+# the task is built once. A measurement whose process dies (a crash, the OOM killer) is
+# recorded as an error, not retried.
+_measure = ray.remote(max_calls=0, max_retries=0)(measure)
 
 
 def wanted(plan: SearchPlan, configs: list[SystemConfig]) -> bool:
@@ -57,15 +58,16 @@ def wanted(plan: SearchPlan, configs: list[SystemConfig]) -> bool:
 
 
 def screen_phase(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float],
-                 deadline: float | None, emit: EventFn) -> SearchPlan:
+                 deadline: float | None, emit: EventFn, trials_before: int = 0) -> SearchPlan:
     """Screen the plan's system configurations (those a resumed search has not screened yet)
     and return the plan for the convergence trials (``restricted_plan``); ``plan`` itself when
-    the search does not screen."""
+    the search does not screen. A resumed search whose earlier runs ran trials without
+    screening (``trials_before``, no records) goes on without it, on the space they ran on."""
     configs = system_configs(plan.space, plan.baseline, plan.workers_per_trial)
-    if not wanted(plan, configs):
+    done = {r.label: r for r in plan.run_dir.screen_records()}
+    if not wanted(plan, configs) or (trials_before and not done):
         return plan
     sampled = spread_sample(configs)
-    done = {r.label: r for r in plan.run_dir.screen_records()}
     todo = [(i, c) for i, c in enumerate(sampled) if c.label not in done]
     share = None if deadline is None else max(0.0, deadline - time.time())
     seconds = seconds_per_config(share, len(todo))
