@@ -29,7 +29,14 @@ from autotune.search.screening import (
 from autotune.search.settings import SCREEN_SHARE
 from autotune.space import SYSTEM_PARAM, parse_space
 from autotune.tasks import load_task
-from autotune.train.screen import INFEASIBLE, NOT_SCREENED, OK, UNSUPPORTED, screen
+from autotune.train.screen import (
+    INFEASIBLE,
+    NOT_SCREENED,
+    OK,
+    UNSUPPORTED,
+    best_window_rate,
+    screen,
+)
 from autotune.warm_start import LR_BATCH_EXPONENT, WARMUP_STEPS
 
 # -- the measurement ------------------------------------------------------------------------
@@ -50,7 +57,10 @@ def test_a_larger_batch_moves_more_examples_per_second_and_holds_more_memory(mni
     assert large.peak_memory_bytes > small.peak_memory_bytes
     assert large.peak_memory_source == "cpu_tracked"
     assert small.warmup_steps == 3 and small.steps >= 3
-    assert small.examples_per_second == pytest.approx(4 * small.steps / small.timed_seconds)
+    assert small.mean_examples_per_second == pytest.approx(
+        4 * small.steps / small.timed_seconds)
+    # the best window of the timed steps is at least their mean
+    assert small.examples_per_second >= small.mean_examples_per_second
 
 
 def test_bf16_and_fp32_are_measured_apart(mnist):
@@ -62,6 +72,15 @@ def test_bf16_and_fp32_are_measured_apart(mnist):
     assert fp32.examples_per_second != bf16.examples_per_second
     # bf16 autocast keeps 16-bit activations: the tracked peak is smaller (deterministic)
     assert bf16.peak_memory_bytes < fp32.peak_memory_bytes
+
+
+def test_a_moment_of_preemption_is_left_out_a_recurring_stall_is_not():
+    steady = [0.01] * 40
+    preempted = steady[:5] + [0.5] + steady[6:]  # one step waited for another process
+    assert best_window_rate(preempted, 10) == pytest.approx(1000.0)
+    stalling = [0.01, 0.03] * 20  # every other step waits for the DataLoader
+    assert best_window_rate(stalling, 10) == pytest.approx(500.0)
+    assert best_window_rate([0.02, 0.5], 10) == pytest.approx(20 / 0.52)  # one window
 
 
 def test_what_cannot_run_is_a_status_not_an_exception(toy_task):

@@ -47,6 +47,8 @@ class ScreenRecord:
     order: int = 0
     """Place in the order configurations were screened (0: the baseline's)."""
     examples_per_second: float | None = None
+    """In the best window of the timed steps: what the ranking uses."""
+    mean_examples_per_second: float | None = None
     step_seconds: float | None = None
     steps: int = 0
     timed_seconds: float = 0.0

@@ -345,6 +345,7 @@ def screening_document(records: Sequence[ScreenRecord], sampled_from: int | None
         r = by_label[d.label]
         rows.append({"configuration": r.config, "status": r.status,
                      "examples_per_second": _round(r.examples_per_second, 1),
+                     "mean_examples_per_second": _round(r.mean_examples_per_second, 1),
                      "step_seconds": _round(r.step_seconds, 5),
                      "peak_memory_bytes": r.peak_memory_bytes,
                      "compile_seconds": _round(r.compile_seconds, 2) or None,

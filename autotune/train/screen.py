@@ -18,9 +18,12 @@ What is measured, and how it matches a trial (``autotune.train.loop``):
 - then steps until ``seconds`` of training clock have passed or ``max_steps`` were taken (at
   least ``min_steps``; a model whose step takes a millisecond needs no seconds of it), timed
   as the trial's clock times them (synchronising a GPU before each reading, taking each batch
-  included): ``examples_per_second`` is examples of those steps over their seconds, and
-  ``step_seconds`` their median (robust to a stray slow step; the throughput is not, on
-  purpose: a DataLoader that stalls every few steps costs a trial that time);
+  included). The timed steps are cut into ``WINDOWS`` consecutive windows, and
+  ``examples_per_second`` is the best window's examples over its seconds: another process
+  taking the CPU (or the GPU) for a moment slows one window, not all of them, while a stall
+  that recurs every few steps (a DataLoader that cannot keep up) is in every window, so it
+  still counts. ``mean_examples_per_second`` is over all timed steps, ``step_seconds`` their
+  median;
 - peak memory from the same sources as a trial: on a GPU the allocator's peak over the
   whole measurement (under the budget's cap, ``cap_device_memory``, as a trial runs); on the
   CPU the tracked tensor peak of two steps on the largest micro-batch
@@ -75,6 +78,10 @@ MIN_STEPS = 3
 """Timed steps at least, however long each takes (a median of fewer says little)."""
 MAX_STEPS = 200
 """Timed steps at most: enough for a steady median and a DataLoader's cycles."""
+WINDOWS = 4
+"""Windows the timed steps are cut into; the throughput is the best window's."""
+MIN_WINDOW_STEPS = 3
+"""Steps per window at least (fewer timed steps make fewer windows)."""
 
 
 @dataclass
@@ -84,7 +91,10 @@ class ScreenResult:
     status: str
     """One of ``SCREEN_STATUSES``."""
     examples_per_second: float | None = None
-    """Training examples per second of the timed steps (after warm-up, compile excluded)."""
+    """Training examples per second of the timed steps (after warm-up, compile excluded), in
+    the best of their windows (see the module docstring)."""
+    mean_examples_per_second: float | None = None
+    """Over all the timed steps."""
     step_seconds: float | None = None
     """Median seconds of one timed optimizer step."""
     steps: int = 0
@@ -186,8 +196,28 @@ def _run_steps(task: Task, recipe: Recipe, prepared: Any, batches: Any, dev: tor
     result.compile_seconds = max(0.0, compile_seconds() - compiled_before)
     result.steps = len(durations)
     result.timed_seconds = sum(durations)
-    result.examples_per_second = examples_per_step * len(durations) / result.timed_seconds
+    result.mean_examples_per_second = examples_per_step * len(durations) / result.timed_seconds
+    result.examples_per_second = best_window_rate(durations, examples_per_step)
     result.step_seconds = statistics.median(durations)
+
+
+def best_window_rate(durations: list[float], examples_per_step: int) -> float:
+    """Examples per second of the fastest of the windows of ``durations`` (seconds of each
+    step in order): see the module docstring."""
+    return max(examples_per_step * len(w) / sum(w) for w in _windows(durations))
+
+
+def _windows(durations: list[float]) -> list[list[float]]:
+    """``durations`` cut into up to ``WINDOWS`` consecutive windows of about equal steps, each
+    of ``MIN_WINDOW_STEPS`` at least (one window when there are too few)."""
+    count = max(1, min(WINDOWS, len(durations) // MIN_WINDOW_STEPS))
+    size, extra = divmod(len(durations), count)
+    out, start = [], 0
+    for i in range(count):
+        end = start + size + (i < extra)
+        out.append(durations[start:end])
+        start = end
+    return out
 
 
 def _step(task: Task, recipe: Recipe, prepared: Any, batches: Any) -> None:
@@ -211,4 +241,5 @@ def _record_failure(result: ScreenResult, exc: Exception, dev: torch.device) -> 
         result.status = ERROR
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         result.message = f"{type(exc).__name__}: {first}"
-    result.examples_per_second = result.step_seconds = None
+    result.examples_per_second = result.mean_examples_per_second = None
+    result.step_seconds = None
