@@ -105,6 +105,9 @@ class Profile:
     screen: bool | None
     """The search's screening of system configurations (``SearchRequest.screen``); None: the
     search's default."""
+    cpus_per_trial: float | None
+    """The search's ``cpus_per_trial``; None: its default (on a GPU, the GPU's share of the
+    CPUs; on a CPU, the whole machine, one trial at a time)."""
     memory_recipes: tuple[dict[str, Any], ...]
     memory_steps: int
     """Optimizer steps of each memory trial."""
@@ -112,6 +115,11 @@ class Profile:
     """Steps timed for the step time of the FLOP-utilisation part (after warm-up)."""
     compile: bool
     """Measure ``compile`` default's step time too (minutes on a GPU for BERT-base)."""
+    threads: int | None = None
+    """torch's CPU threads in this process while the check runs; None: torch's default. The
+    CPU mode uses 1: on a machine shared with other work, two threads fighting for two cores
+    made an evaluation of BERT-tiny 4x slower than one thread (measured: 1.8-2.5 s against
+    0.5 s)."""
 
 
 def _grid(precisions: tuple[str, ...], batches: tuple[int, ...],
@@ -140,19 +148,22 @@ PROFILES: dict[str, Profile] = {
         name="cpu", task_options={"size": "tiny", "max_length": 16}, seeds=2,
         max_train_seconds=1.0, eval_every_seconds=0.5, target=CPU_TARGET, search_trials=2,
         search_time_s=40.0, search_trial_seconds=1.0, confirm_top=0, confirm_seeds=1,
-        screen=False, memory_recipes=({"batch_size": 16}, {"batch_size": 16, "checkpointing": True},
+        screen=False, cpus_per_trial=1.0,
+        memory_recipes=({"batch_size": 16}, {"batch_size": 16, "checkpointing": True},
                         {"batch_size": 16, "precision": "bf16"}),
-        memory_steps=1, timing_steps=3, compile=False),
+        memory_steps=1, timing_steps=3, compile=False, threads=1),
     "gpu-quick": Profile(
         name="gpu-quick", task_options={}, seeds=2, max_train_seconds=None,
         eval_every_seconds=None, target=None, search_trials=6, search_time_s=150.0,
         search_trial_seconds=None, confirm_top=1, confirm_seeds=1, screen=None,
+        cpus_per_trial=None,
         memory_recipes=_grid(("fp32", "bf16", "fp16"), (32, 128), ()),
         memory_steps=3, timing_steps=20, compile=True),
     "gpu": Profile(
         name="gpu", task_options={}, seeds=3, max_train_seconds=None,
         eval_every_seconds=None, target=None, search_trials=20, search_time_s=480.0,
         search_trial_seconds=None, confirm_top=3, confirm_seeds=2, screen=None,
+        cpus_per_trial=None,
         memory_recipes=_grid(("fp32", "bf16", "fp16"), (32, 128),
                              ONE_DEVICE_EXTRA + ({"batch_size": 32, "tf32": True},
                                                  {"batch_size": 32, "fused_optimizer": "fused"})),
@@ -260,7 +271,7 @@ def part_search(ctx: Context) -> dict[str, Any]:
         model="bert", task_options=dict(p.task_options), budget_bytes=BUDGET_BYTES,
         target=p.target, device=ctx.device, trials=p.search_trials, time_budget_s=p.search_time_s,
         max_trial_seconds=p.search_trial_seconds, confirm_top=p.confirm_top,
-        confirm_seeds=p.confirm_seeds, screen=p.screen, seed=0,
+        confirm_seeds=p.confirm_seeds, screen=p.screen, cpus_per_trial=p.cpus_per_trial, seed=0,
         results_dir=str(ctx.work / "search"))
     outcome = search(request, on_event=lambda kind, payload: warnings.append(str(payload))
                      if kind == "warning" else None)
@@ -476,7 +487,7 @@ PART_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
 def run_part(name: str, fn: Callable[[Context], dict[str, Any]], ctx: Context) -> dict[str, Any]:
     """``fn(ctx)`` timed; an exception becomes ``ok: False`` with its error and the last lines
     of its traceback, so the next part still runs."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         result = {"ok": True, "error": None, **fn(ctx)}
     except BaseException as exc:  # noqa: BLE001 - a part's failure is a result, not the end
@@ -485,6 +496,7 @@ def run_part(name: str, fn: Callable[[Context], dict[str, Any]], ctx: Context) -
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500],
                   "traceback": traceback.format_exc().splitlines()[-12:]}
     result["seconds"] = round(time.perf_counter() - start, 2)
+    result["cpu_seconds"] = round(time.process_time() - cpu, 2)  # this process's, all threads
     return result
 
 
@@ -531,6 +543,22 @@ def run_check(device: str, profile: Profile, out: Path, parts: tuple[str, ...] =
     if device == "cuda":  # seconds for DeepSpeed: only where the pack is what is checked
         report["imports"] = import_probe()
         print(f"imports: {report['imports']}", flush=True)
+    threads = torch.get_num_threads()
+    try:
+        if profile.threads:
+            torch.set_num_threads(profile.threads)
+        _run_parts(ctx, report, out, parts)
+    finally:
+        torch.set_num_threads(threads)
+    table = render(report)
+    (out / "gpu_check.md").write_text(table + "\n")
+    print(table, flush=True)
+    return report
+
+
+def _run_parts(ctx: Context, report: dict[str, Any], out: Path, parts: tuple[str, ...]) -> None:
+    """Each part in turn, ``gpu_check.json`` rewritten after each."""
+    device = ctx.device
     start = time.perf_counter()
     for name in parts:
         print(f"== {name} ...", flush=True)
@@ -542,10 +570,6 @@ def run_check(device: str, profile: Profile, out: Path, parts: tuple[str, ...] =
         report["wall_seconds"] = round(time.perf_counter() - start, 2)
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(render_part(name, ctx.results[name]), flush=True)
-    table = render(report)
-    (out / "gpu_check.md").write_text(table + "\n")
-    print(table, flush=True)
-    return report
 
 
 def _num(value: Any, fmt: str = ".3g", suffix: str = "") -> str:

@@ -95,9 +95,11 @@ def test_a_failing_part_is_recorded_and_the_next_part_runs(
 
     monkeypatch.setitem(gpu_check.PART_FUNCTIONS, "baseline", broken)
     monkeypatch.setitem(gpu_check.PART_FUNCTIONS, "memory", after)
+    threads = torch.get_num_threads()
     report = gpu_check.run_check("cpu", gpu_check.PROFILES["cpu"], tmp_path,
                                  parts=("baseline", "memory"), work=tmp_path / "w")
     assert calls == ["baseline", "memory"]
+    assert torch.get_num_threads() == threads  # the CPU profile's 1 thread is undone
     failed = json.loads((tmp_path / "gpu_check.json").read_text())["parts"]["baseline"]
     assert failed["ok"] is False and failed["error"] == "RuntimeError: no GPU here"
     assert any("no GPU here" in line for line in failed["traceback"])
