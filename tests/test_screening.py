@@ -30,6 +30,7 @@ from autotune.search.settings import SCREEN_SHARE
 from autotune.space import SYSTEM_PARAM, parse_space
 from autotune.tasks import load_task
 from autotune.train.screen import (
+    DEFAULT_WARMUP_STEPS,
     INFEASIBLE,
     NOT_SCREENED,
     OK,
@@ -56,7 +57,7 @@ def test_a_larger_batch_moves_more_examples_per_second_and_holds_more_memory(mni
     assert large.examples_per_second > small.examples_per_second
     assert large.peak_memory_bytes > small.peak_memory_bytes
     assert large.peak_memory_source == "cpu_tracked"
-    assert small.warmup_steps == 3 and small.steps >= 3
+    assert small.warmup_steps == DEFAULT_WARMUP_STEPS and small.steps >= 3
     assert small.mean_examples_per_second == pytest.approx(
         4 * small.steps / small.timed_seconds)
     # the best window of the timed steps is at least their mean

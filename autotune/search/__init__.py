@@ -5,7 +5,9 @@ Modules, in the order a search goes through them:
 - ``settings``: ``SearchRequest``, the typed settings and their defaults (one source).
 - ``api``: ``search(request) -> SearchOutcome``: resume, paths, lock, files, the verdict.
 - ``plan``: the request resolved against its task (space, baseline, target, warm start).
-- ``_run``: one run on Ray Tune: the search phase, then the confirmation phase.
+- ``_run``: one run on Ray Tune: screening, the search phase, then the confirmation phase.
+- ``screening``: the system configurations, the keep rule, the restricted space and its warm
+  start (pure); ``_screener``: their timed steps as Ray tasks.
 - ``_ray``: Ray start-up and shutdown, SIGTERM, trial resources and placement.
 - ``_searcher``: Optuna's ask/tell study in the run directory, the memory gate, the deadline.
 - ``_scheduler``: ASHA plus the time-aware stopping rule.

@@ -72,8 +72,10 @@ SCREEN_STATUSES = (OK, INFEASIBLE, UNSUPPORTED, ERROR, NOT_SCREENED)
 DEFAULT_SECONDS = 3.0
 """Timed training seconds per configuration: long enough for a few dozen steps of the built-in
 tasks on a CPU (hundreds on a GPU), short next to a convergence trial."""
-DEFAULT_WARMUP_STEPS = 3
-"""Untimed steps first: the first compiles (under ``compile``), the next fill caches."""
+DEFAULT_WARMUP_STEPS = 2
+"""Untimed steps first: the first compiles (under ``compile``) and fills the allocator's
+caches, the second shows a recompile if there is one (on a CPU, the memory measurement's two
+steps have warmed up the eager kernels already)."""
 MIN_STEPS = 3
 """Timed steps at least, however long each takes (a median of fewer says little)."""
 MAX_STEPS = 200
