@@ -212,18 +212,18 @@ def decide(records: Sequence[ScreenRecord], keep_top: int = KEEP_TOP) -> list[De
     for r in ranked:
         winner = next((o for o in ranked if _dominates(o, r)), None)
         if winner is not None:
-            reasons[r.label] = (False, f"dominated by #{rank[winner.label]} ({winner.label}): "
-                                "the same micro-batch, at least as fast, no more memory")
+            reasons[r.label] = (False, f"dominated by #{rank[winner.label]}: the same "
+                                "micro-batch, at least as fast, no more memory")
         else:
             front.append(r)
     best = front[0].examples_per_second if front else None
     for i, r in enumerate(front):
         speed = f"{r.examples_per_second:.0f} examples/s"
         if i < keep_top:
-            reasons[r.label] = (True, f"#{rank[r.label]} by throughput ({speed})")
+            reasons[r.label] = (True, f"#{rank[r.label]} by throughput, {speed}")
         else:
-            reasons[r.label] = (False, f"{speed}: slower than the {keep_top} kept "
-                                f"(the fastest {best:.0f} examples/s)")
+            reasons[r.label] = (False, f"{speed}, slower than the {keep_top} kept (the "
+                                f"fastest: {best:.0f})")
     single_kept = {_counterpart(r.config) for r in records
                    if r.label in reasons and reasons[r.label][0]}
     any_single = any(not _is_parallel(r) for r in records)
@@ -243,7 +243,7 @@ def decide(records: Sequence[ScreenRecord], keep_top: int = KEEP_TOP) -> list[De
     for r in records:
         kept, why = reasons[r.label]
         if r.is_baseline and not kept:
-            kept, why = True, f"the baseline's configuration, kept as the reference ({why})"
+            kept, why = True, f"the baseline's configuration, kept as the reference; else {why}"
         out.append(Decision(r.label, kept, why, rank.get(r.label)))
     return sorted(out, key=lambda d: (not d.kept, d.rank or len(out) + 1))
 
