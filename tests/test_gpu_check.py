@@ -49,6 +49,7 @@ def test_cpu_check_runs_every_part_with_numbers(tmp_path: Path) -> None:
     assert len(base["runs"]) == profile.seeds and base["model"]["size"] == "tiny"
     assert all(r["steps"] >= 1 and r["steps_per_s"] > 0 and r["curve"] for r in base["runs"])
     assert base["steps_per_s"] > 0 and isinstance(base["calibration"]["sensible"], bool)
+    assert all(len(v) == profile.seeds for v in base["time_to"].values())
     assert found["launched"] >= 1 and found["max_peak_bytes"] > 0
     assert found["peak_sources"] == ["cpu_tracked"]
     assert found["all_within_budget"] is True and found["trials_over_budget"] == []
@@ -133,6 +134,15 @@ def test_calibration_note_names_what_to_change() -> None:
     assert not slow["sensible"] and "over half" in slow["why"]
     fast = note([2.0, 3.0], [0.8, 0.8], 40.0, 1.0)
     assert not fast["sensible"] and "raise the target" in fast["why"]
+
+
+def test_times_to_reach_reads_the_curves_for_targets_around_the_task_s() -> None:
+    curves = [[[1.0, 0.60], [2.0, 0.72], [3.0, 0.76]], [[1.0, 0.70], [2.0, 0.80]]]
+    times = gpu_check.times_to_reach(curves, 0.75, higher_is_better=True)
+    assert times == {"0.675": [2.0, 1.0], "0.7125": [2.0, 2.0], "0.75": [3.0, 2.0],
+                     "0.7875": [None, 2.0]}
+    losses = gpu_check.times_to_reach([[[1.0, 2.1], [2.0, 1.9]]], 2.0, higher_is_better=False)
+    assert losses == {"2.2222": [1.0], "2.1053": [1.0], "2": [2.0], "1.9048": [2.0]}
 
 
 def test_import_probe_records_each_module() -> None:
