@@ -28,7 +28,7 @@ from autotune.knobs import (
 )
 from autotune.memory import TraceCache, estimate_recipes, predict_peak
 from autotune.recipe import Recipe
-from autotune.space import load_space
+from autotune.space import parse_space
 from autotune.tasks import Task, check_teacher, load_task, teachers
 from autotune.tasks.teachers import TeacherSpec, trained_teacher
 from autotune.train import TrialLimits, run_trial
@@ -318,9 +318,11 @@ def test_the_memory_prediction_includes_the_teacher(mode: str) -> None:
 
 
 def test_autotune_estimate_counts_the_teacher_and_names_a_task_without_one() -> None:
-    # The grid of the shipped mnist space takes its hungriest setting: with the teacher.
-    grid = grid_recipes(load_space("search_spaces/mnist.yaml"), Recipe(), [1])
-    assert grid and all(r.distill_weight == 0.5 for r in grid)
+    # The grid takes the space's hungriest setting: with the teacher.
+    space = parse_space("knobs:\n  batch_size: {choices: [16, 32]}\n"
+                        "  distill_weight: {choices: [0.0, 0.5]}\n")
+    grid = grid_recipes(space, Recipe(), [1])
+    assert len(grid) == 2 and all(r.distill_weight == 0.5 for r in grid)
     rows = estimate_recipes(make_toy_task(), [Recipe(distill_weight=0.5)], None)
     assert "has no teacher" in rows[0]["unsupported"] and "prediction" not in rows[0]
 
