@@ -99,7 +99,6 @@ def check_step(recipe: Recipe, saved: dict) -> None:
         assert error < (1e-2 if bf16 else 1e-4), f"{case}: {name} off by {error:.2e} of its step"
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_pipeline_trial_trains_to_its_target_and_records_it():
     task = load_task("tests.pipeline_worker:make_task")
