@@ -29,8 +29,11 @@ clock. Every worker then evaluates the same model, so all take the same branch a
 The price: each device also holds the other stages' weights (not their gradients or
 optimizer state); the memory prediction counts them.
 
-Not supported (``autotune.knobs.unsupported_reason`` says why): fp16 (needs a loss scaler
-across stages), compile, offload, pruning, weight sparsity and distillation. A model without
+Structured pruning at step 0 (``prune_ratio``, ``prune_after_steps`` 0) is applied to the
+model before it is split (gpt: the same validation loss after 5 steps as one device, measured).
+Not supported (``autotune.knobs.unsupported_reason`` or the recipe's rules say why): fp16
+(needs a loss scaler across stages), compile, checkpointing, offload, weight sparsity,
+pruning during training and distillation. A model without
 a ``ModuleList`` of at least N blocks cannot be split; a task whose batches change shape
 (padding to each batch's longest sample) fails at the first batch whose shape differs from
 the traced one, with that reason: the stages exchange activations of fixed shapes.
