@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
 from autotune.knobs.optim import build_optimizer, build_scheduler
@@ -241,8 +242,6 @@ def _sequential_pairs(name: str, seq: nn.Sequential) -> list[UnitGroup]:
 def _traced_chains(model: nn.Module) -> list[UnitGroup]:
     """Producer -> consumer chains in ``model``'s ``torch.fx`` graph (see the module docstring);
     empty when fx cannot trace the model (data-dependent control flow, say)."""
-    import torch.fx  # lazy: fx is only needed for models without named structures
-
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - an untraceable model simply has no traced units
