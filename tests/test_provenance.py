@@ -21,7 +21,7 @@ from autotune.search.provenance import (
     library_versions,
     task_source,
 )
-from tests.test_tracking import REPO, tracked_run  # noqa: F401 - the shared search
+from tests.test_tracking import REPO
 
 pytestmark = pytest.mark.usefixtures("tracked_run")
 
@@ -31,7 +31,7 @@ def _git(directory, *args: str) -> str:
                           check=True).stdout.strip()
 
 
-def test_search_yaml_has_versions_the_task_commit_and_the_environment(tracked_run):  # noqa: F811
+def test_search_yaml_has_versions_the_task_commit_and_the_environment(tracked_run):
     _, results, _, _ = tracked_run
     provenance = yaml.safe_load((results / "search.yaml").read_text())["provenance"]
     versions = provenance["versions"]
@@ -48,7 +48,7 @@ def test_search_yaml_has_versions_the_task_commit_and_the_environment(tracked_ru
     assert provenance["host"] == socket.gethostname()
 
 
-def test_every_record_says_what_produced_it(tracked_run):  # noqa: F811
+def test_every_record_says_what_produced_it(tracked_run):
     _, _, records, _ = tracked_run
     assert records
     for record in records:

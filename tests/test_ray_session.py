@@ -116,3 +116,24 @@ def test_a_search_leaves_no_ray_directory_or_process_behind(tmp_path, short_tmp)
     assert "raylet" in names
     assert not list(short_tmp.glob("autotune_ray_*"))
     assert not _still_alive(seen)
+
+
+def test_a_ctrl_c_that_a_library_swallowed_is_raised_again_at_the_next_safe_point():
+    """SIGINT inside code that turns the KeyboardInterrupt into another exception (as a C++
+    extension's callback can) is remembered and raised again by ``raise_if_interrupted``."""
+    import os
+    import signal
+    import time
+
+    from autotune.search._ray import raise_if_interrupted, sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        raise_if_interrupted()  # nothing came: no raise
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass  # the library swallowed it
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+    raise_if_interrupted()  # cleared when the search's block ends

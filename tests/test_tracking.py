@@ -2,14 +2,13 @@
 with each one's own reader (TensorBoard's ``EventAccumulator``, pandas, ``mlflow.search_runs``
 and ``MlflowClient``); ``-q`` and exit code 0; what a wrong ``--logger`` gets (exit 2).
 
-``tracked_run`` (session-scoped: ``tests/test_provenance.py`` reads the same search) is one
-``autotune search -q`` on the toy loss task, whose validation loss falls over a second or two,
-so every trial has a curve of many evaluations.
+``tracked_run`` (``tests/conftest.py``, session-scoped: ``tests/test_provenance.py`` reads the
+same search) is one ``autotune search -q`` on the toy loss task, whose validation loss falls
+over a second or two, so every trial has a curve of many evaluations.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import pandas as pd
 import pytest
 
 from autotune.cli import main
-from autotune.results import TrialRecord
 from autotune.search.tracking import (
     CsvSink,
     MlflowSink,
@@ -49,20 +47,6 @@ def _same_series(logged: list[tuple[int, float]], curve: list[list[float]]) -> N
     """The logged (step, value) pairs are the curve's points: step = training milliseconds."""
     assert [step for step, _ in logged] == [round(t * 1000) for t, _ in curve]
     assert [value for _, value in logged] == pytest.approx([m for _, m in curve], rel=1e-6)
-
-
-@pytest.fixture(scope="session")
-def tracked_run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("tracked") / "run"
-    start = time.time()
-    done = _run_cli("search", "-q", "--model", "tests.toy_task:make_loss_task", "--target", "0.235",
-                    "--max-trial-time", "3s", "--trials", "3", "--time-budget", "2m",
-                    "--confirm", "0", "--results-dir", str(results), "--logger", "tensorboard",
-                    "--logger", "csv", "--logger", "mlflow")
-    records = [TrialRecord.from_json(json.loads(line))
-               for line in (results / "trials.jsonl").read_text().splitlines()] \
-        if (results / "trials.jsonl").exists() else []
-    return done, results, records, time.time() - start
 
 
 def test_quiet_prints_only_the_result_and_a_winner_exits_0(tracked_run):

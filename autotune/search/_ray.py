@@ -86,23 +86,45 @@ def remove_dir(path: str, wait_s: float = 10.0) -> None:
         time.sleep(0.2)
 
 
+_INTERRUPTED = threading.Event()
+"""Set by Ctrl-C or SIGTERM while a search runs (``sigterm_as_interrupt``)."""
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a job scheduler, ``kill``) ends the search like Ctrl-C while the block runs,
-    so the running trials are recorded and the search can be resumed. The one place autotune
-    handles a signal (only on the main thread, where handlers can be set)."""
+    """Ctrl-C (SIGINT) and SIGTERM (a job scheduler, ``kill``) end the search while the block
+    runs, so the running trials are recorded and the search can be resumed. The one place
+    autotune handles a signal (only on the main thread, where handlers can be set).
+
+    The signal raises ``KeyboardInterrupt`` where the main thread is, as Python's own handler
+    does, and is also remembered: a ``KeyboardInterrupt`` raised inside a library that turns it
+    into another exception and goes on (a C++ extension's callback, a broad ``except``) would
+    otherwise be lost, and the search would run to its end. ``raise_if_interrupted``, called at
+    the search's own safe points (each trial event, each proposal, each screening result),
+    raises it again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        _INTERRUPTED.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    _INTERRUPTED.clear()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _INTERRUPTED.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if Ctrl-C or SIGTERM came during the search (see
+    ``sigterm_as_interrupt``)."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def _connect(address: str) -> None:

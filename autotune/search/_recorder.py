@@ -16,6 +16,7 @@ from autotune import objective
 from autotune.errors import ConfigError
 from autotune.recipe import Recipe
 from autotune.results import TrialRecord, ended_score, ended_status
+from autotune.search._ray import raise_if_interrupted
 from autotune.search._trainable import recipe_for, search_params, unwrap
 from autotune.search.plan import SearchPlan
 from autotune.search.progress import TrialProgress
@@ -87,6 +88,7 @@ class Recorder(Callback):
 
     # -- Tune's callbacks -------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        raise_if_interrupted()
         self.running[trial.trial_id] = trial
         self.started[trial.trial_id] = time.time()
         if self.on_event:
@@ -95,6 +97,7 @@ class Recorder(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         self.last[trial.trial_id] = dict(result)
+        raise_if_interrupted()
         if self.on_event and not result.get("final") and result.get("train_seconds") is not None:
             point = unwrap(trial.config)
             self.on_event("progress", TrialProgress(
@@ -107,6 +110,7 @@ class Recorder(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=None)
+        raise_if_interrupted()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         message = "trial process failed"

@@ -19,6 +19,7 @@ from ray.exceptions import RayError
 
 from autotune.recipe import Recipe
 from autotune.results import CUT, REFUSED, ScreenRecord
+from autotune.search._ray import raise_if_interrupted
 from autotune.search._searcher import MemoryGate
 from autotune.search._trainable import TrialSetup, task_for
 from autotune.search.plan import SearchPlan
@@ -120,6 +121,7 @@ def _measure_all(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
             if not ready:
                 break
+            raise_if_interrupted()
             record = pending.pop(ready[0])
             try:
                 result = ray.get(ready[0])

@@ -32,6 +32,7 @@ from autotune.knobs import unsupported_reason
 from autotune.memory import check_budget
 from autotune.recipe import Recipe
 from autotune.results import ended_score, ended_status
+from autotune.search._ray import raise_if_interrupted
 from autotune.space import SearchSpace
 from autotune.tasks import Task
 
@@ -124,6 +125,7 @@ class StudySearcher(Searcher):
         self.live: dict[str, optuna.trial.Trial] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        raise_if_interrupted()
         for _ in range(MAX_REFUSED_IN_A_ROW):
             late = self.deadline is not None and time.time() > self.deadline
             if self.left <= 0 or (late and not self.first_regardless):

@@ -278,14 +278,17 @@ def restricted_plan(plan: SearchPlan, configs: Sequence[SystemConfig],
                     decisions: Sequence[Decision]) -> SearchPlan:
     """``plan`` for the convergence trials: its space with the system knobs replaced by a
     choice among the kept configurations (the baseline's included), and its warm start led by
-    each kept configuration (``kept_warm_starts``), then the rules' recipes still inside."""
+    each kept configuration (``kept_warm_starts``), then the rules' recipes still inside. With
+    ``--no-warm-start`` the kept configurations only restrict the space: Optuna alone proposes
+    after the baseline, as that flag promises."""
     by_label = {c.label: c for c in configs}
     kept = [by_label[d.label] for d in decisions if d.kept and d.label in by_label]
     if not kept:
         return plan
     names = system_knob_names(plan.space)
     space = plan.space.restrict_to_systems(names, [(c.label, c.values) for c in kept])
-    warm = [*kept_warm_starts(plan, kept, space), *plan.suggestions]
+    warm = [*kept_warm_starts(plan, kept, space), *plan.suggestions] \
+        if plan.request.warm_start else []
     suggestions: list[WarmStart] = []
     for ws in warm:
         try:
