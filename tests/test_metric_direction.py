@@ -76,7 +76,10 @@ def test_a_lower_is_better_search_stops_the_worse_trial_and_confirms_the_winner(
         model="tests.toy_task:make_loss_task", task_options={"suggest": {"lr": 1e-4}},
         task_warm_start=True,
         target=0.01, space=str(space), trials=2, confirm_top=0, max_trial_seconds=2.0,
-        grace_period_s=0.3, report_interval_s=0.1, results_dir=str(tmp_path / "unreachable")))
+        grace_period_s=0.3, report_interval_s=0.1, results_dir=str(tmp_path / "unreachable"),
+        # one at a time: the baseline's rungs are recorded before the warm start reaches them
+        # (side by side, whichever reaches a rung first is alone there and goes on)
+        max_concurrent_trials=1))
     by_lr = {r.recipe["lr"]: r for r in outcome.records}
     assert by_lr[1e-2].status == objective.NOT_REACHED, by_lr[1e-2].message
     assert by_lr[1e-4].status == objective.STOPPED, by_lr[1e-4].message
