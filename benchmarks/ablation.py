@@ -114,7 +114,7 @@ LEVERS: tuple[Lever, ...] = (
     Lever("fsdp2", "parallelism", _data_parallel("fsdp")),
     Lever("pipeline2", "parallelism", _pipeline),
     Lever("tf32", "tf32", lambda t, r, d: {"tf32": True}, gpu_only=True),
-    Lever("channels_last", "channels_last", lambda t, r, d: {"channels_last": True}, gpu_only=True),
+    Lever("channels_last", "channels_last", lambda t, r, d: {"channels_last": True}),
     Lever("compile", "compile", lambda t, r, d: {"compile": "default"}),
 )
 CPU_SKIPS = {"compile"}
@@ -173,7 +173,11 @@ def measure(task: Task, recipe: Recipe, seeds: int, device: str) -> dict[str, An
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+    """``value`` in ``spec``; ``-`` as wide as the spec when there is none."""
+    if value is None or not math.isfinite(value):
+        width = spec.split(".")[0]
+        return "-".rjust(int(width) if width.isdigit() else 1)
+    return format(value, spec)
 
 
 def row(task: str, lever: str, label: str, m: dict[str, Any] | None, start_tta: float | None,
