@@ -278,6 +278,7 @@ def test_early_stopped_multi_worker_trials_free_their_workers(tmp_path):
         baseline=Recipe(parallelism="ddp", workers=2, lr=1e-6).to_dict(), target=1.01,
         max_trial_seconds=3.0, results_dir=str(tmp_path / "run"), trials=4, seed=0,
         report_interval_s=0.2, grace_period_s=0.3, workers_per_trial=2, confirm_top=0,
+        screen=False,  # the subject is stopped trials' workers: Optuna draws both learning rates
     )
     assert make_task().target < request.target  # unreachable: only the scheduler stops early
     outcome = search(request)
