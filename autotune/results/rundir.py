@@ -145,25 +145,8 @@ class RunDirectory:
         """Every record so far, in the order trials ended. A line that is not whole JSON (a
         torn write) is skipped with a warning; a record of an unknown schema raises
         ``RecordFormatError``."""
-        if not self.trials_path.exists():
-            return []
-        out = []
-        lines = self.trials_path.read_text().splitlines()
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{self.trials_path}:{number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                if on_warning is not None:
-                    on_warning(f"{where}: not a whole record (a torn write); skipped, the "
-                               "other records are kept")
-                continue
-            if not isinstance(data, dict):
-                raise RecordFormatError(f"{where}: not a trial record")
-            out.append(TrialRecord.from_json(data, source=where))
-        return out
+        return [TrialRecord.from_json(data, source=where)
+                for where, data in _read_lines(self.trials_path, on_warning, "a trial record")]
 
     # -- settings and sessions --------------------------------------------------------------
     def save_settings(self, settings: dict[str, Any], space_text: str) -> None:
@@ -233,7 +216,7 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
-def _read_lines(path: Path, on_warning: Callable[[str], None] | None
+def _read_lines(path: Path, on_warning: Callable[[str], None] | None, what: str = "a record"
                 ) -> list[tuple[str, dict[str, Any]]]:
     """``(where, object)`` of each whole JSON line of ``path`` (none if it is missing)."""
     if not path.exists():
@@ -251,7 +234,7 @@ def _read_lines(path: Path, on_warning: Callable[[str], None] | None
                            "other records are kept")
             continue
         if not isinstance(data, dict):
-            raise RecordFormatError(f"{where}: not a record")
+            raise RecordFormatError(f"{where}: not {what}")
         out.append((where, data))
     return out
 
