@@ -38,6 +38,8 @@ ALLOWED_LAZY = {
     ("autotune", "autotune.apply"): "the facade: `import autotune` must not import torch",
     ("autotune", "autotune.tasks"): "the facade: `import autotune` must not import torch",
     ("autotune", "autotune.search"): "the facade: `import autotune` must not import torch",
+    ("autotune.integrations", "autotune.integrations.hf_trainer"):
+        "imports transformers' Trainer (about 3 s), only when a --trainer task is built",
     ("autotune.search.api", "autotune.search._run"):
         "the Ray Tune side of a search: imports Ray Tune and Optuna, only when a search runs",
 }

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from autotune.cli._exit import EXIT_INTERRUPTED, EXIT_NO_WINNER, EXIT_OK
+from autotune.cli._integrations import add_integration_args, integration_request
 from autotune.cli._progress import StatusDisplay, pick_mode
 from autotune.cli._tools import add_task_args, task_options
 from autotune.errors import ConfigError, UserError
@@ -58,6 +59,7 @@ def add_search(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_task_args(p)
+    add_integration_args(p)
     p.add_argument("--budget", default=None,
                    help="peak memory one device may use, e.g. 16GB (10^9), 16GiB (2^30), 512MiB; "
                    "a trial that exceeds it is infeasible (default: no limit)")
@@ -214,6 +216,7 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, dict[str, A
     time_budget = parsed(lambda v: parse_duration(v, what="--time-budget"), args.time_budget)
     max_trial = parsed(lambda v: parse_duration(v, what="--max-trial-time"), args.max_trial_time)
     options = parsed(task_options, args.task_option) or {}
+    integration = integration_request(args, problems, parsed)
     given = {k: v for k, v in {
         "trials": args.trials, "time_budget_s": time_budget, "address": args.address,
         "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
@@ -221,8 +224,10 @@ def search_request(args: argparse.Namespace) -> tuple[SearchRequest, dict[str, A
         "loggers": args.logger, "mlflow_uri": args.mlflow_uri,
     }.items() if v is not None}
     given["verbose"] = args.verbose  # how this command talks, never the saved search's
+    if integration.get("trainer_args"):
+        options["baseline_args"] = integration.pop("trainer_args")
     request = SearchRequest(
-        model=args.model, task_options=options, budget_bytes=budget, space=args.space,
+        **integration, task_options=options, budget_bytes=budget, space=args.space,
         target=args.target, seed=args.seed, device=args.device,
         max_trial_seconds=max_trial, results_dir=args.results_dir, output=args.output,
         placement=args.placement, workers_per_trial=args.workers_per_trial,

@@ -70,18 +70,22 @@ def add_export(sub: Any) -> None:
             "the format a training tool takes: deepspeed, a DeepSpeed config (ZeRO recipes "
             "only); torchrun, the launch command for the recipe's parallelism; hf, keyword "
             "arguments for transformers.TrainingArguments (with a DeepSpeed config beside "
-            "them for a ZeRO recipe). Knobs a format cannot express are named in a warning."
+            "them for a ZeRO recipe); accelerate, a config file for accelerate launch "
+            "(mixed precision, processes, the DeepSpeed or FSDP plugin). Knobs a format "
+            "cannot express are named in a warning."
         ),
         epilog="Example: autotune export autotune_runs/bert-.../best_recipe.yaml --format hf",
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe YAML file")
-    p.add_argument("--format", required=True, choices=["deepspeed", "torchrun", "hf"],
+    p.add_argument("--format", required=True,
+                   choices=["deepspeed", "torchrun", "hf", "accelerate"],
                    help="deepspeed: ds_config.json; torchrun: the launch command; hf: "
-                   "TrainingArguments keyword arguments")
+                   "TrainingArguments keyword arguments; accelerate: accelerate_config.yaml "
+                   "for accelerate launch --config_file")
     p.add_argument("--output", default=None,
-                   help="file to write (default: beside RECIPE, ds_config.json or "
-                   "hf_training_args.yaml/.json; torchrun prints the command and writes it "
-                   "only with --output)")
+                   help="file to write (default: beside RECIPE, ds_config.json, "
+                   "hf_training_args.yaml/.json or accelerate_config.yaml; torchrun prints "
+                   "the command and writes it only with --output)")
     p.add_argument("--hf-format", choices=["yaml", "json"], default=None,
                    help="file format of --format hf (default yaml, with a comment per setting)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
@@ -254,7 +258,21 @@ def cmd_export(args: argparse.Namespace) -> int:
             print("the DeepSpeed config it names: autotune export "
                   f"{args.recipe} --format deepspeed --output ds_config.json")
         return 0
+    if args.format == "accelerate":
+        return _export_accelerate(args, recipe, beside)
     return _export_hf(args, recipe, beside)
+
+
+def _export_accelerate(args: argparse.Namespace, recipe: Recipe, beside: Path) -> int:
+    output = Path(args.output) if args.output else beside / "accelerate_config.yaml"
+    config = export.accelerate_config(recipe, device_type=args.device)
+    notes = export.accelerate_unsupported(recipe)
+    write_text(output, export.accelerate_yaml(config, recipe, notes, args.recipe))
+    print(f"wrote {output} (Accelerate config: {recipe.describe()})")
+    print(f"launch with: accelerate launch --config_file {output} your_script.py")
+    for line in notes:
+        print(f"note: {line}")
+    return 0
 
 
 def _export_hf(args: argparse.Namespace, recipe: Recipe, beside: Path) -> int:

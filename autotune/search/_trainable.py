@@ -19,11 +19,12 @@ from ray import tune
 
 from autotune import objective
 from autotune.errors import ConfigError
+from autotune.integrations import load_any_task
 from autotune.recipe import Recipe
 from autotune.search._workers import RayLauncher
 from autotune.search.provenance import trial_provenance
 from autotune.space import SearchSpace
-from autotune.tasks import Task, load_task
+from autotune.tasks import Task
 from autotune.train import TrialLimits, pick_device, run_trial
 
 
@@ -103,11 +104,13 @@ _TASKS: dict[str, Task] = {}
 
 def task_for(model: str, device_type: str, options: dict[str, Any]) -> Task:
     """The task, built once per process (Tune reuses a trial process for later trials): its
-    data is read and tokenized once, not per trial. Every trial builds its own model."""
+    data is read and tokenized once, not per trial. Every trial builds its own model. A
+    Trainer factory or training function (``autotune.integrations``, named by the options)
+    is built without its probe: the driver checked it."""
     key = json.dumps([model, device_type, options], sort_keys=True, default=str)
     if key not in _TASKS:
         _TASKS.clear()
-        _TASKS[key] = load_task(model, device_type, options)
+        _TASKS[key] = load_any_task(model, device_type, options)
     return _TASKS[key]
 
 

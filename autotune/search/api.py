@@ -32,6 +32,7 @@ from autotune import objective
 from autotune.default_space import default_space_yaml
 from autotune.errors import UserError
 from autotune.hardware import bf16_is_fast
+from autotune.integrations import OwnLoopTask, load_any_task
 from autotune.recipe import Recipe, baseline_recipe
 from autotune.results import RunDirectory, TrialRecord, check_writable
 from autotune.search.documents import best_recipe_document, search_document
@@ -47,7 +48,7 @@ from autotune.search.tracking import (
 )
 from autotune.search.winner import Summary, confirm_points, no_winner_reason, summarize
 from autotune.space import SearchSpace, load_space, parse_space, shipped_space_path
-from autotune.tasks import Task, check_teacher, dry_run, load_task
+from autotune.tasks import Task, check_teacher, dry_run
 from autotune.warm_start import WarmStart, describe_change, snap_all_to_space, warm_starts
 
 EventFn = Callable[[str, Any], None]
@@ -152,10 +153,17 @@ def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> S
     if request.storage and "://" not in request.storage:
         check_writable(Path(request.storage), "--storage", is_dir=True)
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    task = load_task(request.model, device, request.task_options)
+    # The trials build the task from the same options (a Trainer's or function's own).
+    request = request.replace(task_options=request.integration_options())
+    task = load_any_task(request.model, device, request.task_options, check=True)
+    own_loop = isinstance(task, OwnLoopTask)
     baseline = Recipe.from_dict(request.baseline) if request.baseline else \
+        task.baseline if own_loop and task.baseline else \
         baseline_recipe(task.default_batch_size, task.default_lr)
-    dry_run(task, baseline.batch_size, device)  # a broken task stops here, not in every trial
+    if own_loop:
+        request = _own_loop_request(request)
+    else:
+        dry_run(task, baseline.batch_size, device)  # a broken task stops here, not per trial
     fast = bf16_is_fast(device)
     space, source, text, generated = _load_space(request, run_dir, resumed, baseline, device,
                                                  fast, task.is_dataset, task.teacher is not None)
@@ -171,6 +179,16 @@ def make_plan(request: SearchRequest, run_dir: RunDirectory, resumed: bool) -> S
         suggestions=_warm_start(request, task, baseline, space, device, fast),
         space_text=text, default_space=generated,
     )
+
+
+def _own_loop_request(request: SearchRequest) -> SearchRequest:
+    """A Trainer's or function's search: no screening (it times autotune's own training step,
+    and the user's loop is not autotune's); ``UserError`` when ``--screen`` asks for it."""
+    if request.screen:
+        raise UserError(f"--screen times autotune's own training step of a task's model; a "
+                        f"--{request.integration} search trains in your own loop, so it cannot "
+                        "screen: drop --screen")
+    return request.replace(screen=False)
 
 
 def _may_distil(space: SearchSpace, baseline: Recipe) -> bool:
@@ -288,13 +306,31 @@ def _run_and_write(plan: SearchPlan, prior: list[TrialRecord], emit: EventFn) ->
             plan.task.higher_is_better))
     else:
         r = plan.request
-        header = (f"# Best recipe found by: autotune search --model {r.model} --seed {r.seed}"
+        header = (f"# Best recipe found by: autotune search {_task_flags(r)} --seed {r.seed}"
                   f"{' --budget ' + str(r.budget_bytes) + 'B' if r.budget_bytes else ''}\n"
-                  f"# Apply it: autotune train --recipe {plan.output} --model {r.model}\n")
+                  f"# Apply it: {_apply_hint(r, plan.output)}\n")
         run_dir.write_yaml(plan.output, best_recipe_document(summary, context), header)
         outcome = dataclasses.replace(outcome, best_recipe_path=plan.output)
     tracker.finish(_search_results(outcome))
     return outcome
+
+
+def _task_flags(r: SearchRequest) -> str:
+    """The flags that name the search's task, for the best recipe's header."""
+    if r.integration == "task":
+        return f"--model {r.model}"
+    return (f"--{r.integration} {r.model} --metric {r.metric} --target {r.target:g}"
+            + (f" --direction {r.direction}" if r.direction else ""))
+
+
+def _apply_hint(r: SearchRequest, output: Path) -> str:
+    """How to use the winner, for the best recipe's header."""
+    if r.integration == "trainer":
+        return (f"autotune export {output} --format hf (TrainingArguments keyword arguments "
+                "for your Trainer)")
+    if r.integration == "function":
+        return f"your function, with autotune.Recipe.load('{output}')"
+    return f"autotune train --recipe {output} --model {r.model}"
 
 
 def _tracking_context(plan: SearchPlan) -> TrackingContext:

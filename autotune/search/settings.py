@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.errors import ConfigError
+from autotune.integrations import INTEGRATION_KEY, INTEGRATIONS
 from autotune.recipe import Recipe
 from autotune.search.tracking import logger_problems
 
@@ -41,7 +42,22 @@ class SearchRequest:
     """Everything a search may be asked; every field has a default."""
 
     model: str = DEFAULT_MODEL
-    """Task: a built-in (``bert``, ``mnist``) or ``package.module:function``."""
+    """Task: a built-in (``bert``, ``mnist``) or ``package.module:function``; with
+    ``integration`` ``trainer`` or ``function``, the Trainer factory or training function
+    (``package.module:function``)."""
+    integration: str = "task"
+    """What ``model`` names: ``task`` (returns an ``autotune.tasks.Task``), ``trainer`` (takes
+    ``TrainingArguments``, returns a Hugging Face ``Trainer``: ``--trainer``) or ``function``
+    (``fn(recipe, ctx)``: ``--function``); ``autotune.integrations``."""
+    metric: str | None = None
+    """The metric a Trainer's evaluation or a training function reports (``eval_accuracy``);
+    only with ``integration`` trainer or function, where it is required."""
+    direction: str | None = None
+    """``max`` (higher is better) or ``min`` for ``metric``; None: guessed from its name
+    (``loss``, ``perplexity``, ``error``... are lower-is-better)."""
+    eval_every_s: float | None = None
+    """Training seconds between two evaluations of a Trainer or function (the resolution of
+    time-to-target); None: 2 s for a Trainer, 1 s for a function."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the task's factory."""
     budget_bytes: int | None = None
@@ -138,12 +154,56 @@ class SearchRequest:
                 out.append(f"{_flag(name)} must be one of {', '.join(map(str, allowed))}, got "
                            f"{getattr(self, name)!r}")
         out += logger_problems(self.loggers, self.mlflow_uri)
+        out += self._integration_problems()
         if self.baseline is not None:
             try:
                 Recipe.from_dict(self.baseline, source="baseline")
             except ConfigError as exc:
                 out += exc.problems
         return out
+
+    def _integration_problems(self) -> list[str]:
+        """What ``--trainer``/``--function`` need: a metric and a target, a known direction;
+        and what only they take."""
+        out = []
+        if self.integration not in INTEGRATIONS:
+            return [f"integration must be one of {', '.join(INTEGRATIONS)}, got "
+                    f"{self.integration!r}"]
+        positive_eval = self.eval_every_s is None or (
+            math.isfinite(self.eval_every_s) and self.eval_every_s > 0)
+        if not positive_eval:
+            out.append(f"--eval-every must be > 0 seconds, got {self.eval_every_s}")
+        if self.integration == "task":
+            given = [f for f, v in (("--metric", self.metric), ("--direction", self.direction),
+                                    ("--eval-every", self.eval_every_s)) if v is not None]
+            if given:
+                out.append(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
+                           "--trainer and --function; a task (--model) names its own metric, "
+                           "direction and evaluation interval")
+            return out
+        flag = f"--{self.integration}"
+        if not self.metric:
+            out.append(f"{flag} needs --metric: the name of the metric to reach (e.g. "
+                       "eval_accuracy, as the Trainer's evaluation reports it)")
+        if self.target is None:
+            out.append(f"{flag} needs --target: the value of --metric to reach")
+        if self.direction not in (None, "max", "min"):
+            out.append(f"--direction must be max (higher is better) or min (lower is "
+                       f"better), got {self.direction!r}")
+        return out
+
+    def integration_options(self) -> dict[str, Any]:
+        """The task options a search's driver and trials build the task with: ``task_options``,
+        and for a Trainer or function the integration's own (``autotune.integrations``)."""
+        if self.integration == "task":
+            return dict(self.task_options)
+        options = {**self.task_options, INTEGRATION_KEY: self.integration,
+                   "metric": self.metric, "target": self.target, "direction": self.direction}
+        if self.max_trial_seconds is not None:
+            options["max_train_seconds"] = self.max_trial_seconds
+        if self.eval_every_s is not None:
+            options["eval_every_seconds"] = self.eval_every_s
+        return options
 
     def check(self) -> None:
         """Raise one ``ConfigError`` listing every problem."""
@@ -171,6 +231,7 @@ class SearchRequest:
 
 
 _FLAGS = {"budget_bytes": "--budget", "time_budget_s": "--time-budget",
+          "eval_every_s": "--eval-every",
           "max_trial_seconds": "--max-trial-time", "confirm_top": "--confirm"}
 
 

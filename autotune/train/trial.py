@@ -10,6 +10,7 @@ sits above both, so neither needs the other.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch.distributed as dist
 
@@ -22,6 +23,19 @@ from autotune.train.result import ReportFn, TrialLimits, TrialResult
 LaunchFn = Callable[..., TrialResult]
 """Starts the workers of a multi-worker trial: ``(task, recipe, limits, report, device)`` ->
 worker 0's ``TrialResult``."""
+
+
+@runtime_checkable
+class OwnsTraining(Protocol):
+    """A task whose trials run in the user's own training loop (a Hugging Face ``Trainer``,
+    a training function: ``autotune.integrations``), under the same clock rules and records
+    as this package's loop. ``run_trial`` hands such a task's trial to it."""
+
+    def train_own_loop(self, recipe: Recipe, limits: TrialLimits, report: ReportFn | None,
+                       device: str | None) -> TrialResult:
+        """One trial of ``recipe``; like ``run_trial``, never raises for what the recipe
+        does, and calls ``report`` with ``final`` True at the end."""
+        ...
 
 
 def run_trial(
@@ -40,6 +54,8 @@ def run_trial(
     recipe does to a run (see ``autotune.train.loop``). Inside a worker of a multi-worker trial
     (process group initialised) this is that worker's part of the run.
     """
+    if isinstance(task, OwnsTraining):
+        return task.train_own_loop(recipe, limits, report, device)
     if recipe.workers > 1 and not dist.is_initialized():
         result = (launch or run_workers)(task, recipe, limits, report, device)
         if report is not None:

@@ -1,0 +1,249 @@
+"""The trial side of a training loop autotune does not own: the clock, the evaluation schedule,
+the stopping rule and the record, shared by the Hugging Face ``Trainer`` callback
+(``autotune.integrations.hf_trainer``) and the function API (``autotune.integrations.function``).
+
+The rules are those of autotune's own loop (``autotune.train.loop``), so a Trainer trial's or a
+function's time-to-target means what a built-in task's does:
+
+- the training clock counts training only: it starts when training starts (``start``; the
+  model, data and optimizer built before it are setup, ``setup_seconds``) and is paused while
+  the loop evaluates (``evaluating``: measured as ``eval_seconds``, not counted); on a GPU it
+  synchronises the device before each reading;
+- an evaluation is due once the clock has passed the next multiple of
+  ``limits.eval_every_seconds`` (the schedule skips the multiples a long step jumped over), and
+  at the time limit or at ``limits.max_steps``;
+- each reported metric is a point ``(training seconds, metric)`` of the curve; the first that
+  reaches the target (in the metric's direction) ends the trial as *reached* with that time as
+  its time-to-target; one at or past the limit without reaching it ends it as *not reached*;
+  a non-finite metric ends it as *diverged*; in between, the running measurements go to the
+  search's ``report`` callback (its scheduler may stop the trial there);
+- out of memory is *infeasible*, any other exception *error*, each with its message, and the
+  curve measured until then is kept (nothing measured is lost);
+- at the end, the measured peak memory (the allocator's on a GPU; the process's peak RSS on a
+  CPU, ``peak_memory_source`` ``cpu_rss``: the user's loop cannot be traced as autotune's own
+  step is), the budget verdict and the score, then one final report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+
+import torch
+
+from autotune import objective
+from autotune.knobs import Diverged
+from autotune.memory import cap_device_memory, is_out_of_memory, read_peak, reset_peak
+from autotune.train.result import ReportFn, TrialLimits, TrialResult
+
+
+class TrialStopped(BaseException):  # noqa: N818 - a control-flow signal, like StopIteration
+    """The trial is decided (target reached, time limit, a diverged metric): raised out of
+    ``TrialContext.report`` so that a training function stops where it stands. A
+    ``BaseException``, like ``KeyboardInterrupt``, so that a user's ``except Exception`` does
+    not swallow it; the function API catches it."""
+
+
+class Session:
+    """One trial of a loop that is not autotune's: see the module docstring.
+
+    ``device`` is where the loop trains (the clock synchronises it), ``metric`` the metric's
+    name (for messages). ``begin`` caps the device's memory at the budget and resets its peak;
+    ``finish`` fills in the memory, the budget verdict and the score, and sends the final
+    report."""
+
+    def __init__(self, limits: TrialLimits, report: ReportFn | None, device: torch.device,
+                 metric: str) -> None:
+        self.limits = limits
+        self.report_fn = report
+        self.device = device
+        self.metric = metric
+        self.result = TrialResult(status=objective.RUNNING, score=0.0, device=str(device))
+        self.decided = False
+        """The trial's status is final: reached, not reached, diverged, or failed."""
+        self.next_eval = limits.eval_every_seconds
+        self._elapsed = 0.0
+        self._since: float | None = None
+        self._created = time.perf_counter()
+        self._started = False
+        self._overdue = False
+        """An evaluation was due at the time limit and the loop stepped on without one."""
+
+    # -- the clock ------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def begin(self) -> None:
+        """Before the user's code runs: the budget as the device's memory cap, a fresh peak.
+        The clock starts here too (``start`` restarts it where training really begins)."""
+        self.result.memory_cap_fraction = cap_device_memory(self.device, self.limits.budget_bytes)
+        reset_peak(self.device)
+        self._since = self._now()
+
+    def start(self) -> None:
+        """Training starts now: what ran since ``begin`` was setup (``setup_seconds``), and
+        the training clock starts from 0. Only the first call counts."""
+        if self._started:
+            return
+        self._started = True
+        now = self._now()
+        self.result.setup_seconds = now - self._created
+        self._elapsed, self._since = 0.0, now
+
+    def elapsed(self) -> float:
+        """Training seconds so far (frozen while the clock is paused)."""
+        if self._since is None:
+            return self._elapsed
+        return self._elapsed + self._now() - self._since
+
+    def pause(self) -> float:
+        """Stop the clock (an evaluation begins); returns the training seconds."""
+        if self._since is not None:
+            self._elapsed += self._now() - self._since
+            self._since = None
+        return self._elapsed
+
+    def resume(self) -> None:
+        """Start the clock again after an evaluation (not once the trial is decided)."""
+        if self._since is None and not self.decided:
+            self._since = self._now()
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The clock is paused inside; the wall time is added to ``eval_seconds``."""
+        self.pause()
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.result.eval_seconds += time.perf_counter() - began
+            self.resume()
+
+    # -- steps and evaluations ------------------------------------------------------------
+
+    def out_of_time(self, elapsed: float) -> bool:
+        limits = self.limits
+        return elapsed >= limits.max_train_seconds or (
+            limits.max_steps is not None and self.result.steps >= limits.max_steps)
+
+    def step(self, examples: int = 0) -> bool:
+        """One optimizer step was taken (``examples`` training examples in it); True when an
+        evaluation is due. A loop that steps on past the time limit without reporting is
+        ended as not reached (``TrialStopped``)."""
+        self.result.steps += 1
+        self.result.examples += examples
+        elapsed = self.elapsed()
+        out = self.out_of_time(elapsed)
+        if out and self._overdue:
+            self._decide(objective.NOT_REACHED, self._short_message(
+                elapsed, " (the loop stepped on past the time limit without reporting)"))
+            raise TrialStopped
+        self._overdue = out
+        return elapsed >= self.next_eval or out
+
+    def record(self, value: float) -> bool:
+        """Record a measured metric at the current training time; True when that decides the
+        trial (reached, not reached at the limit, or a non-finite metric: diverged)."""
+        elapsed = self.elapsed()
+        self._overdue = False
+        while self.next_eval <= elapsed:
+            self.next_eval += self.limits.eval_every_seconds
+        r = self.result
+        r.train_seconds = elapsed
+        if not math.isfinite(value):
+            r.curve.append((round(elapsed, 4), value))
+            self._decide(objective.DIVERGED,
+                         f"{self.metric} became {value} after {elapsed:.1f}s of training")
+            return True
+        r.curve.append((round(elapsed, 4), value))
+        r.last_metric = value
+        r.best_metric = objective.best_of(r.best_metric, value, self.limits.higher_is_better)
+        if objective.reaches(value, self.limits.target, self.limits.higher_is_better):
+            r.tta_seconds = elapsed
+            self._decide(objective.REACHED, "")
+            return True
+        if self.out_of_time(elapsed):
+            self._decide(objective.NOT_REACHED, self._short_message(elapsed))
+            return True
+        if self.report_fn is not None:
+            self._score(final=False)
+            self.report_fn({**r.to_dict(), "final": False})
+        return False
+
+    def _short_message(self, elapsed: float, extra: str = "") -> str:
+        r = self.result
+        if r.best_metric is None:
+            return f"no {self.metric} reported in {elapsed:.1f}s of training{extra}"
+        short = "<" if self.limits.higher_is_better else ">"
+        return (f"best {self.metric} {r.best_metric:.4f} {short} target {self.limits.target} "
+                f"after {elapsed:.1f}s of training ({r.steps} steps){extra}")
+
+    def _decide(self, status: str, message: str) -> None:
+        self.pause()
+        self.result.status, self.result.message = status, message
+        self.result.train_seconds = self._elapsed
+        self.decided = True
+
+    # -- the end --------------------------------------------------------------------------
+
+    def fail(self, exc: BaseException, what: str = "") -> None:
+        """What ended the trial, as its status: infeasible (out of memory), diverged (a NaN
+        loss that ``autotune.configure``'s step reports), else error. ``what`` names the
+        user's code in the message."""
+        if isinstance(exc, (Diverged, FloatingPointError)):
+            status, message = objective.DIVERGED, str(exc).splitlines()[0][:300]
+        elif is_out_of_memory(exc):
+            status = objective.INFEASIBLE
+            message = f"out of memory: {str(exc).splitlines()[0][:300]}"
+        else:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            status, message = objective.ERROR, f"{what}{type(exc).__name__}: {first}"
+        self._decide(status, message)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def refuse(self, message: str) -> None:
+        """The recipe cannot run in this loop here (a multi-worker recipe, TF32 on a CPU):
+        infeasible, before anything ran."""
+        self._decide(objective.INFEASIBLE, f"not possible here: {message}")
+
+    def end_undecided(self, message: str) -> None:
+        """The loop returned before the trial was decided: not reached with what it
+        measured, or an error when it reported nothing (``message`` says why)."""
+        if self.decided:
+            return
+        elapsed = self.pause()
+        if not self.result.curve:
+            self._decide(objective.ERROR, message)
+        else:
+            self._decide(objective.NOT_REACHED, self._short_message(
+                elapsed, " (the training loop returned before the time limit)"))
+
+    def _score(self, final: bool) -> None:
+        r, limits = self.result, self.limits
+        status = r.status if final else objective.RUNNING
+        r.score = objective.score(status, r.tta_seconds, r.best_metric, limits.target,
+                                  limits.max_train_seconds, limits.higher_is_better)
+
+    def finish(self) -> TrialResult:
+        """Memory, the budget verdict, the score, and the final report; returns the result."""
+        r, limits = self.result, self.limits
+        peak = read_peak(self.device)
+        r.peak_memory_bytes, r.peak_memory_source = peak.peak_bytes, peak.source
+        r.peak_reserved_bytes, r.peak_rss_bytes = peak.reserved_bytes, peak.rss_bytes
+        if r.predicted_peak_bytes:
+            r.prediction_error = round(peak.peak_bytes / r.predicted_peak_bytes - 1, 4)
+        if (limits.budget_bytes is not None and peak.peak_bytes > limits.budget_bytes
+                and r.status not in objective.FAILED_STATES):
+            r.message = (f"peak memory {peak.peak_bytes} bytes ({peak.source}) exceeds the "
+                         f"budget of {limits.budget_bytes} bytes; {r.status} before that")
+            r.status, r.tta_seconds = objective.INFEASIBLE, None
+        self._score(final=True)
+        if self.report_fn is not None:
+            self.report_fn({**r.to_dict(), "final": True})
+        return r

@@ -1,0 +1,72 @@
+"""A tiny Hugging Face ``Trainer`` for the ``--trainer`` tests: a 1-layer BERT (built from a
+config, no download) telling two token vocabularies apart, a few seconds to 0.9 accuracy.
+
+``make_trainer(args)`` is the factory a Trainer search takes; the other functions are the
+mistakes the tests expect a clear message for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+SEQ = 16
+VOCAB = 64
+
+
+class TwoVocabularies(Dataset):
+    """Sentences of ``SEQ`` tokens: class 0 draws from tokens 4..33, class 1 from 24..63 (an
+    overlap, so that it takes some steps), labels balanced; fixed by ``seed``."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 2, (size,), generator=gen)
+        low = torch.randint(4, 34, (size, SEQ), generator=gen)
+        high = torch.randint(24, VOCAB, (size, SEQ), generator=gen)
+        self.ids = torch.where(self.labels[:, None] == 1, high, low)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(SEQ, dtype=torch.long),
+                "labels": self.labels[i]}
+
+
+def accuracy(prediction: Any) -> dict[str, float]:
+    """``compute_metrics``: the Trainer reports it as ``eval_accuracy``."""
+    logits, labels = prediction
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def tiny_bert() -> BertForSequenceClassification:
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=SEQ, num_labels=2)
+    return BertForSequenceClassification(config)
+
+
+def make_trainer(args: TrainingArguments) -> Trainer:
+    """The factory: the user's model, data and metric, autotune's arguments."""
+    return Trainer(model=tiny_bert(), args=args, train_dataset=TwoVocabularies(2048, 0),
+                   eval_dataset=TwoVocabularies(256, 1), compute_metrics=accuracy)
+
+
+def not_a_trainer(args: TrainingArguments) -> Any:
+    return {"model": tiny_bert(), "args": args}
+
+
+def own_arguments(args: TrainingArguments) -> Trainer:
+    mine = TrainingArguments(output_dir=args.output_dir, report_to="none")
+    return Trainer(model=tiny_bert(), args=mine, train_dataset=TwoVocabularies(64, 0),
+                   eval_dataset=TwoVocabularies(64, 1), compute_metrics=accuracy)
+
+
+def no_metrics(args: TrainingArguments) -> Trainer:
+    """No compute_metrics: the evaluation reports eval_loss and timings only."""
+    return Trainer(model=tiny_bert(), args=args, train_dataset=TwoVocabularies(256, 0),
+                   eval_dataset=TwoVocabularies(64, 1))
