@@ -20,6 +20,10 @@ error, and the next part runs):
    real training step (``torch.utils.flop_counter.FlopCounterMode``) over the measured step
    time and the chip's dense bf16 peak (``PEAK_BF16_FLOPS``; none on a CPU), and the step time
    with ``compile`` default beside eager where it is measured.
+5. ``sync``: no host synchronisation per step: short trials of several recipes with
+   ``AUTOTUNE_SYNC_DEBUG=error`` (torch raises on any synchronising CUDA call in the steps,
+   ``autotune.train.loop``), and the trial loop's step throughput against a plain
+   hand-written loop in fp32 and bf16 (``benchmarks.throughput``; the goal is 0.98).
 
 It prints a table per part and writes ``gpu_check.json`` (after every part, so a run cut short
 keeps what it measured) and ``gpu_check.md`` to ``--out``. ``docs/gpu.md`` says how to read
@@ -27,6 +31,9 @@ them. From the repository root::
 
     .venv/bin/python -m benchmarks.gpu_check --device cpu --out /tmp/gc   # tiny, ~40 s
     python3 -m benchmarks.gpu_check --quick --device cuda --out $OUT       # ~8 min, one H200
+
+``--deadline-s`` bounds the whole check: a part that would start with too little time left is
+recorded as skipped, and the search (last by default) gets what is left as its time budget.
 """
 
 from __future__ import annotations
@@ -58,8 +65,10 @@ from autotune.search import SearchRequest, search
 from autotune.tasks import Task, load_task
 from autotune.train import TrialLimits, TrialResult, run_trial, seed_everything
 from autotune.train.data import make_batches
+from autotune.train.loop import SYNC_DEBUG_ENV
 from autotune.train.parallel import prepare
 from autotune.units import format_bytes
+from benchmarks.throughput import throughput_rows
 
 SCHEMA = 1
 """Version of ``gpu_check.json``'s layout; bump when a key changes meaning."""
@@ -115,6 +124,11 @@ class Profile:
     """Steps timed for the step time of the FLOP-utilisation part (after warm-up)."""
     compile: bool
     """Measure ``compile`` default's step time too (minutes on a GPU for BERT-base)."""
+    sync_steps: int = 30
+    """Optimizer steps of each trial of the ``sync`` part."""
+    throughput_steps: int = 100
+    """Timed steps per run of the ``sync`` part's throughput comparison."""
+    throughput_reps: int = 2
     threads: int | None = None
     """torch's CPU threads in this process while the check runs; None: torch's default. The
     CPU mode uses 1: on a machine shared with other work, two threads fighting for two cores
@@ -151,7 +165,8 @@ PROFILES: dict[str, Profile] = {
         screen=False, cpus_per_trial=1.0,
         memory_recipes=({"batch_size": 16}, {"batch_size": 16, "checkpointing": True},
                         {"batch_size": 16, "precision": "bf16"}),
-        memory_steps=1, timing_steps=3, compile=False, threads=1),
+        memory_steps=1, timing_steps=3, compile=False, sync_steps=3, throughput_steps=5,
+        throughput_reps=1, threads=1),
     "gpu-quick": Profile(
         name="gpu-quick", task_options={}, seeds=2, max_train_seconds=None,
         eval_every_seconds=None, target=None, search_trials=6, search_time_s=150.0,
@@ -169,7 +184,13 @@ PROFILES: dict[str, Profile] = {
                                                  {"batch_size": 32, "fused_optimizer": "fused"})),
         memory_steps=3, timing_steps=30, compile=True),
 }
-PARTS = ("baseline", "search", "memory", "mfu")
+PARTS = ("baseline", "sync", "memory", "mfu", "search")
+"""In the order they run by default: the search last, so that ``--deadline-s`` gives it what
+the others left (``mfu`` then measures the baseline in bf16, not the search's winner)."""
+PART_MIN_SECONDS = {"baseline": 60.0, "sync": 30.0, "memory": 45.0, "mfu": 45.0, "search": 90.0}
+"""Under ``--deadline-s``, a part starts only with at least this many seconds left."""
+SEARCH_END_MARGIN_S = 20.0
+"""Seconds kept after the search's time budget for the table and the JSON."""
 PROBED_MODULES = ("ray", "ray.tune", "optuna", "deepspeed")
 
 
@@ -183,6 +204,16 @@ class Context:
     """Scratch folder (the search's run directory)."""
     task: Task | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deadline: float | None = None
+    """``time.perf_counter()`` by which the check must end (``--deadline-s``); None: none."""
+
+    def left(self) -> float:
+        """Seconds left before the deadline (infinite without one)."""
+        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+
+    def time_for_search(self) -> float:
+        """The search's time budget: the profile's, or what the deadline leaves."""
+        return max(30.0, min(self.profile.search_time_s, self.left() - SEARCH_END_MARGIN_S))
 
     def load(self) -> Task:
         if self.task is None:
@@ -286,7 +317,8 @@ def part_search(ctx: Context) -> dict[str, Any]:
     warnings: list[str] = []
     request = SearchRequest(
         model="bert", task_options=dict(p.task_options), budget_bytes=BUDGET_BYTES,
-        target=p.target, device=ctx.device, trials=p.search_trials, time_budget_s=p.search_time_s,
+        target=p.target, device=ctx.device, trials=p.search_trials,
+        time_budget_s=ctx.time_for_search(),
         max_trial_seconds=p.search_trial_seconds, confirm_top=p.confirm_top,
         confirm_seeds=p.confirm_seeds, screen=p.screen, cpus_per_trial=p.cpus_per_trial, seed=0,
         results_dir=str(ctx.work / "search"))
@@ -446,7 +478,10 @@ def _mfu_recipe(ctx: Context, task: Task) -> tuple[Recipe, str]:
         recipe = Recipe.from_dict(winner)
         if recipe.workers == 1:
             return recipe, "winner"
-    return baseline_recipe(task.default_batch_size, task.default_lr), "baseline"
+    base = baseline_recipe(task.default_batch_size, task.default_lr)
+    if ctx.device == "cuda":  # MFU is against the bf16 peak: the fp32 baseline is low by design
+        return base.replace(precision="bf16"), "baseline in bf16"
+    return base, "baseline"
 
 
 def time_steps(task: Task, recipe: Recipe, dev: torch.device, steps: int,
@@ -461,10 +496,9 @@ def time_steps(task: Task, recipe: Recipe, dev: torch.device, steps: int,
     prepared = prepare(model, recipe, dev, task=task)
     batches.start()
 
-    def step() -> None:
-        loss = prepared.step(task, [batches.next() for _ in range(recipe.accumulation_steps)],
-                             strict=False)
-        float(loss)
+    def step() -> None:  # as the trial loop steps: the loss left on the device, unread
+        prepared.step(task, [batches.next() for _ in range(recipe.accumulation_steps)],
+                      strict=False, lazy=True)
 
     try:
         compiling, start = compile_seconds(), time.perf_counter()
@@ -494,11 +528,66 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+# -- part 5: no host synchronisation per step ------------------------------------------------------
+
+
+SYNC_RECIPES: tuple[dict[str, Any], ...] = (
+    {},
+    {"precision": "bf16"},
+    {"precision": "bf16", "grad_clip": 1.0, "fused_optimizer": "fused"},
+    {"precision": "fp16", "fused_optimizer": "fused"},
+    {"precision": "bf16", "accumulation_steps": 2, "schedule": "cosine", "warmup_steps": 5},
+)
+"""Recipes whose steps must not synchronise: precision, clipping, fused optimizer, fp16's
+scaler with a fused optimizer (the unfused one reads its inf check), accumulation, schedule."""
+
+
+def part_sync(ctx: Context) -> dict[str, Any]:
+    """Trials under ``AUTOTUNE_SYNC_DEBUG=error`` (on a GPU a synchronising call in a step
+    after the first raises, and the trial ends as an error that names it), then the loop's
+    throughput against a plain loop."""
+    import os
+
+    task, p = ctx.load(), ctx.profile
+    base = baseline_recipe(task.default_batch_size, task.default_lr)
+    rows = []
+    previous = os.environ.get(SYNC_DEBUG_ENV)
+    os.environ[SYNC_DEBUG_ENV] = "error"
+    try:
+        for changes in SYNC_RECIPES:
+            recipe = base.replace(**changes)
+            reason = unsupported_reason(recipe, ctx.device)
+            if reason:
+                rows.append({"recipe": recipe.describe(), "skipped": reason})
+                continue
+            limits = TrialLimits(max_train_seconds=3600.0, eval_every_seconds=3600.0,
+                                 target=1e30 if task.higher_is_better else -1e30,
+                                 higher_is_better=task.higher_is_better, seed=0,
+                                 max_steps=p.sync_steps)
+            r = run_trial(task, recipe, limits, device=ctx.device)
+            rows.append({"recipe": recipe.describe(), "status": r.status, "steps": r.steps,
+                         "no_sync": r.status == objective.NOT_REACHED,
+                         "message": r.message[:300]})
+    finally:
+        if previous is None:
+            os.environ.pop(SYNC_DEBUG_ENV, None)
+        else:
+            os.environ[SYNC_DEBUG_ENV] = previous
+    checked = [r for r in rows if "status" in r]
+    throughput = throughput_rows(task, [base, base.replace(precision="bf16")],
+                                 p.throughput_steps, p.throughput_reps, ctx.device)
+    return {"debug_mode_checked": ctx.device == "cuda", "rows": rows,
+            "all_without_sync": bool(checked) and all(r["no_sync"] for r in checked),
+            "throughput": throughput,
+            "min_throughput_ratio": min(r["ratio"] for r in throughput)}
+
+
 # -- running, the table, the JSON ------------------------------------------------------------------
 
 
 PART_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "baseline": part_baseline, "search": part_search, "memory": part_memory, "mfu": part_mfu}
+    "baseline": part_baseline, "search": part_search, "memory": part_memory, "mfu": part_mfu,
+    "sync": part_sync}
 
 
 def run_part(name: str, fn: Callable[[Context], dict[str, Any]], ctx: Context) -> dict[str, Any]:
@@ -550,11 +639,13 @@ def import_probe(modules: tuple[str, ...] = PROBED_MODULES) -> dict[str, str]:
 
 
 def run_check(device: str, profile: Profile, out: Path, parts: tuple[str, ...] = PARTS,
-              work: Path | None = None) -> dict[str, Any]:
-    """Run ``parts`` in order, writing ``out/gpu_check.json`` after each; returns the report."""
+              work: Path | None = None, deadline_s: float | None = None) -> dict[str, Any]:
+    """Run ``parts`` in order, writing ``out/gpu_check.json`` after each; returns the report.
+    ``deadline_s``: the whole check's wall-clock seconds (see ``PART_MIN_SECONDS``)."""
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(device=device, profile=profile,
-                  work=work or Path(tempfile.mkdtemp(prefix="gpu_check_")))
+                  work=work or Path(tempfile.mkdtemp(prefix="gpu_check_")),
+                  deadline=time.perf_counter() + deadline_s if deadline_s else None)
     report: dict[str, Any] = {"schema": SCHEMA, "started_at": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "profile": asdict(profile), "parts": {}}
     if device == "cuda":  # seconds for DeepSpeed: only where the pack is what is checked
@@ -579,7 +670,12 @@ def _run_parts(ctx: Context, report: dict[str, Any], out: Path, parts: tuple[str
     start = time.perf_counter()
     for name in parts:
         print(f"== {name} ...", flush=True)
-        ctx.results[name] = run_part(name, PART_FUNCTIONS[name], ctx)
+        if ctx.left() < PART_MIN_SECONDS[name]:
+            ctx.results[name] = {"ok": False, "seconds": 0.0, "error": (
+                f"skipped: {max(0.0, ctx.left()):.0f} s left of --deadline-s, under the "
+                f"{PART_MIN_SECONDS[name]:.0f} s this part needs")}
+        else:
+            ctx.results[name] = run_part(name, PART_FUNCTIONS[name], ctx)
         if device == "cuda":
             torch.cuda.empty_cache()  # the next part (or the search's trials) starts clean
         report["parts"][name] = ctx.results[name]
@@ -617,6 +713,14 @@ def render_part(name: str, r: dict[str, Any]) -> str:
                  + (f"{x['error']:+.1%}" if "error" in x else f"skipped: {x['skipped'][:60]}")
                  for x in r["rows"]]
         return "\n".join([f"memory: {r['measured']} recipes measured"] + lines)
+    if name == "sync":
+        lines = [f"  {x['recipe'][:56]:<56} " + (f"{x['status']} after {x['steps']} steps"
+                 if "status" in x else f"skipped: {x['skipped'][:60]}") for x in r["rows"]]
+        lines += [f"  throughput {x['recipe'][:44]:<44} {x['autotune_steps_per_s']:.1f} vs "
+                  f"{x['plain_steps_per_s']:.1f} steps/s: {x['ratio']:.3f}"
+                  for x in r["throughput"]]
+        return "\n".join([f"sync: every step free of host syncs: {r['all_without_sync']} "
+                          f"(checked by torch: {r['debug_mode_checked']})"] + lines)
     return (f"mfu: {r['which']} {_num(r['flops_per_step'], '.3g')} FLOP/step, "
             f"{r['step_ms']:.1f} ms/step, MFU {_num(r['mfu'], '.1%')}")
 
@@ -643,6 +747,11 @@ def _summary(name: str, r: dict[str, Any]) -> str:
         return (f"winner TTA {_num(r['winner_tta_s'], '.1f', ' s')}, speedup "
                 f"{_num(r['speedup'], '.2f', 'x')}, max peak {format_bytes(r['max_peak_bytes'])}"
                 f" <= 16 GB: {r['all_within_budget']}")
+    if name == "sync":
+        return (f"steps without host sync: {r['all_without_sync']} "
+                f"({'torch sync debug mode' if r['debug_mode_checked'] else 'not checkable here'});"
+                f" throughput vs a plain loop: " + ", ".join(
+                    f"{x['precision']} {x['ratio']:.3f}" for x in r["throughput"]))
     if name == "memory":
         return (f"{r['measured']} recipes: median |error| {_num(r['median_abs_error'], '.1%')}, "
                 f"worst {_num(r['worst_abs_error'], '.1%')} ({r['worst_recipe']})")
@@ -662,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, in order, from {', '.join(PARTS)}")
     parser.add_argument("--out", default="gpu_check_out", help="folder for the JSON and table")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="wall-clock seconds for the whole check: parts that would start "
+                             "with too little left are skipped; the search gets what is left")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -673,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--parts: unknown {unknown}; choose from {', '.join(PARTS)}")
     profile = PROFILES["cpu" if device == "cpu" else ("gpu-quick" if args.quick else "gpu")]
     report = run_check(device, profile, Path(args.out), parts,
-                       Path(args.work) if args.work else None)
+                       Path(args.work) if args.work else None, args.deadline_s)
     return 0 if all(r["ok"] for r in report["parts"].values()) else 1
 
 

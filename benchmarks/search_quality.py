@@ -64,6 +64,7 @@ from autotune.search.documents import device_description, library_versions
 from autotune.tasks import load_task
 from autotune.train import TrialLimits, run_trial
 from autotune.units import parse_duration
+from benchmarks.throughput import throughput_rows
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -286,54 +287,12 @@ def overhead(run: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def plain_loop_seconds(task: Any, recipe: Recipe, steps: int, seed: int) -> float:
-    """Seconds for ``steps`` optimizer steps of a hand-written loop: same model, data order
-    (shuffled per epoch by a seeded generator), autocast, AdamW and batch as the recipe."""
-    torch.manual_seed(seed)
-    model = task.build_model()
-    model.train()
-    data = task.train
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(data[0].shape[0], generator=gen)
-    pos = 0
-    dtype = torch.bfloat16 if recipe.precision == "bf16" else None
-    start = time.perf_counter()
-    for _ in range(steps):
-        if pos + recipe.batch_size > order.numel():
-            order, pos = torch.randperm(data[0].shape[0], generator=gen), 0
-        idx = order[pos: pos + recipe.batch_size]
-        pos += recipe.batch_size
-        batch = [t.index_select(0, idx) for t in data]
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = task.loss(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
-
-
 def run_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """autotune's trial loop against a plain loop on ``bert`` (``benchmarks.throughput``)."""
     task = load_task("bert", "cpu")
     base = baseline_recipe(task.default_batch_size, task.default_lr)
-    rows = []
-    for recipe in (base, base.replace(precision="bf16", batch_size=64, lr=1e-3)):
-        ours, plain = [], []
-        for rep in range(3):
-            limits = TrialLimits(max_train_seconds=1e9, eval_every_seconds=1e9, target=2.0,
-                                 seed=rep, max_steps=args.steps)
-            result = run_trial(task, recipe, limits)
-            ours.append(result.steps / result.train_seconds)
-            plain.append(args.steps / plain_loop_seconds(task, recipe, args.steps, rep))
-        row = {"recipe": recipe.describe(), "steps": args.steps,
-               "autotune_steps_per_s": statistics.median(ours),
-               "plain_steps_per_s": statistics.median(plain)}
-        row["ratio"] = row["autotune_steps_per_s"] / row["plain_steps_per_s"]
-        rows.append(row)
-        print(f"throughput {recipe.describe()}: autotune {row['autotune_steps_per_s']:.2f} "
-              f"steps/s, plain loop {row['plain_steps_per_s']:.2f}: ratio {row['ratio']:.3f}",
-              flush=True)
-    return rows
+    return throughput_rows(task, (base, base.replace(precision="bf16", batch_size=64, lr=1e-3)),
+                           args.steps)
 
 
 def print_overhead(parts: list[dict[str, float]], throughput: list[dict[str, Any]]) -> None:

@@ -44,7 +44,8 @@ def test_cpu_check_runs_every_part_with_numbers(tmp_path: Path) -> None:
     for name, part in saved["parts"].items():
         assert part["ok"], f"{name}: {part['error']}\n" + "\n".join(part.get("traceback", []))
         assert part["seconds"] > 0
-    base, found, memory, mfu = (saved["parts"][n] for n in gpu_check.PARTS)
+    base, found, memory, mfu, sync = (saved["parts"][n]
+                                      for n in ("baseline", "search", "memory", "mfu", "sync"))
     profile = gpu_check.PROFILES["cpu"]
     assert len(base["runs"]) == profile.seeds and base["model"]["size"] == "tiny"
     assert all(r["steps"] >= 1 and r["steps_per_s"] > 0 and r["curve"] for r in base["runs"])
@@ -60,6 +61,11 @@ def test_cpu_check_runs_every_part_with_numbers(tmp_path: Path) -> None:
     assert mfu["flops_per_step"] > 1e6 and mfu["step_ms"] > 0
     assert mfu["mfu"] is None and mfu["mfu_note"].startswith("n/a")
     assert "skipped" in mfu["compile"]
+    # The CPU cannot check syncs (torch's debug mode is CUDA's); the trials and the
+    # throughput comparison run all the same.
+    assert sync["debug_mode_checked"] is False and sync["all_without_sync"] is True
+    assert [r["precision"] for r in sync["throughput"]] == ["fp32", "bf16"]
+    assert all(r["ratio"] > 0 and r["plain_steps_per_s"] > 0 for r in sync["throughput"])
     table = (out / "gpu_check.md").read_text()
     assert all(f"| {name} | yes |" in table for name in gpu_check.PARTS)
 
@@ -78,6 +84,8 @@ def test_gpu_check_parts_on_a_gpu(tmp_path: Path) -> None:
     assert parts["search"]["all_within_budget"] is True
     assert parts["memory"]["measured"] >= 10
     assert parts["memory"]["median_abs_reserved_error"] is not None
+    assert parts["sync"]["debug_mode_checked"] is True
+    assert parts["sync"]["all_without_sync"] is True, parts["sync"]["rows"]
     assert parts["mfu"]["mfu"] is None or 0 < parts["mfu"]["mfu"] < 1
     assert parts["mfu"]["compile"].get("step_ms", 0) > 0
 
@@ -106,6 +114,28 @@ def test_a_failing_part_is_recorded_and_the_next_part_runs(
     assert any("no GPU here" in line for line in failed["traceback"])
     assert report["parts"]["memory"]["ok"] is True
     assert "| baseline | NO |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_the_deadline_skips_parts_and_gives_the_search_what_is_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran, budgets = [], []
+
+    def quick(ctx: gpu_check.Context) -> dict:
+        ran.append("memory")
+        budgets.append(ctx.time_for_search())
+        return {"rows": [], **gpu_check.memory_summary([])}
+
+    monkeypatch.setitem(gpu_check.PART_FUNCTIONS, "memory", quick)
+    monkeypatch.setitem(gpu_check.PART_MIN_SECONDS, "memory", 0.0)
+    report = gpu_check.run_check("cpu", gpu_check.PROFILES["cpu"], tmp_path,
+                                 parts=("memory", "baseline"), work=tmp_path / "w",
+                                 deadline_s=50.0)
+    assert ran == ["memory"]
+    # The search's budget: the profile's, or the deadline less the end margin if smaller.
+    assert budgets[0] == pytest.approx(min(gpu_check.PROFILES["cpu"].search_time_s,
+                                           50.0 - gpu_check.SEARCH_END_MARGIN_S), abs=1.0)
+    skipped = report["parts"]["baseline"]
+    assert skipped["ok"] is False and skipped["error"].startswith("skipped:")
 
 
 def test_main_rejects_unknown_parts(capsys: pytest.CaptureFixture[str]) -> None:

@@ -171,3 +171,71 @@ def test_a_failed_result_scores_as_failed_and_says_why(toy_task):
     # Workers that ended without worker 0's final report.
     lost = result_from_final(None, "worker 1 exited with signal 9", "cpu", lim)
     assert lost.status == objective.ERROR and lost.message == "worker 1 exited with signal 9"
+
+
+def _count_tensor_reads(monkeypatch) -> list[str]:
+    """Count every read of a tensor's value on the host (``float``, ``item``, ``bool``,
+    ``tolist``): on a GPU each one waits for the device."""
+    reads: list[str] = []
+    for name in ("__float__", "item", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_the_loop_reads_no_tensor_per_step(toy_task, monkeypatch):
+    """The loss, the finite check and the clock are read at evaluation points only: a trial of
+    40 steps reads no more tensor values than one of 5 (SGD: its update reads nothing)."""
+    reads = _count_tensor_reads(monkeypatch)
+    counts = []
+    for steps in (5, 40):
+        reads.clear()
+        lim = limits(toy_task, max_steps=steps, eval_every_seconds=1e9, max_train_seconds=1e9,
+                     target=1.1)
+        result = run_trial(toy_task, Recipe(optimizer="sgd", lr=1e-2), lim)
+        assert result.status == objective.NOT_REACHED and result.steps == steps
+        counts.append(len(reads))
+    assert counts[0] == counts[1], counts
+
+
+def test_a_nan_midway_is_caught_within_one_evaluation_interval(toy_task):
+    calls = []
+
+    def nan_from_step_30(model, batch):
+        calls.append(1)
+        loss = toy_task.loss(model, batch)
+        return loss * float("nan") if len(calls) > 30 else loss
+
+    task = dataclasses.replace(toy_task, loss=nan_from_step_30, target=1.1,
+                               eval_every_seconds=0.05)
+    result = run_trial(task, Recipe(optimizer="sgd", lr=1e-2), limits(task, max_train_seconds=5))
+    assert result.status == objective.DIVERGED
+    steps = result.message.split("between optimizer steps ")[1].split(" (")[0]
+    first, last = (int(x) for x in steps.split(" and "))
+    # The CPU peak measurement takes 2 steps before the run: the NaN starts at step 29.
+    assert first <= 29 <= last == result.steps
+    assert "nan" in result.message
+    # Caught at the first evaluation point after it: no evaluation ran on a NaN model.
+    assert all(t <= result.train_seconds for t, _ in result.curve)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("changes", [
+    {}, {"precision": "bf16", "grad_clip": 1.0}, {"precision": "fp16", "fused_optimizer": "fused"},
+    {"precision": "bf16", "accumulation_steps": 2, "schedule": "cosine", "warmup_steps": 3}])
+def test_gpu_steps_issue_no_host_sync(toy_task, monkeypatch, changes):
+    """On a GPU torch's sync debug mode raises on any synchronising call in the steps after the
+    first (``AUTOTUNE_SYNC_DEBUG``): the trial must still end normally."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    monkeypatch.setenv("AUTOTUNE_SYNC_DEBUG", "error")
+    lim = limits(toy_task, max_steps=20, eval_every_seconds=1e9, max_train_seconds=1e9,
+                 target=1.1)
+    result = run_trial(toy_task, Recipe(lr=1e-2).replace(**changes), lim, device="cuda")
+    assert result.status == objective.NOT_REACHED, result.message
+    assert result.steps == 20

@@ -72,10 +72,18 @@ def optimizer_step(
     phase: PhaseFn | None = None,
     channels_last: bool = False,
     grad_norm: NormFn | None = None,
-) -> float:
+    lazy: bool = False,
+) -> float | torch.Tensor:
     """One optimizer step over ``micro_batches`` (gradient accumulation), applying precision,
     loss scaling, gradient clipping and pruning masks. Returns the mean loss; raises
     ``Diverged`` on NaN/inf.
+
+    ``lazy=True`` returns the mean loss as a detached 0-dim float32 tensor on the device and
+    checks nothing: reading a loss (``float``) waits for a GPU to finish the step, so the
+    training loop sums these tensors and reads the sum only at evaluation points
+    (``autotune.train.loop``), catching a NaN/inf within one evaluation interval. Nothing
+    else in the step waits for the device, except fp16's loss scaler with an optimizer that
+    is not fused (``GradScaler.step`` reads whether the gradients hold inf).
 
     Each micro-batch's mean loss is divided by their count, so N micro-batches of B examples
     give the gradient of one batch of N*B examples. ``skip_sync`` (DDP's ``no_sync``) wraps all
@@ -94,6 +102,7 @@ def optimizer_step(
     """
     n = len(micro_batches)
     total = 0.0
+    lazy_total: torch.Tensor | None = None
     step = int(getattr(scheduler, "last_epoch", 0)) if scheduler is not None else 0
     for i, batch in enumerate(micro_batches):
         if phase is not None:
@@ -103,7 +112,10 @@ def optimizer_step(
             batch = channels_last_batch(batch)
         with (skip_sync() if skip_sync is not None and not last else contextlib.nullcontext()):
             loss = micro_batch_loss(model, loss_fn, batch, recipe.precision, device_type)
-            if read_values:
+            if read_values and lazy:
+                value = loss.detach().float()
+                lazy_total = value if lazy_total is None else lazy_total + value
+            elif read_values:
                 total += loss_value(loss, step, strict)
             scaled = loss / n
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -115,6 +127,8 @@ def optimizer_step(
     if scheduler is not None:
         scheduler.step()
     apply_masks(masks)
+    if lazy_total is not None:
+        return lazy_total / n
     return total / n if read_values else math.nan
 
 

@@ -239,12 +239,12 @@ def accuracy(task: Task, model: nn.Module, device: torch.device) -> float:
         raise MetricError(f"task {task.name!r} has no predict function: accuracy needs one")
     was_training = model.training
     model.eval()
-    correct = 0
-    with torch.no_grad():
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.no_grad():  # counted on the device, read once (each read waits for a GPU)
         for batch in validation_batches(task, device):
-            correct += int((task.predict(model, batch) == batch[-1]).sum())
+            correct += (task.predict(model, batch) == batch[-1]).sum()
     model.train(was_training)
-    return correct / task.num_validation
+    return int(correct) / task.num_validation
 
 
 def evaluate_metric(task: Task, model: nn.Module, device: torch.device) -> float:

@@ -73,6 +73,14 @@ class _EpochBatchSampler(Sampler[list[int]]):
         return self.order.batches_per_epoch()
 
 
+def _to_device(indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``indices`` on ``device``; to a GPU through pinned memory, asynchronously: a copy from
+    pageable memory waits for the device, once per epoch on the training clock."""
+    if device.type != "cuda":
+        return indices.to(device)
+    return indices.pin_memory().to(device, non_blocking=True)
+
+
 class TensorBatches:
     """Endless shuffled micro-batches sliced from tensors already on the device."""
 
@@ -90,7 +98,7 @@ class TensorBatches:
     def next(self) -> Batch:
         size = self.order.batch_size
         if self.position + size > self.positions.numel():
-            self.positions = self.order.epoch().to(self.data[0].device)
+            self.positions = _to_device(self.order.epoch(), self.data[0].device)
             self.position = 0
             self.epochs += 1
         idx = self.positions[self.position : self.position + size]

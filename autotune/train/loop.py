@@ -16,10 +16,22 @@ DataLoader's workers (``loader_start_seconds``); the teacher's forward pass in e
 it. It does include compiling (``compile``):
 torch compiles in the first steps (and recompiles where a shape changes), which a user's run
 pays too; ``compile_seconds`` records that part apart, by torch's own count. Evaluations run a
-compiled model eagerly, so they never compile. On a GPU the clock synchronises the device
-before each reading. Structured pruning after ``prune_after_steps`` dense steps
-(``Prepared.prune_units``: the cut, the optimizer's state sliced, and the recompile that
-follows under ``compile``) is on it too.
+compiled model eagerly, so they never compile. Structured pruning after
+``prune_after_steps`` dense steps (``Prepared.prune_units``: the cut, the optimizer's state
+sliced, and the recompile that follows under ``compile``) is on it too.
+
+No host synchronisation per step: on a GPU, reading a loss (``float(loss)``) or waiting for
+the device before reading the clock stalls the host until the step's kernels finish, so the
+next step's launches cannot overlap the device's work. The step therefore returns its loss as
+a device tensor (``lazy``), the loop sums them, and reads the sum, the device clock and the
+finite check only at evaluation points (``_Clock.pause`` waits for the device there, so every
+recorded time is the device's): a NaN/inf loss ends the trial as *diverged* within one
+evaluation interval. Between evaluations the clock is read on the host only, to decide when
+the next evaluation is due (a host that runs ahead of the device evaluates a little late,
+never early). ``AUTOTUNE_SYNC_DEBUG=error`` (or ``warn``) makes torch raise (warn) on any
+synchronising CUDA call in the steps after the first (``torch.cuda.set_sync_debug_mode``),
+which is how the GPU check proves it; fp16's loss scaler with an optimizer that is not fused
+is the known exception (``GradScaler.step`` reads whether the gradients hold inf).
 
 Memory (``autotune.memory``): every trial records the predicted peak per device beside the
 measured one. On a GPU the measured peak is the allocator's over the whole trial, and a budget
@@ -39,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import time
 
 import torch
@@ -81,8 +94,15 @@ class _Unsupported(Exception):
     """The recipe cannot run on this device (``autotune.knobs.unsupported_reason``)."""
 
 
+SYNC_DEBUG_ENV = "AUTOTUNE_SYNC_DEBUG"
+"""``warn`` or ``error``: torch's CUDA sync debug mode in a trial's steps after the first
+(see the module docstring); anything else, or unset: off."""
+
+
 class _Clock:
-    """Training-time clock that can be paused; synchronises CUDA before reading."""
+    """Training-time clock that can be paused. ``start`` and ``pause`` wait for a GPU's
+    queued work first (the time of work done on the device); ``peek`` reads the host's time
+    without waiting, which on a GPU trails the device's by the work still queued."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -103,13 +123,42 @@ class _Clock:
             self._start = None
         return self.elapsed
 
+    def peek(self) -> float:
+        """Training seconds so far by the host's clock, without waiting for the device."""
+        running = time.perf_counter() - self._start if self._start is not None else 0.0
+        return self.elapsed + running
+
     @contextlib.contextmanager
-    def paused(self):  # type: ignore[no-untyped-def]
+    def host_work(self):  # type: ignore[no-untyped-def]
+        """Host-side bookkeeping that is not training (the workers' per-step agreement): off
+        the clock where the device computes synchronously (the CPU); on a GPU the device goes
+        on with its queued steps meanwhile, so the clock runs on (waiting for the device to
+        pause it would be the very stall this loop avoids)."""
+        if self.device.type == "cuda":
+            yield
+            return
         self.pause()
         try:
             yield
         finally:
             self.start()
+
+
+class _SyncDebug:
+    """``AUTOTUNE_SYNC_DEBUG`` on a GPU: torch raises (``error``) or warns (``warn``) on a
+    synchronising CUDA call while it is on; a no-op elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        mode = os.environ.get(SYNC_DEBUG_ENV, "").strip().lower()
+        self.mode = mode if device.type == "cuda" and mode in ("warn", "error") else None
+
+    def on(self) -> None:
+        if self.mode is not None:
+            torch.cuda.set_sync_debug_mode(self.mode)
+
+    def off(self) -> None:
+        if self.mode is not None:
+            torch.cuda.set_sync_debug_mode(0)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -226,62 +275,102 @@ def _train(
     world: int = 1,
 ) -> None:
     clock = _Clock(dev)
+    sync_debug = _SyncDebug(dev)
     next_eval = limits.eval_every_seconds
     # Data-parallel workers each take their own batches; pipeline stages share one.
     examples_per_step = recipe.batch_size * recipe.accumulation_steps * (
         1 if recipe.parallelism == "pipeline" else world)
     graphs_before = graphs_compiled()
+    window: torch.Tensor | None = None  # sum of the losses since the last finite check
+    window_first = 1  # the first optimizer step in it
     clock.start()
-    while True:
-        micro = [batches.next() for _ in range(recipe.accumulation_steps)]
-        compiling_since = compile_seconds() if prepared.compiled else 0.0
-        loss = prepared.step(task, micro, strict=world == 1)
-        if prepared.compiled:  # on the clock too: time-to-target includes compiling
-            result.compile_seconds += max(0.0, compile_seconds() - compiling_since)
-            if result.steps == 0 and graphs_compiled() == graphs_before:
-                result.inactive_knobs.append(_NOTHING_COMPILED)
-        result.steps += 1
-        result.examples += examples_per_step
-        if result.steps == recipe.prune_after_steps:
-            prepared.prune_units()  # structured pruning after the dense steps, on the clock
-        elapsed = clock.pause()
-        out_of_steps = limits.max_steps is not None and result.steps >= limits.max_steps
-        # Worker 0's clock decides for all (max of the others' zeros).
-        diverged, elapsed, out_of_steps = _decide(
-            [float(not math.isfinite(loss)), elapsed, float(out_of_steps)], world)
-        if diverged:
-            raise Diverged(f"loss became non-finite at optimizer step {result.steps}")
-        out_of_time = elapsed >= limits.max_train_seconds
-        if elapsed >= next_eval or out_of_time or out_of_steps:
+    try:
+        while True:
+            micro = [batches.next() for _ in range(recipe.accumulation_steps)]
+            compiling_since = compile_seconds() if prepared.compiled else 0.0
+            loss = prepared.step(task, micro, strict=False, lazy=True)
+            assert isinstance(loss, torch.Tensor)
+            window = loss if window is None else window + loss
+            if prepared.compiled:  # on the clock too: time-to-target includes compiling
+                result.compile_seconds += max(0.0, compile_seconds() - compiling_since)
+                if result.steps == 0 and graphs_compiled() == graphs_before:
+                    result.inactive_knobs.append(_NOTHING_COMPILED)
+            result.steps += 1
+            result.examples += examples_per_step
+            if result.steps == recipe.prune_after_steps:
+                prepared.prune_units()  # structured pruning after the dense steps, on the clock
+            elapsed = clock.peek()
+            out_of_steps = limits.max_steps is not None and result.steps >= limits.max_steps
+            if world > 1:  # worker 0's clock decides for all (max of the others' zeros)
+                with clock.host_work():
+                    elapsed, stop = _decide(
+                        [_mine(elapsed), float(out_of_steps)], world)
+                out_of_steps = bool(stop)
+            if not (elapsed >= next_eval or elapsed >= limits.max_train_seconds
+                    or out_of_steps):
+                if result.steps == 1:
+                    sync_debug.on()  # the first step may wait (compiling, lazy set-up)
+                continue
+            sync_debug.off()
+            elapsed = clock.pause()  # waits for the device: the time of the work done
+            window_sum = float(window)  # the one read of the losses since the last check
+            finite = math.isfinite(window_sum)
+            diverged, elapsed = _decide([float(not finite), _mine(elapsed)], world)
+            if diverged:
+                what = f"{window_sum}" if not finite else "non-finite on another worker"
+                raise Diverged(f"loss became {what} between optimizer steps {window_first} "
+                               f"and {result.steps} (checked at each evaluation point)")
+            window, window_first = None, result.steps + 1
+            out_of_time = elapsed >= limits.max_train_seconds
+            if _evaluate(task, recipe, limits, prepared, dev, result, elapsed, out_of_time,
+                         out_of_steps):
+                return
             while next_eval <= elapsed:
                 next_eval += limits.eval_every_seconds
-            eval_start = time.perf_counter()
-            # DeepSpeed's bf16/fp16 hold 16-bit weights, so float inputs need autocast there too.
-            ctx = autocast_context(recipe.precision, dev.type) if prepared.engine \
-                else contextlib.nullcontext()
-            with ctx, eager():  # a compiled model evaluates eagerly: no compile off the clock
-                metric = evaluate_metric(task, prepared.evaluation_model(), dev)
-            result.eval_seconds += time.perf_counter() - eval_start
-            result.train_seconds = elapsed
-            result.curve.append((round(elapsed, 4), metric))
-            result.last_metric = metric
-            result.best_metric = objective.best_of(result.best_metric, metric,
-                                                   limits.higher_is_better)
-            if objective.reaches(metric, limits.target, limits.higher_is_better):
-                result.status, result.tta_seconds = objective.REACHED, elapsed
-                return
-            if out_of_time or out_of_steps:
-                result.status = objective.NOT_REACHED
-                short = "<" if limits.higher_is_better else ">"
-                result.message = (
-                    f"best {task.metric} {result.best_metric:.4f} {short} target "
-                    f"{limits.target} after {elapsed:.1f}s of training ({result.steps} steps)"
-                )
-                return
             if report is not None:
                 _finish(result, limits, dev, final=False)
                 report({**result.to_dict(), "final": False})
-        clock.start()
+            clock.start()
+            sync_debug.on()
+    finally:
+        sync_debug.off()
+
+
+def _evaluate(task: Task, recipe: Recipe, limits: TrialLimits, prepared: Prepared,
+              dev: torch.device, result: TrialResult, elapsed: float, out_of_time: bool,
+              out_of_steps: bool) -> bool:
+    """One evaluation at ``elapsed`` training seconds, off the clock: records the metric
+    and returns True when the trial ends here (target reached, or out of time or steps)."""
+    eval_start = time.perf_counter()
+    # DeepSpeed's bf16/fp16 hold 16-bit weights, so float inputs need autocast there too.
+    ctx = autocast_context(recipe.precision, dev.type) if prepared.engine \
+        else contextlib.nullcontext()
+    with ctx, eager():  # a compiled model evaluates eagerly: no compile off the clock
+        metric = evaluate_metric(task, prepared.evaluation_model(), dev)
+    result.eval_seconds += time.perf_counter() - eval_start
+    result.train_seconds = elapsed
+    result.curve.append((round(elapsed, 4), metric))
+    result.last_metric = metric
+    result.best_metric = objective.best_of(result.best_metric, metric,
+                                           limits.higher_is_better)
+    if objective.reaches(metric, limits.target, limits.higher_is_better):
+        result.status, result.tta_seconds = objective.REACHED, elapsed
+        return True
+    if out_of_time or out_of_steps:
+        result.status = objective.NOT_REACHED
+        short = "<" if limits.higher_is_better else ">"
+        result.message = (
+            f"best {task.metric} {result.best_metric:.4f} {short} target "
+            f"{limits.target} after {elapsed:.1f}s of training ({result.steps} steps)"
+        )
+        return True
+    return False
+
+
+def _mine(elapsed: float) -> float:
+    """This worker's say in the workers' shared clock reading: worker 0's time, the others'
+    zeros (``_decide`` takes the maximum)."""
+    return elapsed if not dist.is_initialized() or dist.get_rank() == 0 else 0.0
 
 
 def _finish(

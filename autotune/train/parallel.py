@@ -81,14 +81,16 @@ __all__ = ["Prepared", "extensions_dir", "init_worker", "prepare"]
 def init_worker(
     rank: int, world_size: int, master_addr: str, master_port: int, device_type: str
 ) -> None:
-    """Join the process group: NCCL between GPUs, gloo on CPUs."""
+    """Join the process group: NCCL between GPUs, gloo on CPUs. On GPUs gloo serves the
+    CPU tensors too (the training loop's per-step agreement on the clock, a host-side
+    exchange that does not wait for the devices)."""
     os.environ.update(
         MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
         WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
     )
     if device_type == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(minutes=10))
 
@@ -132,16 +134,19 @@ class Prepared:
     wrapped, sharded, compiled or given to the optimizer."""
 
     def step(
-        self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool = True
-    ) -> float:
+        self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool = True,
+        lazy: bool = False,
+    ) -> float | torch.Tensor:
         """One optimizer step over this worker's micro-batches; returns their mean loss.
 
         ``strict``: raise ``Diverged`` on a NaN/inf loss at once; otherwise return NaN after
-        the step (see ``autotune.knobs.optimizer_step``)."""
+        the step (see ``autotune.knobs.optimizer_step``). ``lazy``: return the loss as a
+        0-dim tensor left on the device, unchecked, so that the step does not wait for a GPU
+        (the training loop checks the sum of the losses at evaluation points)."""
         if self.engine is not None:
-            return self._engine_step(task, micro_batches, strict)
+            return self._engine_step(task, micro_batches, strict, lazy)
         if self.pipeline is not None:
-            loss = self.pipeline.step(micro_batches, strict)
+            loss = self.pipeline.step(micro_batches, strict, lazy)
             self.grad_norm = self.pipeline.grad_norm
             return loss
         sync = getattr(self.model, "no_sync", None)
@@ -150,7 +155,7 @@ class Prepared:
             self.optimizer, self.scheduler, self.recipe, self.device.type,
             scaler=self.scaler, masks=self.masks,
             skip_sync=(lambda: sync()) if sync is not None else None, strict=strict,
-            channels_last=self.channels_last, grad_norm=self._keep_grad_norm,
+            channels_last=self.channels_last, grad_norm=self._keep_grad_norm, lazy=lazy,
         )
 
     def _keep_grad_norm(self, norm: torch.Tensor) -> None:
@@ -176,13 +181,14 @@ class Prepared:
         return result
 
     def _engine_step(
-        self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool
-    ) -> float:
+        self, task: Task, micro_batches: Sequence[Sequence[torch.Tensor]], strict: bool,
+        lazy: bool = False,
+    ) -> float | torch.Tensor:
         """DeepSpeed's variant of the step: the engine accumulates (it divides by the
         accumulation count itself), scales fp16 losses and steps at the last micro-batch; the
         loss, the finite check and the masks are the shared step's. The engine clips too
         (``gradient_clipping`` in its config), and keeps the norm it clipped by."""
-        total = 0.0
+        total: float | torch.Tensor = 0.0
         loss_fn = step_loss(task, self.teacher, self.recipe)
         for batch in micro_batches:
             if self.channels_last:
@@ -190,7 +196,8 @@ class Prepared:
             # DeepSpeed's bf16/fp16 keep 16-bit weights; autocast casts float inputs too.
             loss = micro_batch_loss(self.engine, loss_fn, batch, self.recipe.precision,
                                     self.device.type)
-            total += loss_value(loss, self.engine.global_steps, strict)
+            total = total + (loss.detach().float() if lazy
+                             else loss_value(loss, self.engine.global_steps, strict))
             self.engine.backward(loss)
             self.engine.step()
         apply_masks(self.masks)

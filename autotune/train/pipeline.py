@@ -136,10 +136,12 @@ class PipelineRunner:
     weights)."""
     grad_norm: torch.Tensor | None = None
 
-    def step(self, micro_batches: Sequence[Batch], strict: bool) -> float:
+    def step(self, micro_batches: Sequence[Batch], strict: bool,
+             lazy: bool = False) -> float | torch.Tensor:
         """One optimizer step over ``micro_batches`` (the accumulation), each streamed through
         the pipeline in ``pipeline_microbatches`` pieces; returns the mean loss (broadcast
-        from the last stage, so every worker returns the same)."""
+        from the last stage, so every worker returns the same); ``lazy``: as a tensor on the
+        device, unread and unchecked (``autotune.knobs.optimizer_step``)."""
         recipe = self.recipe
         losses: list[torch.Tensor] = []
         for batch in micro_batches:
@@ -166,6 +168,8 @@ class PipelineRunner:
         if losses:
             total += torch.stack([x.detach().double() for x in losses]).sum()
         dist.broadcast(total, src=self.stages - 1)
+        if lazy:
+            return total.float()
         return loss_value(total, int(self.scheduler.last_epoch), strict)
 
     def _check_shapes(self, batch: Batch) -> None:

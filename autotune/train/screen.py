@@ -225,7 +225,7 @@ def _windows(durations: list[float]) -> list[list[float]]:
 def _step(task: Task, recipe: Recipe, prepared: Any, batches: Any) -> None:
     """One optimizer step as a trial takes it (a NaN loss is not screening's concern)."""
     micro = [batches.next() for _ in range(recipe.accumulation_steps)]
-    prepared.step(task, micro, strict=False)
+    prepared.step(task, micro, strict=False, lazy=True)
 
 
 def _now(dev: torch.device) -> float:
