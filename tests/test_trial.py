@@ -1,6 +1,7 @@
 """The trial loop: the time-to-target clock, and failures recorded instead of raised."""
 
 import dataclasses
+import math
 import time
 
 import pytest
@@ -220,8 +221,8 @@ def test_a_nan_midway_is_caught_within_one_evaluation_interval(toy_task):
     # The CPU peak measurement takes 2 steps before the run: the NaN starts at step 29.
     assert first <= 29 <= last == result.steps
     assert "nan" in result.message
-    # Caught at the first evaluation point after it: no evaluation ran on a NaN model.
-    assert all(t <= result.train_seconds for t, _ in result.curve)
+    # Caught at the first evaluation point after it, before evaluating a NaN model.
+    assert all(t < result.train_seconds and math.isfinite(m) for t, m in result.curve)
 
 
 @pytest.mark.gpu

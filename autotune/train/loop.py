@@ -317,6 +317,7 @@ def _train(
             finite = math.isfinite(window_sum)
             diverged, elapsed = _decide([float(not finite), _mine(elapsed)], world)
             if diverged:
+                result.train_seconds = elapsed
                 what = f"{window_sum}" if not finite else "non-finite on another worker"
                 raise Diverged(f"loss became {what} between optimizer steps {window_first} "
                                f"and {result.steps} (checked at each evaluation point)")
