@@ -7,12 +7,19 @@ mistakes the tests expect a clear message for.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 SEQ = 16
 VOCAB = 64
@@ -70,3 +77,70 @@ def no_metrics(args: TrainingArguments) -> Trainer:
     """No compute_metrics: the evaluation reports eval_loss and timings only."""
     return Trainer(model=tiny_bert(), args=args, train_dataset=TwoVocabularies(256, 0),
                    eval_dataset=TwoVocabularies(64, 1))
+
+
+SEEN: dict[str, list[Any]] = {"forward": [], "lr": [], "args": []}
+"""What ``make_spied_trainer``'s Trainer ran with, as seen inside it (one process)."""
+
+
+class Spy(TrainerCallback):
+    """Records the arguments at the start, and the optimizer's learning rate at each step's
+    end (after the scheduler stepped: the next step's rate)."""
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any,
+                       **kwargs: Any) -> None:
+        SEEN["args"].append(args)
+        SEEN["first_lr"] = kwargs["optimizer"].param_groups[0]["lr"]
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any,
+                    **kwargs: Any) -> None:
+        SEEN["lr"].append(kwargs["optimizer"].param_groups[0]["lr"])
+        SEEN["optimizer"] = kwargs["optimizer"]
+
+
+def make_spied_trainer(args: TrainingArguments) -> Trainer:
+    """``make_trainer`` with a spy: in each training forward pass, the classifier's rows, its
+    output's dtype and whether autocast is on (a forward hook inside the model, where the
+    Trainer's autocast applies), and the ``Spy`` callback."""
+    for values in SEEN.values():
+        if isinstance(values, list):
+            values.clear()
+    model = tiny_bert()
+
+    def record(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if module.training:
+            SEEN["forward"].append((inputs[0].shape[0], torch.is_autocast_enabled("cpu"),
+                                    output.dtype))
+
+    model.classifier.register_forward_hook(record)
+    return Trainer(model=model, args=args, train_dataset=TwoVocabularies(2048, 0),
+                   eval_dataset=TwoVocabularies(256, 1), compute_metrics=accuracy,
+                   callbacks=[Spy()])
+
+
+def out_of_memory_after_steps(args: TrainingArguments) -> Trainer:
+    """A Trainer whose model runs out of memory at its 6th training forward pass (a real
+    ``torch.cuda.OutOfMemoryError``, raised on the CPU: the hardware faked, not the logic)."""
+    model = tiny_bert()
+    calls = {"n": 0}
+
+    def oom(module: torch.nn.Module, inputs: Any) -> None:
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] >= 6:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    model.register_forward_pre_hook(oom)
+    return Trainer(model=model, args=args, train_dataset=TwoVocabularies(2048, 0),
+                   eval_dataset=TwoVocabularies(256, 1), compute_metrics=accuracy)
+
+
+def slow_accuracy(prediction: Any) -> dict[str, float]:
+    """``accuracy`` that takes 0.2 s more: evaluation time the clock must not count."""
+    time.sleep(0.2)
+    return accuracy(prediction)
+
+
+def make_slow_eval_trainer(args: TrainingArguments) -> Trainer:
+    return Trainer(model=tiny_bert(), args=args, train_dataset=TwoVocabularies(2048, 0),
+                   eval_dataset=TwoVocabularies(256, 1), compute_metrics=slow_accuracy)

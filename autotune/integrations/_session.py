@@ -236,7 +236,7 @@ class Session:
         peak = read_peak(self.device)
         r.peak_memory_bytes, r.peak_memory_source = peak.peak_bytes, peak.source
         r.peak_reserved_bytes, r.peak_rss_bytes = peak.reserved_bytes, peak.rss_bytes
-        if r.predicted_peak_bytes:
+        if r.predicted_peak_bytes and peak.source != "cpu_rss":  # RSS is not tensor memory
             r.prediction_error = round(peak.peak_bytes / r.predicted_peak_bytes - 1, 4)
         if (limits.budget_bytes is not None and peak.peak_bytes > limits.budget_bytes
                 and r.status not in objective.FAILED_STATES):

@@ -37,6 +37,7 @@ import copy
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from autotune.errors import UserError
@@ -177,7 +178,12 @@ def run_trainer(factory: TrainerFactory, spec: str, metric: str, recipe: Recipe,
             trainer = quiet(checked_trainer(factory(args), spec, args))
             per_step = recipe.batch_size * recipe.accumulation_steps * args.world_size
             trainer.add_callback(TimeToTarget(session, metric, per_step))
-            trainer.train()
+            with warnings.catch_warnings():
+                # The recipe's schedule sets its decay steps; HF notes that max_steps is then
+                # not what ends it, which is the point.
+                warnings.filterwarnings("ignore", message="Both num_training_steps and "
+                                        "num_stable_steps")
+                trainer.train()
         except TrialStopped:
             pass
         except Exception as exc:  # noqa: BLE001 - the user's code: any failure is recorded
@@ -264,6 +270,7 @@ def _probe(make: TrainerFactory, spec: str, metric: str, target: float, higher: 
     ``UserError`` for each mistake (module docstring). Returns the task fields it learns:
     the metric's reported name, and the Trainer's model and data (for the memory prediction
     and the DataLoader knobs) where they are map-style torch Datasets."""
+    seed_everything(0)  # the untrained model the checks see is the same each time
     with tempfile.TemporaryDirectory(prefix="autotune-probe-") as out:
         args = trainer_arguments(baseline, out, device, eval_batch_size=eval_batch_size)
         try:
@@ -288,12 +295,12 @@ def _probe(make: TrainerFactory, spec: str, metric: str, target: float, higher: 
         raise UserError(f"--metric {metric!r} of the untrained model is {value}; it must be a "
                         "finite number for time-to-target to be measured")
     if (value >= target) if higher else (value <= target):
-        way, flip = ("max", "min") if higher else ("min", "max")
+        way, flip, better = ("max", "min", "lower") if higher else ("min", "max", "higher")
         why = "given" if direction else "guessed from its name"
         raise UserError(
             f"--target {target:g} means nothing for {metric!r} in direction {way} ({why}): the "
             f"untrained model already has {value:.4g}, so every trial would reach it at once. "
-            f"Give a target beyond it, or --direction {flip} if lower (or higher) is better")
+            f"Give a target beyond it, or --direction {flip} if {better} is better")
     return {"metric": metric, "about": f"untrained {metric} {value:.4g}",
             **_data_fields(trainer)}
 
@@ -306,9 +313,20 @@ def _data_fields(trainer: Trainer) -> dict[str, Any]:
     train, validation = trainer.train_dataset, trainer.eval_dataset
     if not all(isinstance(d, Dataset) and hasattr(d, "__len__") for d in (train, validation)):
         return {"train": NO_DATA, "validation": NO_DATA}
-    model = copy.deepcopy(trainer.model).cpu()
+    model = trainer.model
+    config = getattr(model, "config", None)
+    if isinstance(model, PreTrainedModel) and config is not None:
+        # A fresh model from its config: what the memory trace builds on fake tensors (a copy
+        # of real weights cannot be made there).
+        def build() -> torch.nn.Module:
+            return type(model)(config)
+    else:
+        kept = copy.deepcopy(model).cpu()
+
+        def build() -> torch.nn.Module:
+            return copy.deepcopy(kept)
     return {"train": train, "validation": validation, "collate": trainer.data_collator,
-            "build_model": lambda: copy.deepcopy(model), "loss": _model_loss}
+            "build_model": build, "loss": _model_loss}
 
 
 def _model_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
