@@ -140,8 +140,13 @@ class Session:
         elapsed = self.elapsed()
         out = self.out_of_time(elapsed)
         if out and self._overdue:
-            self._decide(objective.NOT_REACHED, self._short_message(
-                elapsed, " (the loop stepped on past the time limit without reporting)"))
+            if not self.result.curve:  # it never reports: a failure, not a slow recipe
+                self._decide(objective.ERROR, f"the training loop never reported {self.metric!r} "
+                             f"in {elapsed:.1f}s of training ({self.result.steps} steps), not "
+                             "even at the time limit: report it after each evaluation")
+            else:
+                self._decide(objective.NOT_REACHED, self._short_message(
+                    elapsed, " (the loop stepped on past the time limit without reporting)"))
             raise TrialStopped
         self._overdue = out
         return elapsed >= self.next_eval or out

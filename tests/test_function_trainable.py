@@ -1,0 +1,116 @@
+"""``--function``: any training loop as ``fn(recipe, ctx)`` (``autotune.integrations.function``),
+timed, stopped and recorded by autotune; the loops are in ``tests/function_trainable.py``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from autotune import objective
+from autotune.cli import main
+from autotune.integrations import function_task
+from autotune.recipe import Recipe
+from autotune.train import TrialLimits, run_trial
+from tests import function_trainable
+
+LINEAR = "tests.function_trainable:train_linear"
+
+
+def _run(fn: object, recipe: Recipe | None = None, **limits: object):
+    base = dict(max_train_seconds=5.0, eval_every_seconds=0.1, target=0.9, seed=0)
+    task = function_task(fn, metric="accuracy", target=0.9)  # type: ignore[arg-type]
+    return run_trial(task, recipe or Recipe(batch_size=32, lr=1e-2),
+                     TrialLimits(**{**base, **limits}), device="cpu")  # type: ignore[arg-type]
+
+
+def test_a_plain_loop_reaches_the_target_and_is_recorded():
+    reports: list[dict] = []
+    task = function_task(LINEAR, metric="accuracy", target=0.95, eval_every_seconds=0.05)
+    limits = TrialLimits(max_train_seconds=30.0, eval_every_seconds=0.05, target=0.95)
+    result = run_trial(task, Recipe(batch_size=16, lr=1e-3), limits, report=reports.append,
+                       device="cpu")
+    assert result.status == objective.REACHED, result.message
+    assert len(result.curve) >= 2, result.curve
+    assert result.tta_seconds == pytest.approx(result.curve[-1][0], abs=1e-4)
+    assert result.curve[-1][1] >= 0.95
+    assert all(value < 0.95 for _, value in result.curve[:-1])  # the first that reaches it
+    assert result.steps > 0 and result.examples == 16 * result.steps
+    assert result.peak_memory_bytes > 0 and result.score == result.tta_seconds
+    assert reports[-1]["final"] and reports[-1]["status"] == objective.REACHED
+
+
+def test_evaluation_time_is_measured_not_counted():
+    """Each evaluation sleeps 0.3 s inside ctx.evaluating(): the clock leaves it out."""
+    began = time.perf_counter()
+    result = _run(function_trainable.train_with_slow_evaluation, target=1.01,
+                  max_train_seconds=1.5, eval_every_seconds=0.2)
+    wall = time.perf_counter() - began
+    assert result.status == objective.NOT_REACHED and len(result.curve) >= 5
+    assert result.eval_seconds >= 0.3 * len(result.curve)
+    assert 1.5 <= result.train_seconds < wall - result.eval_seconds
+    gaps = sorted(b[0] - a[0] for a, b in zip(result.curve, result.curve[1:]))
+    assert gaps[len(gaps) // 2] < 0.4  # every 0.2 s of training, not every 0.5 s of wall
+
+
+def test_the_recipe_reaches_the_function():
+    seen: list[Recipe] = []
+
+    def keep(recipe: Recipe, ctx: object) -> None:
+        seen.append(recipe)
+
+    recipe = Recipe(precision="bf16", batch_size=8, accumulation_steps=4, lr=3e-3)
+    _run(keep, recipe)
+    assert seen == [recipe]
+
+
+@pytest.mark.parametrize(("fn", "limit", "status", "message"), [
+    (function_trainable.never_reports, 30.0, objective.ERROR, "returned after"),
+    (function_trainable.never_reports_nor_returns, 0.5, objective.ERROR,
+     "never reported 'accuracy'"),
+    (function_trainable.crashes_after_a_report, 5.0, objective.ERROR,
+     "raised ValueError: the user's data loader broke"),
+    (function_trainable.reports_text, 5.0, objective.ERROR, "ctx.report takes one number"),
+])
+def test_a_function_that_goes_wrong_is_a_recorded_failure(fn, limit, status, message):
+    result = _run(fn, max_train_seconds=limit)
+    assert result.status == status and message in result.message, result.message
+
+
+def test_what_was_measured_before_a_failure_is_kept():
+    result = _run(function_trainable.crashes_after_a_report)
+    assert result.curve and result.curve[0][1] == 0.5 and result.best_metric == 0.5
+
+
+def test_a_decided_trial_stops_even_through_except_exception():
+    function_trainable.CALLS.clear()
+    result = _run(function_trainable.swallows_the_stop)
+    assert result.status == objective.REACHED
+    assert function_trainable.CALLS == []  # TrialStopped is no Exception
+
+
+def test_multi_worker_recipes_are_infeasible():
+    result = _run(LINEAR, Recipe(parallelism="ddp", workers=2))
+    assert result.status == objective.INFEASIBLE and "one process" in result.message
+
+
+def test_a_real_search_over_a_function(tmp_path, capsys):
+    results = tmp_path / "run"
+    code = main(["search", "--function", LINEAR, "--metric", "accuracy", "--target", "0.9",
+                 "--task-option", "lr=0.01", "--trials", "2", "--max-trial-time", "4s",
+                 "--eval-every", "0.1s", "--time-budget", "90s", "--confirm", "0",
+                 "--results-dir", str(results), "-q"])
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and records[0]["recipe"]["lr"] == 0.01
+    assert all(r["status"] == objective.REACHED for r in records), records
+    header = (results / "best_recipe.yaml").read_text().splitlines()[:2]
+    assert "--function tests.function_trainable:train_linear --metric accuracy" in header[0]
+    assert "autotune.Recipe.load" in header[1]
+
+
+def test_the_function_must_exist():
+    code = main(["search", "--function", "tests.function_trainable:nope", "--metric", "acc",
+                 "--target", "0.9"])
+    assert code == 2
