@@ -43,6 +43,18 @@ def started_line(record: TrialRecord, total: int) -> str:
     return f"{_counter(record, total)} running{tag}: {describe_recipe(record.recipe)}"
 
 
+def resources_line(info: dict[str, Any]) -> str:
+    """How the search lays its trials out on the cluster: what one trial holds, how many run
+    at once, the cluster's size (the ``resources`` event of ``autotune.search._run``)."""
+    held = " and ".join(f"{v:g} {k.upper()}" for k, v in sorted(info["per_trial"].items(),
+                                                               reverse=True) if v)
+    c = info["cluster"]
+    simulated = "; GPUs simulated, trials train on the CPU" if info.get("simulated_gpus") else ""
+    return (f"resources: up to {info['concurrent']} trials at once, each holding {held} "
+            f"(multi-worker trials: --placement {info['placement']}); cluster: {c['nodes']} "
+            f"node(s), {c['GPU']:g} GPU, {c['CPU']:g} CPU{simulated}")
+
+
 def confirming_line(info: dict[str, Any]) -> str:
     """The confirmation phase's start, and what the time budget cut from it."""
     if not info["trials"]:

@@ -50,9 +50,12 @@ def _free_port() -> int:
 
 
 class Cluster:
-    """A head node and a second node, each started with ``ray start``."""
+    """A head node and a second node, each started with ``ray start`` and declaring ``cpus``
+    CPUs and ``gpus`` GPUs (Ray schedules declared GPUs whether or not CUDA is there:
+    ``tests/test_gpu_placement.py``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpus: int = 1, gpus: int = 0) -> None:
+        self.cpus, self.gpus = cpus, gpus
         self.temp = tempfile.mkdtemp(prefix="at_cluster_", dir="/tmp")
         self.port = _free_port()
         self.second_port = _free_port()
@@ -66,7 +69,8 @@ class Cluster:
             self.env.pop(name, None)
 
     def start(self) -> None:
-        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1",
+        common = ["--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}",
+                  f"--num-gpus={self.gpus}",
                   f"--object-store-memory={100 * 2**20}", "--disable-usage-stats"]
         self._ray(["start", "--head", f"--port={self.port}", f"--temp-dir={self.temp}",
                    "--include-dashboard=false", f"--system-config={SYSTEM_CONFIG}", *common])

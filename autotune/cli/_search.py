@@ -19,6 +19,7 @@ from autotune.report import (
     finished_line,
     leaderboard,
     plan_lines,
+    resources_line,
     resumed_line,
     screened_line,
     screening_line,
@@ -272,6 +273,8 @@ class _SearchPrinter:
             show(started_line(payload, self.trials))
         elif kind == "progress":
             self.display.refresh()
+        elif kind == "resources":
+            show(resources_line(payload))
         elif kind == "confirming":
             show(confirming_line(payload))
         elif kind == "screening":

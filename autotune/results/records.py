@@ -56,7 +56,8 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)
     """The point the searcher proposed (search-space parameter names)."""
     launched: bool = True
-    """False when the memory gate predicted the recipe over the budget and never ran it."""
+    """False when the recipe never ran: the memory gate predicted it over the budget, or the
+    cluster cannot hold its workers (``message`` says which)."""
     message: str = ""
     """Why the trial ended without a time-to-target, in words."""
     started_at: float | None = None
@@ -65,6 +66,9 @@ class TrialRecord:
     node_id: str | None = None
     hostname: str | None = None
     worker_nodes: list[str] | None = None
+    worker_gpus: list[list[str]] | None = None
+    """The ids of the GPUs Ray gave each worker (one list per worker, in ``worker_nodes``'
+    order; a single-process trial is one worker): empty lists on CPUs."""
     prediction: dict[str, Any] | None = None
     """The memory gate's prediction (``autotune.memory.Prediction.to_dict()``)."""
     error_file: str | None = None
@@ -143,8 +147,8 @@ MEASUREMENTS = tuple(f.name for f in fields(TrialRecord)
                                        "rerun_of", "seed", "recipe",
                                        "params", "launched", "message", "started_at",
                                        "finished_at", "node_ip", "node_id", "hostname",
-                                       "worker_nodes", "prediction", "error_file",
-                                       "provenance"})
+                                       "worker_nodes", "worker_gpus", "prediction",
+                                       "error_file", "provenance"})
 """The record fields filled from a trial's measurements."""
 
 

@@ -11,6 +11,11 @@ binds those servers to all interfaces (``--node-ip-address=127.0.0.1`` does not 
 so the token is what keeps others out. A cluster with token authentication needs the token and
 ``RAY_AUTH_MODE=token`` on the driver (Ray enables it for an explicit address only then);
 ``_connect`` names that fix when the cluster refuses autotune.
+
+What a trial holds is checked against the nodes alive when the search starts
+(``placement_problem``): a trial, or a multi-worker recipe's workers, that no node (or no set of
+nodes) can hold would wait in Ray's queue for ever, so it is refused up front, naming what is
+missing. A cluster whose autoscaler would add bigger nodes on demand is not foreseen.
 """
 
 from __future__ import annotations
@@ -30,7 +35,22 @@ from ray.exceptions import AuthenticationError, RayError
 from ray.tune import PlacementGroupFactory
 
 from autotune.errors import UserError
-from autotune.search._workers import placement
+from autotune.search._workers import STRATEGIES, placement
+
+SIMULATE_GPUS_ENV = "AUTOTUNE_SIMULATE_GPUS"
+"""For tests of placement only: see ``simulating_gpus``."""
+
+
+def simulating_gpus() -> bool:
+    """Whether ``AUTOTUNE_SIMULATE_GPUS=1`` is set in the driver: for tests of placement only.
+
+    The search then holds GPUs exactly as on a GPU cluster (one per trial, one per worker of a
+    multi-worker trial, as many trials at once as the declared GPUs allow), but every trial and
+    every worker trains on the CPU (gloo for a process group). Nodes started with
+    ``ray start --num-gpus 4`` on a machine without CUDA declare GPUs that Ray schedules like
+    real ones, so a CPU machine can test how trials are laid out over a GPU cluster. Never set
+    it on a real GPU cluster: its GPUs would be held and left idle."""
+    return os.environ.get(SIMULATE_GPUS_ENV) == "1"
 
 
 @contextlib.contextmanager
@@ -191,11 +211,79 @@ def resources_for(base: dict[str, float], workers: int, strategy: str
 
 def max_concurrent(base: dict[str, float], cap: int | None) -> int:
     """As many trials as the cluster's nodes fit with ``base`` each (at most ``cap``)."""
-    fit = 0
-    for node in (n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
-        by_cpu = int(node.get("CPU", 0) // base["cpu"]) if base["cpu"] else 10**6
-        by_gpu = int(node.get("GPU", 0) // base["gpu"]) if base.get("gpu") else 10**6
-        fit += min(by_cpu, by_gpu)
+    fit = sum(_fits(node, _ray_names(base)) for node in alive_nodes())
     fit = max(1, fit)
     return min(fit, cap) if cap else fit
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """The total resources of each alive node of the cluster (``CPU``, ``GPU``, ...)."""
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def cluster_summary(nodes: list[dict[str, float]]) -> dict[str, Any]:
+    """``{"nodes", "CPU", "GPU"}``: the cluster's size, for messages and the search's
+    ``resources`` event."""
+    return {"nodes": len(nodes), "CPU": sum(n.get("CPU", 0.0) for n in nodes),
+            "GPU": sum(n.get("GPU", 0.0) for n in nodes)}
+
+
+def placement_problem(base: dict[str, float], workers: int, strategy: str,
+                      nodes: list[dict[str, float]]) -> str | None:
+    """Why a trial of ``workers`` workers (``resources_for(base, workers, strategy)``) can
+    never be placed on ``nodes`` (each node's total resources), or None when it can.
+
+    Ray would queue such a trial for ever (Tune only warns after a minute), so the search asks
+    first. A worker's bundle must fit one node; ``PACK`` may spill bundles over several
+    nodes (all of them together must hold the workers), ``STRICT_SPREAD`` needs a different
+    node for each worker. The bundles of one trial are alike, so counting how many fit each
+    node is exact."""
+    if workers <= 1:
+        need, what = _ray_names(base), "a trial"
+    else:
+        group = resources_for(base, workers, strategy)
+        need = next(b for b in group.bundles if b)
+        what = f"each of its {workers} workers"
+    per_node = [_fits(node, need) for node in nodes]
+    spread = STRATEGIES[strategy] == "STRICT_SPREAD" and workers > 1
+    placed = sum(1 for n in per_node if n) if spread else sum(per_node)
+    if placed >= workers:
+        return None
+    largest = ", ".join(f"{_show(max((n.get(k, 0.0) for n in nodes), default=0.0))} {k}"
+                        for k in need)
+    size = cluster_summary(nodes)
+    cluster = (f"the cluster has {size['nodes']} alive node(s), {_show(size['GPU'])} GPU and "
+               f"{_show(size['CPU'])} CPU in all, at most {largest} on one node")
+    needs = " and ".join(f"{_show(v)} {k}" for k, v in need.items())
+    if workers <= 1:
+        missing = [k for k, v in need.items() if all(n.get(k, 0.0) < v for n in nodes)]
+        short = f"enough {' and '.join(missing)}" if missing else "all of it"
+        return (f"{what} needs {needs} on one node, but no node has {short} ({cluster}); "
+                "lower --gpus-per-trial/--cpus-per-trial, or add bigger nodes")
+    if spread:
+        return (f"{what} needs {needs}, each on a different node (--placement spread), but "
+                f"only {placed} node(s) can hold one ({cluster}); use --placement pack, fewer "
+                f"--workers-per-trial (at most {placed}), or add nodes")
+    missing = [k for k, v in need.items() if sum(n.get(k, 0.0) for n in nodes) < v * workers]
+    short = " and ".join(missing) or "room on the nodes that fit a worker"
+    total = " and ".join(f"{_show(workers * v)} {k}" for k, v in need.items())
+    fix = f"lower --workers-per-trial (at most {placed})" if placed else \
+        "lower --gpus-per-trial/--cpus-per-trial"
+    return (f"{what} needs {needs}, {total} in all, but the cluster holds only {placed} such "
+            f"worker(s): not enough {short} ({cluster}); {fix}, or add nodes")
+
+
+def _ray_names(base: dict[str, float]) -> dict[str, float]:
+    """``trial_resources``' ``{"cpu", "gpu"}`` in Ray's resource names, zeros left out."""
+    return {k.upper(): float(v) for k, v in base.items() if v}
+
+
+def _fits(node: dict[str, float], need: dict[str, float]) -> int:
+    """How many bundles ``need`` fit a node of ``node``'s total resources."""
+    counts = [int(node.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    return min(counts) if counts else 10**6
+
+
+def _show(value: float) -> str:
+    return f"{value:g}"
 

@@ -21,6 +21,7 @@ from autotune.search._trainable import recipe_for, search_params, unwrap
 from autotune.search.plan import SearchPlan
 from autotune.search.progress import TrialProgress
 from autotune.search.provenance import trial_provenance
+from autotune.search.winner import NOT_PLACED
 from autotune.units import format_bytes
 
 EventFn = Callable[[str, Any], None]
@@ -130,10 +131,15 @@ class Recorder(Callback):
             self._finish(trial, error=None, interrupted=True)
 
     def record_refused(self, params: dict[str, Any], recipe: Recipe,
-                       prediction: dict[str, Any], study_trial: int) -> None:
-        """A proposal the memory gate refused: infeasible, with its prediction, not launched."""
+                       prediction: dict[str, Any], study_trial: int,
+                       reason: str | None = None) -> None:
+        """A proposal refused before launch, infeasible: by the memory gate (``reason`` None;
+        with its prediction), or because the cluster cannot hold its trial (``reason``)."""
         peak = prediction.get("peak_bytes")
         p = self.plan
+        message = f"{NOT_PLACED}{reason}: not launched" if reason else (
+            f"predicted peak {format_bytes(peak)} per device exceeds the budget "
+            f"{format_bytes(p.request.budget_bytes)} (with the safety margin): not launched")
         record = TrialRecord(
             trial=self._number(f"refused-{study_trial}"), status=objective.INFEASIBLE,
             score=objective.score(objective.INFEASIBLE, None, None, p.target,
@@ -143,9 +149,7 @@ class Recorder(Callback):
             warm_start_name=p.warm_name(params) if params in self.warm else None,
             seed=p.request.seed, recipe=recipe.to_dict(),
             params=params, launched=False, prediction=prediction, predicted_peak_bytes=peak,
-            message=(f"predicted peak {format_bytes(peak)} per device exceeds the budget "
-                     f"{format_bytes(p.request.budget_bytes)} (with the safety margin): not "
-                     "launched"),
+            message=message,
             finished_at=time.time(), provenance=dict(self.provenance),
         )
         self._write(record)
@@ -165,7 +169,7 @@ class Recorder(Callback):
         record.message = error or _stopped_message(
             status, result, trial.trial_id in self.time_stopped) or result.get("message", "")
         record.finished_at = time.time()
-        for key in ("node_ip", "node_id", "hostname", "worker_nodes"):
+        for key in ("node_ip", "node_id", "hostname", "worker_nodes", "worker_gpus"):
             setattr(record, key, result.get(key))
         record.error_file = error_file
         provenance = result.get("provenance")

@@ -28,9 +28,19 @@ from typing import Any
 import optuna
 from ray import tune
 
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, UserError
+from autotune.recipe import Recipe
 from autotune.results import TrialRecord
-from autotune.search._ray import max_concurrent, ray_session, resources_for, trial_resources
+from autotune.search._ray import (
+    alive_nodes,
+    cluster_summary,
+    max_concurrent,
+    placement_problem,
+    ray_session,
+    resources_for,
+    simulating_gpus,
+    trial_resources,
+)
 from autotune.search._recorder import EventFn, Recorder
 from autotune.search._scheduler import Deadline, DeadlineFIFO, grace_seconds, make_scheduler
 from autotune.search._screener import screen_phase
@@ -105,6 +115,15 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
     confirmation = Confirmation()
     with ray_session(r.address):
         base = trial_resources(r.device, r.cpus_per_trial, r.gpus_per_trial)
+        nodes = alive_nodes()
+        unplaceable = placement_problem(base, 1, r.placement.upper(), nodes)
+        if unplaceable:
+            raise UserError(f"no trial of this search can start: {unplaceable}")
+        concurrent = max_concurrent(base, r.max_concurrent_trials)
+        if on_event:
+            on_event("resources", {"per_trial": base, "concurrent": concurrent,
+                                   "placement": r.placement, "cluster": cluster_summary(nodes),
+                                   "simulated_gpus": simulating_gpus()})
         # Screening first: the convergence trials search the kept system configurations.
         plan = screen_phase(plan, _setup(plan), base, times.screening_end if times else None,
                             on_event or (lambda kind, payload: None), len(prior))
@@ -120,13 +139,15 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
                                    recorder.time_stopped)
         end_deadline = Deadline(times.end - lead if times else None, recorder.time_stopped)
         setup = _setup(plan)
-        fit = _Fitter(plan, setup, base, recorder)
+        fit = _Fitter(plan, setup, base, recorder, concurrent)
         searched = [x for x in prior if x.is_search_trial]
         remaining = r.trials - len(searched)
         try:
             if remaining > 0:
                 fit(_searcher(plan, study, setup, recorder, prior, again, remaining,
-                              times.proposals_end if times else None),
+                              times.proposals_end if times else None,
+                              lambda recipe: placement_problem(
+                                  base, recipe.workers, r.placement.upper(), nodes)),
                     make_scheduler(r.scheduler, plan.max_train_seconds, r.grace_period_s,
                                    r.time_margin, _best_tta(prior),
                                    higher_is_better=plan.task.higher_is_better,
@@ -161,11 +182,13 @@ def run(plan: SearchPlan, on_event: EventFn | None, prior: list[TrialRecord],
 
 
 def _setup(plan: SearchPlan) -> TrialSetup:
-    """What every trial (and screening) process needs besides its point."""
+    """What every trial (and screening) process needs besides its point. Under
+    ``simulating_gpus`` (tests of placement only) they train on the CPU."""
     r = plan.request
     return TrialSetup(r.model, r.task_options, plan.space, plan.baseline, plan.target,
-                      plan.max_train_seconds, r.budget_bytes, r.seed, r.device,
-                      r.report_interval_s, plan.workers_per_trial)
+                      plan.max_train_seconds, r.budget_bytes, r.seed,
+                      "cpu" if simulating_gpus() else r.device, r.report_interval_s,
+                      plan.workers_per_trial)
 
 
 def _let_logs_through() -> None:
@@ -178,14 +201,16 @@ def _let_logs_through() -> None:
 
 def _searcher(plan: SearchPlan, study: Any, setup: TrialSetup, recorder: Recorder,
               prior: list[TrialRecord], again: list[dict[str, Any]], remaining: int,
-              deadline: float | None) -> StudySearcher:
+              deadline: float | None, placement: Callable[[Recipe], str | None]
+              ) -> StudySearcher:
     r = plan.request
     gate = MemoryGate(plan.task, r.budget_bytes, plan.device_type) \
         if r.budget_bytes is not None else None
     return StudySearcher(
         study, plan.space, lambda params: setup.recipe(params), proposals=remaining,
         points=points_to_run(plan.warm_points(), prior, again)[:remaining], gate=gate,
-        on_refused=recorder.record_refused, deadline=deadline, target=plan.target,
+        placement=placement, on_refused=recorder.record_refused, deadline=deadline,
+        target=plan.target,
         max_train_seconds=plan.max_train_seconds, higher_is_better=plan.task.higher_is_better,
         first_regardless=not any(x.is_baseline for x in prior),
     )
@@ -213,7 +238,7 @@ class _Fitter:
     """Runs one Tune phase with the search's trainable, resources and recorder."""
 
     def __init__(self, plan: SearchPlan, setup: TrialSetup, base: dict[str, float],
-                 recorder: Recorder) -> None:
+                 recorder: Recorder, concurrent: int) -> None:
         r = plan.request
         self.plan = plan
         self.recorder = recorder
@@ -227,7 +252,7 @@ class _Fitter:
 
         self.trainable: Callable[..., Any] = tune.with_resources(
             tune.with_parameters(trainable, setup=setup), resources)
-        self.concurrent = max_concurrent(base, r.max_concurrent_trials)
+        self.concurrent = concurrent
         self.storage = r.storage or str((plan.run_dir.path / "ray").resolve())
         self.called_at: float | None = None
 

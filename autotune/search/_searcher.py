@@ -10,7 +10,9 @@ score, with the recipe, state and measurements as user attributes.
 
 The memory gate (``MemoryGate``): a proposal whose predicted peak per device does not fit the
 budget is told to the study as infeasible at once (with its prediction), recorded through
-``on_refused``, and never launched; the next proposal is asked for.
+``on_refused``, and never launched; the next proposal is asked for. So is a recipe whose
+workers the cluster cannot hold at all (``placement``: ``autotune.search._ray.placement_problem``),
+which Ray would otherwise queue for ever; the reason is its record's message.
 """
 
 from __future__ import annotations
@@ -93,8 +95,11 @@ class MemoryGate:
         return fits, prediction.to_dict()
 
 
-RefusedFn = Callable[[dict[str, Any], Recipe, dict[str, Any], int], None]
-"""``(params, recipe, prediction, study_trial)`` of a proposal the gate refused."""
+RefusedFn = Callable[[dict[str, Any], Recipe, dict[str, Any], int, str | None], None]
+"""``(params, recipe, prediction, study_trial, reason)`` of a refused proposal: reason None for
+the memory gate (the prediction says why), else why the cluster cannot place it."""
+PlacementFn = Callable[[Recipe], str | None]
+"""Why the cluster can never hold a recipe's trial, or None when it can."""
 
 
 class StudySearcher(Searcher):
@@ -103,6 +108,7 @@ class StudySearcher(Searcher):
     def __init__(self, study: optuna.Study, space: SearchSpace,
                  recipe_of: Callable[[dict[str, Any]], Recipe], *, proposals: int,
                  points: list[dict[str, Any]] | None = None, gate: MemoryGate | None = None,
+                 placement: PlacementFn | None = None,
                  on_refused: RefusedFn | None = None, deadline: float | None = None,
                  target: float, max_train_seconds: float,
                  higher_is_better: bool = True, first_regardless: bool = False) -> None:
@@ -114,6 +120,7 @@ class StudySearcher(Searcher):
         """Proposals still to make, refused ones included."""
         self.points = list(points or [])
         self.gate = gate
+        self.placement = placement
         self.on_refused = on_refused
         self.deadline = deadline
         self.first_regardless = first_regardless
@@ -140,12 +147,14 @@ class StudySearcher(Searcher):
                 self.live[trial_id] = trial
                 return {**params, "_study_trial": trial.number}
             trial.set_user_attr("recipe", recipe.to_dict())
-            fits, prediction = self.gate.check(recipe) if self.gate else (True, None)
+            unplaceable = self.placement(recipe) if self.placement else None
+            fits, prediction = self.gate.check(recipe) if self.gate and not unplaceable \
+                else (unplaceable is None, None)
             if fits:
                 self.live[trial_id] = trial
                 extra = {"_prediction": prediction} if prediction else {}
                 return {**params, "_study_trial": trial.number, **extra}
-            self._refuse(trial, params, recipe, prediction or {})
+            self._refuse(trial, params, recipe, prediction or {}, unplaceable)
         return Searcher.FINISHED
 
     def _ask(self) -> tuple[optuna.trial.Trial, dict[str, Any]]:
@@ -155,15 +164,17 @@ class StudySearcher(Searcher):
         return trial, self.space.suggest(trial)
 
     def _refuse(self, trial: optuna.trial.Trial, params: dict[str, Any], recipe: Recipe,
-                prediction: dict[str, Any]) -> None:
+                prediction: dict[str, Any], reason: str | None = None) -> None:
         score = objective.score(objective.INFEASIBLE, None, None, self.target,
                                 self.max_train_seconds)
         trial.set_user_attr("status", objective.INFEASIBLE)
         trial.set_user_attr("launched", False)
         trial.set_user_attr("predicted_peak_bytes", prediction.get("peak_bytes"))
+        if reason:
+            trial.set_user_attr("message", reason[:300])
         self.study.tell(trial, score)
         if self.on_refused is not None:
-            self.on_refused(params, recipe, prediction, trial.number)
+            self.on_refused(params, recipe, prediction, trial.number, reason)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:

@@ -21,7 +21,7 @@ from autotune import objective
 from autotune.errors import ConfigError
 from autotune.integrations import load_any_task
 from autotune.recipe import Recipe
-from autotune.search._workers import RayLauncher
+from autotune.search._workers import RayLauncher, held_gpus
 from autotune.search.provenance import trial_provenance
 from autotune.space import SearchSpace
 from autotune.tasks import Task
@@ -62,6 +62,8 @@ class TrialSetup:
     budget_bytes: int | None
     seed: int
     device: str | None
+    """``cpu`` or ``cuda`` as asked for (None: a GPU where the trial holds one). ``cpu`` trains
+    on the CPU whatever the trial holds (``autotune.search._ray.simulating_gpus``)."""
     report_interval_s: float
     workers_per_trial: int
 
@@ -91,10 +93,13 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     )
     reporter = ThrottledReport(setup.report_interval_s)
     node = ray.get_runtime_context().get_node_id()
-    reporter.extra.update(node_id=node, worker_nodes=[node], node_ip=ray.util.get_node_ip_address(),
+    reporter.extra.update(node_id=node, worker_nodes=[node], worker_gpus=[held_gpus()],
+                          node_ip=ray.util.get_node_ip_address(),
                           provenance=dict(trial_provenance(device.type)))
     launcher = RayLauncher(
-        on_placed=lambda nodes: reporter.extra.update(worker_nodes=[n["node_id"] for n in nodes])
+        on_placed=lambda nodes: reporter.extra.update(
+            worker_nodes=[n["node_id"] for n in nodes], worker_gpus=[n["gpus"] for n in nodes]),
+        device=setup.device,
     )
     run_trial(task, recipe, limits, report=reporter, device=str(device), launch=launcher)
 

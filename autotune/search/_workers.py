@@ -11,7 +11,9 @@ and leaves nothing reserved.
 Bundles are placed with ``PACK`` by default (one machine when they fit there, spilling to
 others when not) or ``STRICT_SPREAD`` (``--placement spread``: one worker per machine).
 Worker 0's machine hosts the rendezvous (``MASTER_ADDR`` is its node address, the port one it
-found free); the group is gloo on CPUs and NCCL on GPUs. Every worker runs
+found free); the group is gloo on CPUs and NCCL on GPUs (gloo on the CPU, whatever the bundles
+hold, when the trial's device is ``cpu``: ``autotune.search._ray.simulating_gpus``). Each
+worker's machine and the GPU ids Ray gave it are in the trial's record. Every worker runs
 ``autotune.train.distributed.worker_main``, the same code as the one-machine launcher.
 
 A worker that dies (crash, OOM killer, machine lost) surfaces as Ray's ``ActorDiedError``:
@@ -73,10 +75,10 @@ class _Worker:
         self._lock = threading.Lock()
 
     def where(self) -> dict[str, Any]:
-
+        """This worker's machine and the GPUs it holds (``held_gpus``)."""
         ctx = ray.get_runtime_context()
         return {"node_ip": ray.util.get_node_ip_address(), "node_id": ctx.get_node_id(),
-                "hostname": socket.gethostname()}
+                "hostname": socket.gethostname(), "gpus": held_gpus()}
 
     def free_port(self) -> int:
         with socket.socket() as s:
@@ -99,14 +101,22 @@ class _Worker:
         return items
 
 
+def held_gpus() -> list[str]:
+    """The ids of the GPUs Ray gave this process (its ``CUDA_VISIBLE_DEVICES``); empty on a
+    CPU. Recorded per worker, so a record says which GPU each trial held."""
+    return [str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+
+
 class RayLauncher:
     """``launch`` for ``run_trial`` inside a Ray Tune trial: starts the recipe's workers as
     actors in the trial's placement group. ``nodes`` lists each worker's machine once they are
-    placed, and ``on_placed`` (if given) receives that list."""
+    placed, and ``on_placed`` (if given) receives that list. ``device``: the trial's device as
+    the search asked for it; ``cpu`` trains on the CPU even where the bundles hold GPUs."""
 
-    def __init__(self, on_placed: Any = None) -> None:
+    def __init__(self, on_placed: Any = None, device: str | None = None) -> None:
         self.nodes: list[dict[str, Any]] = []
         self.on_placed = on_placed
+        self.device = device
 
     def __call__(self, task: Task, recipe: Recipe, limits: Any, report: Any,
                  device: str | None) -> Any:
@@ -117,7 +127,7 @@ class RayLauncher:
                 objective.ERROR, f"the trial holds no placement group for its {n} workers "
                 f"(bundles: {pg.bundle_specs if pg else None})", limits)
         bundles = pg.bundle_specs[:n]
-        device_type = "cuda" if bundles[0].get("GPU") else "cpu"
+        device_type = "cuda" if bundles[0].get("GPU") and self.device != "cpu" else "cpu"
         refused = check_launch(task, recipe, limits, device_type, None)
         if refused is not None:
             return refused

@@ -183,6 +183,11 @@ def fit_in_time(points: list[dict[str, Any]], records: list[TrialRecord], second
     return kept, cut
 
 
+NOT_PLACED = "cannot be placed: "
+"""How the message of a recipe that the cluster cannot hold begins (refused, never launched:
+``autotune.search._ray.placement_problem``)."""
+
+
 def no_winner_reason(records: list[TrialRecord], metric: str, target: float,
                      trials_path: str, higher_is_better: bool = True) -> str:
     """Why the search has no winner, and what to change, in one paragraph."""
@@ -193,9 +198,15 @@ def no_winner_reason(records: list[TrialRecord], metric: str, target: float,
         counts[r.status] = counts.get(r.status, 0) + 1
     states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none ran"
     hint = ""
-    if counts.get(objective.INFEASIBLE):
+    unplaced = sum(r.status == objective.INFEASIBLE and r.message.startswith(NOT_PLACED)
+                   for r in records)
+    if counts.get(objective.INFEASIBLE, 0) > unplaced:
         hint = (" Infeasible trials were predicted over the budget, ran out of memory or "
                 "exceeded it: raise --budget (autotune estimate shows what fits).")
+    if unplaced:
+        hint += (f" {unplaced} recipe(s) could not be placed on the cluster (their message "
+                 "says which resources are missing): see --workers-per-trial, --placement, "
+                 "--gpus-per-trial.")
     return (f"no trial reached the target {metric} {objective.comparison(higher_is_better)} "
             f"{target} (best seen: {best_metric:.4f}; "
             f"trials: {states}).{hint} Every trial's measurements are in {trials_path}. Lower "
