@@ -74,6 +74,25 @@ def test_bert_model_trains(bert_task: Task) -> None:
     assert sum(p.numel() for p in model.parameters()) == bert_task.info["parameters"]
 
 
+def test_bert_gpu_inputs_give_the_cpu_inputs_logits(bert_task: Task) -> None:
+    """On a GPU a forward pass takes the full padded length and a prepared 4-D mask (nothing
+    read on the host); on the CPU the batch is trimmed to its longest sentence. Both give the
+    same logits (checked here on the CPU, calling each path's inputs directly)."""
+    torch.manual_seed(0)
+    model = bert_task.build_model().eval()
+    ids, mask = bert_task.train[0][:16], bert_task.train[1][:16]
+    assert int(mask.sum(dim=1).max()) < ids.shape[1]  # the batch has padding to trim
+    trimmed_ids, trimmed_mask = bert_module.trim_padding(ids, mask)
+    prepared = bert_module.prepared_mask(mask)
+    assert prepared.shape == (16, 1, 1, ids.shape[1]) and prepared.dtype == torch.bool
+    with torch.no_grad():
+        cpu = model(input_ids=trimmed_ids, attention_mask=trimmed_mask).logits
+        gpu = model(input_ids=ids, attention_mask=prepared).logits
+        unmasked = model(input_ids=ids).logits
+    torch.testing.assert_close(gpu, cpu, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(unmasked, cpu, atol=1e-3)  # the mask matters
+
+
 def test_bert_cache_is_reused(
     bert_task: Task, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -207,16 +207,41 @@ def trim_padding(
 
 
 def bert_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy of the classifier on a batch (input_ids, attention_mask, labels)."""
+    """Mean cross-entropy of the classifier on a batch (input_ids, attention_mask, labels).
+
+    Dynamic padding (``trim_padding``) on the CPU only. On a GPU a training step keeps the
+    full padded length: reading the batch's longest sentence waits for the device every step,
+    and a new length every step defeats what shapes that stay fixed buy there. Measured on an
+    H200 (``benchmarks/results/gpu_diag_h200_2026-12-04.json``): with trimming, each bf16 step
+    spent 22 ms of host time per attention call building cuDNN's attention for its new shape
+    (bf16 ran at 0.6x of fp32), and ``compile`` recompiled at every step (4.8 s a step)."""
     input_ids, attention_mask, labels = batch
-    input_ids, attention_mask = trim_padding(input_ids, attention_mask)
-    return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    input_ids, mask = model_inputs(input_ids, attention_mask)
+    return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 
 
 def bert_predict(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Predicted class ids (argmax of the logits) for a batch."""
-    input_ids, attention_mask = trim_padding(batch[0], batch[1])
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits.argmax(dim=-1)
+    input_ids, mask = model_inputs(batch[0], batch[1])
+    return model(input_ids=input_ids, attention_mask=mask).logits.argmax(dim=-1)
+
+
+def model_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids and mask a forward pass takes: trimmed to the longest sentence on the CPU
+    (``trim_padding``); elsewhere at full length with the mask prepared (``prepared_mask``),
+    so that nothing in the forward pass reads a tensor on the host."""
+    if input_ids.device.type == "cpu":
+        return trim_padding(input_ids, attention_mask)
+    return input_ids, prepared_mask(attention_mask)
+
+
+def prepared_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The padding mask as SDPA takes it, (batch, 1, 1, length), True where a token is seen.
+    transformers passes a 4-D mask to the attention as it is; from a 2-D one it first checks
+    whether any token is padded (``padding_mask.all()`` in its ``sdpa_mask``), a read that
+    waits for a GPU at every forward pass (seen on the H200 with torch's sync debug mode)."""
+    return attention_mask.bool()[:, None, None, :]
 
 
 def sort_by_length(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
