@@ -28,7 +28,8 @@ def _run(fn: object, recipe: Recipe | None = None, **limits: object):
 def test_a_plain_loop_reaches_the_target_and_is_recorded():
     reports: list[dict] = []
     task = function_task(LINEAR, metric="accuracy", target=0.95, eval_every_seconds=0.05)
-    limits = TrialLimits(max_train_seconds=30.0, eval_every_seconds=0.05, target=0.95)
+    limits = TrialLimits(max_train_seconds=30.0, eval_every_seconds=0.05, target=0.95,
+                         predicted_peak_bytes=123_456)  # what the search's memory gate said
     result = run_trial(task, Recipe(batch_size=16, lr=1e-3), limits, report=reports.append,
                        device="cpu")
     assert result.status == objective.REACHED, result.message
@@ -39,6 +40,9 @@ def test_a_plain_loop_reaches_the_target_and_is_recorded():
     assert result.steps > 0 and result.examples == 16 * result.steps
     assert result.peak_memory_bytes > 0 and result.score == result.tta_seconds
     assert reports[-1]["final"] and reports[-1]["status"] == objective.REACHED
+    # every report carries the memory: a trial the scheduler stops is recorded from one
+    assert all(r["peak_memory_bytes"] > 0 for r in reports) and len(reports) >= 2
+    assert result.predicted_peak_bytes == 123_456
 
 
 def test_evaluation_time_is_measured_not_counted():

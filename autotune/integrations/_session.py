@@ -60,7 +60,8 @@ class Session:
         self.report_fn = report
         self.device = device
         self.metric = metric
-        self.result = TrialResult(status=objective.RUNNING, score=0.0, device=str(device))
+        self.result = TrialResult(status=objective.RUNNING, score=0.0, device=str(device),
+                                  predicted_peak_bytes=limits.predicted_peak_bytes)
         self.decided = False
         """The trial's status is final: reached, not reached, diverged, or failed."""
         self.next_eval = limits.eval_every_seconds
@@ -176,6 +177,7 @@ class Session:
             self._decide(objective.NOT_REACHED, self._short_message(elapsed))
             return True
         if self.report_fn is not None:
+            self._read_memory()  # a trial the scheduler stops is recorded from this report
             self._score(final=False)
             self.report_fn({**r.to_dict(), "final": False})
         return False
@@ -235,17 +237,23 @@ class Session:
         r.score = objective.score(status, r.tta_seconds, r.best_metric, limits.target,
                                   limits.max_train_seconds, limits.higher_is_better)
 
-    def finish(self) -> TrialResult:
-        """Memory, the budget verdict, the score, and the final report; returns the result."""
-        r, limits = self.result, self.limits
+    def _read_memory(self) -> int:
+        """The measured peaks so far into the result; returns the peak the budget holds."""
+        r = self.result
         peak = read_peak(self.device)
         r.peak_memory_bytes, r.peak_memory_source = peak.peak_bytes, peak.source
         r.peak_reserved_bytes, r.peak_rss_bytes = peak.reserved_bytes, peak.rss_bytes
         if r.predicted_peak_bytes and peak.source != "cpu_rss":  # RSS is not tensor memory
             r.prediction_error = round(peak.peak_bytes / r.predicted_peak_bytes - 1, 4)
-        if (limits.budget_bytes is not None and peak.peak_bytes > limits.budget_bytes
+        return peak.peak_bytes
+
+    def finish(self) -> TrialResult:
+        """Memory, the budget verdict, the score, and the final report; returns the result."""
+        r, limits = self.result, self.limits
+        peak_bytes = self._read_memory()
+        if (limits.budget_bytes is not None and peak_bytes > limits.budget_bytes
                 and r.status not in objective.FAILED_STATES):
-            r.message = (f"peak memory {peak.peak_bytes} bytes ({peak.source}) exceeds the "
+            r.message = (f"peak memory {peak_bytes} bytes ({r.peak_memory_source}) exceeds the "
                          f"budget of {limits.budget_bytes} bytes; {r.status} before that")
             r.status, r.tta_seconds = objective.INFEASIBLE, None
         self._score(final=True)
