@@ -11,6 +11,7 @@ from torch import nn
 from autotune import objective
 from autotune.recipe import Recipe
 from autotune.train import TrialLimits, TrialResult, check_launch, result_from_final, run_trial
+from autotune.train.evaluation import MAX_EVAL_SHARE
 
 
 def limits(task, **kw):
@@ -36,22 +37,42 @@ def test_evaluation_time_is_not_counted(toy_task):
     slow_predict_calls = []
 
     def slow_predict(model, batch):
-        time.sleep(0.05)
+        time.sleep(0.2)
         slow_predict_calls.append(1)
         return toy_task.predict(model, batch)
 
     task = dataclasses.replace(toy_task, predict=slow_predict, target=1.01,
-                               eval_every_seconds=0.02)
+                               eval_every_seconds=0.1)
     start = time.perf_counter()
-    result = run_trial(task, Recipe(lr=1e-2), limits(task, max_train_seconds=0.3))
+    result = run_trial(task, Recipe(lr=1e-2), limits(task, max_train_seconds=0.5))
     wall = time.perf_counter() - start
     assert result.status == objective.NOT_REACHED and result.tta_seconds is None
-    assert len(slow_predict_calls) >= 5
-    assert result.eval_seconds >= 0.05 * len(slow_predict_calls)
-    # The training clock stops at its limit although evaluations took much longer.
-    assert 0.3 <= result.train_seconds < 0.3 + 0.2
+    assert result.eval_points_full >= 2 and len(slow_predict_calls) >= 2
+    assert result.eval_seconds >= 0.2 * result.eval_points_full
+    # The training clock stops at its limit; the evaluations' time is not on it.
+    assert 0.5 <= result.train_seconds < 0.5 + 0.2
     assert wall >= result.train_seconds + result.eval_seconds * 0.9
-    assert result.score > 2 * 0.3  # a trial with no TTA scores worse than any TTA
+    assert result.score > 2 * 0.5  # a trial with no TTA scores worse than any TTA
+
+
+def test_costly_evaluations_are_spaced_to_a_quarter_of_training(toy_task):
+    """An evaluation of 0.05 s every 0.02 s of training would take 2.5x the training; the
+    schedule waits 4x an evaluation's seconds of training after it instead (MAX_EVAL_SHARE)."""
+    calls = []
+
+    def slow_predict(model, batch):
+        time.sleep(0.05)
+        calls.append(1)
+        return toy_task.predict(model, batch)
+
+    task = dataclasses.replace(toy_task, predict=slow_predict, target=1.01,
+                               eval_every_seconds=0.02)
+    result = run_trial(task, Recipe(lr=1e-2), limits(task, max_train_seconds=1.0))
+    times = [t for t, _ in result.curve]
+    gaps = [b - a for a, b in zip(times, times[1:-1])]  # the last point is the limit's
+    assert gaps and all(g >= 0.05 / MAX_EVAL_SHARE * 0.95 for g in gaps), gaps
+    # The first point cannot know the cost yet, and the last is the limit's.
+    assert result.eval_seconds <= MAX_EVAL_SHARE * result.train_seconds + 2 * 0.06
 
 
 def test_same_seed_same_curve(toy_task):

@@ -82,6 +82,8 @@ class TrialRecord:
     last_metric: float | None = None
     train_seconds: float | None = None
     eval_seconds: float | None = None
+    eval_points_full: int | None = None
+    eval_points_quick: int | None = None
     setup_seconds: float | None = None
     loader_start_seconds: float | None = None
     compile_seconds: float | None = None

@@ -74,6 +74,7 @@ from autotune.memory import (
     cap_device_memory,
     is_out_of_memory,
     largest_batch,
+    largest_validation,
     predict_peak,
     read_peak,
     reset_peak,
@@ -81,6 +82,7 @@ from autotune.memory import (
 from autotune.recipe import Recipe
 from autotune.tasks import Task, evaluate_metric, move_batch
 from autotune.train.data import LoaderBatches, TensorBatches, inactive_data_knobs, make_batches
+from autotune.train.evaluation import Evaluator, next_point
 from autotune.train.parallel import Prepared, prepare
 from autotune.train.pipeline import PipelineSplitError
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
@@ -277,6 +279,7 @@ def _train(
     clock = _Clock(dev)
     sync_debug = _SyncDebug(dev)
     next_eval = limits.eval_every_seconds
+    evaluator = Evaluator(task, limits.target, limits.higher_is_better, limits.quick_eval)
     # Data-parallel workers each take their own batches; pipeline stages share one.
     examples_per_step = recipe.batch_size * recipe.accumulation_steps * (
         1 if recipe.parallelism == "pipeline" else world)
@@ -323,11 +326,13 @@ def _train(
                                f"and {result.steps} (checked at each evaluation point)")
             window, window_first = None, result.steps + 1
             out_of_time = elapsed >= limits.max_train_seconds
+            eval_before = result.eval_seconds
             if _evaluate(task, recipe, limits, prepared, dev, result, elapsed, out_of_time,
-                         out_of_steps):
+                         out_of_steps, evaluator):
                 return
             while next_eval <= elapsed:
                 next_eval += limits.eval_every_seconds
+            next_eval = next_point(next_eval, elapsed, result.eval_seconds - eval_before)
             if report is not None:
                 _finish(result, limits, dev, final=False)
                 report({**result.to_dict(), "final": False})
@@ -339,22 +344,27 @@ def _train(
 
 def _evaluate(task: Task, recipe: Recipe, limits: TrialLimits, prepared: Prepared,
               dev: torch.device, result: TrialResult, elapsed: float, out_of_time: bool,
-              out_of_steps: bool) -> bool:
-    """One evaluation at ``elapsed`` training seconds, off the clock: records the metric
-    and returns True when the trial ends here (target reached, or out of time or steps)."""
+              out_of_steps: bool, evaluator: Evaluator) -> bool:
+    """One evaluation point at ``elapsed`` training seconds, off the clock: records the
+    metric (the validation subset's while far from the target, else the full set's:
+    ``autotune.train.evaluation``) and returns True when the trial ends here (target reached
+    on the full set, or out of time or steps)."""
     eval_start = time.perf_counter()
     # DeepSpeed's bf16/fp16 hold 16-bit weights, so float inputs need autocast there too.
     ctx = autocast_context(recipe.precision, dev.type) if prepared.engine \
         else contextlib.nullcontext()
     with ctx, eager():  # a compiled model evaluates eagerly: no compile off the clock
-        metric = evaluate_metric(task, prepared.evaluation_model(), dev)
+        metric, full = evaluator(prepared.evaluation_model(), dev,
+                                 final=out_of_time or out_of_steps)
     result.eval_seconds += time.perf_counter() - eval_start
     result.train_seconds = elapsed
     result.curve.append((round(elapsed, 4), metric))
     result.last_metric = metric
     result.best_metric = objective.best_of(result.best_metric, metric,
                                            limits.higher_is_better)
-    if objective.reaches(metric, limits.target, limits.higher_is_better):
+    result.eval_points_full, result.eval_points_quick = (evaluator.full_points,
+                                                         evaluator.quick_points)
+    if full and objective.reaches(metric, limits.target, limits.higher_is_better):
         result.status, result.tta_seconds = objective.REACHED, elapsed
         return True
     if out_of_time or out_of_steps:
@@ -452,8 +462,9 @@ def measure_step_memory(
     copy of the model (same seed) is prepared for the recipe's parallel mode inside the
     tracker (so the mode's own buffers count) and discarded after. Returns the breakdown at
     the peak (``parameters``, ``gradients``, ``optimizer``, ``activations``, ``total``) of
-    each phase: ``prepare`` (the parallel mode's setup), ``step1``, ``step2``...
-    ``teacher`` (a recipe that distils) is tracked with the model: its weights count as
+    each phase: ``prepare`` (the parallel mode's setup), ``step1``, ``step2``... and
+    ``evaluation`` (``_measure_evaluation``: a trial's evaluation, which can peak above its
+    steps). ``teacher`` (a recipe that distils) is tracked with the model: its weights count as
     parameters, its forward pass as activations.
 
     In a multi-worker run every worker calls this at the same point, so the collectives of
@@ -464,6 +475,7 @@ def measure_step_memory(
     model = task.build_model()
     model.train()
     batch = move_batch(largest_batch(task, recipe.batch_size), dev)
+    evaluation = largest_validation(task)  # its rows, like the training data, untracked
     # A pipeline is split (torch.export) before the tracker: tracing the model's modules
     # under it leaves module hooks that break the stages' backward pass. The full model (all
     # of its weights stay on each worker) is tracked as it is; the stage's optimizer state,
@@ -480,7 +492,22 @@ def measure_step_memory(
         for i in range(steps):
             tracker.phase(f"step{i + 1}")
             prepared.step(task, [batch] * recipe.accumulation_steps, strict=False)
+        tracker.phase("evaluation")
+        _measure_evaluation(evaluation, recipe, prepared, dev)
     peaks = tracker.phase_peaks
-    del prepared, model, batch, tracker
+    del prepared, model, batch, evaluation, tracker
     gc.collect()
     return peaks
+
+
+def _measure_evaluation(task: Task, recipe: Recipe, prepared: Prepared,
+                        dev: torch.device) -> None:
+    """The metric of ``task``, cut to its largest evaluation batch (``largest_validation``),
+    run as ``_evaluate`` runs it (autocast for DeepSpeed's 16-bit weights only): a trial evaluates
+    between steps with the model states resident, on batches of ``eval_batch_size`` that
+    may hold more activations than a checkpointed or small step, so an evaluation can be the
+    trial's peak (what the prediction's ``evaluation`` phase traces)."""
+    ctx = autocast_context(recipe.precision, dev.type) if prepared.engine \
+        else contextlib.nullcontext()
+    with ctx:
+        evaluate_metric(task, prepared.evaluation_model(), dev)

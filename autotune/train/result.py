@@ -40,6 +40,10 @@ class TrialLimits:
     predicted_peak_bytes: int | None = None
     """The peak the search predicted for this recipe (``autotune.memory.check_budget``);
     None: the trial predicts it itself (cached per process)."""
+    quick_eval: bool = True
+    """Evaluate a fixed subset of the validation data while the metric is far from the
+    target, the full set near it (``autotune.train.evaluation``); False: the full set at every
+    evaluation point."""
 
     @classmethod
     def for_task(
@@ -77,6 +81,10 @@ class TrialResult:
     """Training clock when the trial ended."""
     eval_seconds: float = 0.0
     """Wall time spent in evaluations (not counted in TTA)."""
+    eval_points_full: int = 0
+    """Evaluation points that read the full validation set (``autotune.train.evaluation``)."""
+    eval_points_quick: int = 0
+    """Evaluation points that read its subset first (the full set too when near the target)."""
     setup_seconds: float = 0.0
     """Model building and moving data to the device (not counted in TTA)."""
     loader_start_seconds: float = 0.0
