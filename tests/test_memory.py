@@ -22,10 +22,13 @@ from autotune.memory import (
     cap_device_memory,
     check_budget,
     largest_batch,
+    largest_validation,
     predict_peak,
     trace_key,
+    trace_step,
 )
 from autotune.memory._model_states import DEEPSPEED_DEFAULTS, model_states
+from autotune.memory._predict import single_device_recipe
 from autotune.recipe import Recipe
 from autotune.tasks import Task, load_task
 from autotune.train import TrialLimits, measure_step_memory, run_trial
@@ -58,22 +61,33 @@ class BlockNet(nn.Module):
         return self.out(h)
 
 
-def make_block_task(device: str = "cpu") -> Task:
-    """User-task form: ``tests.test_memory:make_block_task``."""
+def make_block_task(device: str = "cpu", validation_rows: int = 64,
+                    eval_batch_size: int = 256) -> Task:
+    """User-task form: ``tests.test_memory:make_block_task``. ``validation_rows`` and
+    ``eval_batch_size`` large: a task whose evaluation holds more than its steps."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 32, generator=g)
+    x = torch.randn(192 + validation_rows, 32, generator=g)
     y = (x[:, 0] > 0).long()
     return Task(
         name="blocks", build_model=BlockNet, train=(x[:192], y[:192]),
         validation=(x[192:], y[192:]),
         loss=lambda m, b: nn.functional.cross_entropy(m(b[0]).float(), b[1]),
-        predict=lambda m, b: m(b[0]).argmax(-1), target=0.9,
+        predict=lambda m, b: m(b[0]).argmax(-1), target=0.9, eval_batch_size=eval_batch_size,
     )
+
+
+EVAL_HEAVY = {"validation_rows": 2048, "eval_batch_size": 1024}
+"""``make_block_task`` options whose evaluation (1,024 rows at once) outweighs a step of 8."""
 
 
 @pytest.fixture(scope="module")
 def blocks() -> Task:
     return load_task("tests.test_memory:make_block_task")
+
+
+@pytest.fixture(scope="module")
+def eval_heavy() -> Task:
+    return load_task("tests.test_memory:make_block_task", options=EVAL_HEAVY)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +121,56 @@ def test_bert_prediction_matches_the_measured_step(bert):
     recipe = Recipe(batch_size=16, precision="bf16")
     prediction = predict_peak(bert, recipe, cache=TraceCache())
     assert prediction.peak_bytes == pytest.approx(measured(bert, recipe), rel=0.01)
+
+
+# -- the evaluation between steps ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("task_name", "changes"), [
+    ("blocks", {}),
+    ("blocks", {"precision": "bf16", "checkpointing": True}),
+    ("eval_heavy", {"batch_size": 8, "checkpointing": True}),
+    ("bert", {"checkpointing": True}),
+    ("bert", {"precision": "bf16"}),
+])
+def test_predicted_evaluation_matches_the_measured_one(request, task_name, changes):
+    """The trace's evaluation phase (fake tensors) against the trial's own, measured live
+    after its steps: model states resident, gradients freed, the largest evaluation batch."""
+    task = request.getfixturevalue(task_name)
+    recipe = Recipe(**{"batch_size": 16, **changes})
+    traced = trace_step(task, single_device_recipe(recipe)).phases["evaluation"]
+    live = measure_step_memory(task, recipe, CPU, seed=0)["evaluation"]
+    assert traced["total"] == pytest.approx(live["total"], rel=0.01)
+    assert traced["gradients"] == live["gradients"] == 0  # zero_grad(set_to_none=True)
+    assert traced["optimizer"] == live["optimizer"] > 0
+
+
+@pytest.mark.parametrize("task_name", ["eval_heavy", "bert"])
+def test_a_checkpointed_recipe_can_peak_in_its_evaluation(request, task_name):
+    """Found on an H200: BERT-base with checkpointing measured 2.13 GiB over a trial whose
+    steps were predicted at 1.80 GiB; its evaluation (batches of 256, no gradients, model
+    states resident) is the trial's peak, and the prediction must hold it."""
+    task = request.getfixturevalue(task_name)
+    recipe = Recipe(batch_size=8, checkpointing=True)
+    cache = TraceCache()
+    prediction = predict_peak(task, recipe, cache=cache)
+    assert prediction.phase == "evaluation"
+    trace = trace_step(task, single_device_recipe(recipe))
+    steps = trace.phases
+    training_only = max(steps["forward_backward"]["total"], steps["optimizer_step"]["total"])
+    assert prediction.peak_bytes > 1.1 * training_only
+    assert prediction.peak_bytes == pytest.approx(measured(task, recipe), rel=0.01)
+    # Every parallel mode keeps the phase (DDP: as one device, with its buckets).
+    ddp = predict_peak(task, recipe.replace(parallelism="ddp", workers=2), cache=cache)
+    assert ddp.phase == "evaluation"
+    assert ddp.peak_bytes == prediction.peak_bytes + trace.gradient_bytes
+
+
+def test_largest_validation_takes_the_longest_sentences(bert):
+    rows = largest_validation(bert).validation
+    assert rows[0].shape[0] == bert.eval_batch_size
+    longest = torch.topk(bert.validation[1].sum(dim=1), bert.eval_batch_size).values
+    assert int(rows[1].sum(dim=1).min()) == int(longest.min())
 
 
 def test_a_loss_that_reads_values_is_traced_on_real_tensors(blocks):
@@ -148,6 +212,11 @@ def test_the_same_model_and_micro_batch_is_traced_once(blocks):
     assert cache.traces == 3
     assert trace_key(blocks, Recipe(batch_size=32)) != trace_key(
         blocks, Recipe(batch_size=32, precision="bf16"))
+    # The evaluation phase depends on the evaluation's batch size.
+    larger = dataclasses.replace(blocks, eval_batch_size=32)
+    assert trace_key(larger, Recipe(batch_size=32)) != trace_key(blocks, Recipe(batch_size=32))
+    predict_peak(larger, Recipe(batch_size=32), cache=cache)
+    assert cache.traces == 4
 
 
 # -- activation checkpointing --------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Measured (``MemoryPeak``, ``read_peak``, ``TensorTracker``): on a GPU the CUDA allocator's
 peaks; on the CPU the peak of tracked tensor memory, with the process's peak RSS beside it.
 Enforced: ``cap_device_memory`` caps a GPU at the budget. Predicted: ``predict_peak`` traces a
-training step on fake tensors and adds the parallel mode's sharding of model states
-analytically; ``check_budget`` is the search's gate before launching a trial.
+training step and an evaluation on fake tensors and adds the parallel mode's sharding of
+model states analytically; ``check_budget`` is the search's gate before launching a trial.
 
 This package knows nothing of Ray or Optuna.
 """
@@ -31,7 +31,7 @@ from autotune.memory._predict import (
     single_device_recipe,
     trace_key,
 )
-from autotune.memory._trace import StepTrace, largest_batch, trace_step
+from autotune.memory._trace import StepTrace, largest_batch, largest_validation, trace_step
 
 __all__ = [
     "CPU_TRACKED",
@@ -48,6 +48,7 @@ __all__ = [
     "estimate_recipes",
     "is_out_of_memory",
     "largest_batch",
+    "largest_validation",
     "peak_rss_bytes",
     "predict_peak",
     "read_peak",

@@ -31,7 +31,17 @@ stages)           biggest stage, a share ``f`` of the model (``pipeline_share``)
 ================  =============================================================================
 
 Activations and temporaries come from the trace (for DeepSpeed's bf16/fp16 modes the trace
-casts the weights, as DeepSpeed does). These rules were checked against live measurements of
+casts the weights, as DeepSpeed does).
+
+Each mode has three phases: ``forward_backward``, ``optimizer_step`` and ``evaluation`` (a
+trial's evaluation between steps: the largest evaluation batch's forward pass without
+gradients, model states resident, gradients freed by ``zero_grad(set_to_none=True)``). In the
+evaluation, DDP keeps its buckets (as in every phase); FSDP gathers as in its forward pass (the
+root group and one block) beside its sharded weights and optimizer state; ZeRO keeps its
+resident weights, buckets and optimizer state, and ZeRO-3 gathers as in its forward pass; a
+pipeline worker evaluates its full copy of the model (``evaluation_model``) beside its stage's
+optimizer state, with the whole evaluation batch's activations (not a piece's). The peak is
+the largest phase. These rules were checked against live measurements of
 2-worker gloo runs (``benchmarks/memory_accuracy.py``). Bytes per weight and of optimizer state
 per parameter come from ``autotune.knobs`` (training needs them too). ``model_states`` is the
 part that DeepSpeed's own estimators also compute; ``tests/test_memory.py`` states how they
@@ -162,12 +172,14 @@ def _phase(**parts: int) -> dict[str, int]:
 
 
 def _fsdp(trace: StepTrace, recipe: Recipe) -> dict[str, dict[str, int]]:
-    """FSDP2 phases. At the trace's forward/backward peak a share of the gradients exists
+    """FSDP2 phases (the evaluation's: see the module docstring). At the trace's
+    forward/backward peak a share of the gradients exists
     (``g``, the trace's gradients then over all of them); FSDP holds that share of its
     sharded gradients, and once the backward pass has started, one block's unsharded
     gradients and their reduce-scatter copy in flight."""
     n = recipe.workers
     fb, step = trace.phases["forward_backward"], trace.phases["optimizer_step"]
+    evaluation = trace.phases["evaluation"]
     sharded = trace.param_bytes // n + trace.mask_bytes // n
     block = 4 * trace.block_params
     root = 4 * (trace.param_count - trace.blocks_total_params)
@@ -181,6 +193,9 @@ def _fsdp(trace: StepTrace, recipe: Recipe) -> dict[str, dict[str, int]]:
         "optimizer_step": _phase(
             parameters=sharded + trace.teacher_bytes, gradients=trace.gradient_bytes // n,
             optimizer=step["optimizer"] // n, activations=step["activations"]),
+        "evaluation": _phase(
+            parameters=sharded + root + block + trace.teacher_bytes,
+            optimizer=trace.optimizer_bytes // n, activations=evaluation["activations"]),
     }
 
 
@@ -209,6 +224,7 @@ def _pipeline(trace: StepTrace, recipe: Recipe) -> dict[str, dict[str, int]]:
     (``autotune.memory.single_device_recipe``)."""
     f = pipeline_share(trace, recipe.workers)
     fb, step = trace.phases["forward_backward"], trace.phases["optimizer_step"]
+    evaluation = trace.phases["evaluation"]
     weights = trace.param_bytes + trace.mask_bytes
     return {
         "forward_backward": _phase(
@@ -218,15 +234,20 @@ def _pipeline(trace: StepTrace, recipe: Recipe) -> dict[str, dict[str, int]]:
         "optimizer_step": _phase(
             parameters=weights, gradients=int(f * trace.gradient_bytes),
             optimizer=int(f * step["optimizer"]), activations=step["activations"]),
+        # the full model evaluates on every worker, on whole evaluation batches
+        "evaluation": _phase(
+            parameters=weights, optimizer=int(f * trace.optimizer_bytes),
+            activations=evaluation["activations"]),
     }
 
 
 def _zero(trace: StepTrace, recipe: Recipe) -> tuple[dict[str, dict[str, int]], int]:
-    """ZeRO phases and the offloaded bytes (see the module table)."""
+    """ZeRO phases and the offloaded bytes (see the module table and docstring)."""
     n, d, p = recipe.workers, weight_bytes(recipe), trace.param_count
     stage = int(recipe.parallelism[-1])
     states = model_states(recipe, p)
     fb, step = trace.phases["forward_backward"], trace.phases["optimizer_step"]
+    evaluation = trace.phases["evaluation"]
     bucket = int(deepspeed_setting(recipe, "reduce_bucket_size")) * d
     if stage < 3 and deepspeed_setting(recipe, "overlap_comm"):
         bucket *= 2
@@ -251,5 +272,9 @@ def _zero(trace: StepTrace, recipe: Recipe) -> tuple[dict[str, dict[str, int]], 
             parameters=resident, gradients=bucket + states.gradients,
             optimizer=optimizer + (0 if recipe.offload else temps),
             activations=step["activations"]),
+        # buckets and ZeRO-3's gradient partition are kept: allocated between steps
+        "evaluation": _phase(
+            parameters=resident + gathered, gradients=bucket + held_16, optimizer=optimizer,
+            activations=evaluation["activations"]),
     }
     return phases, states.offloaded

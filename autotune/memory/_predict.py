@@ -5,7 +5,10 @@
 - what a single device's training step holds, traced once per model and micro-batch on fake
   tensors (``autotune.memory._trace``): parameters, gradients, optimizer state, and the
   activations and temporaries of the recipe's micro-batch, with its precision, checkpointing,
-  accumulation, pruning and optimizer; and
+  accumulation, pruning and optimizer; then what an evaluation between steps holds (the
+  largest batch of ``eval_batch_size`` validation examples, without gradients, beside the
+  model states), which is the peak of a recipe whose step holds less (checkpointing, a
+  small micro-batch); and
 - what the recipe's parallel mode changes in the model states, computed from the parameter
   count (``autotune.memory._model_states``): the ZeRO stages and FSDP divide what they shard by
   the worker count, offload moves optimizer state (and for ZeRO-3 parameters) to CPU memory,
@@ -67,7 +70,8 @@ class Prediction:
     parallelism: str
     workers: int
     phase: str
-    """Where the peak falls: ``forward_backward`` or ``optimizer_step``."""
+    """Where the peak falls: ``forward_backward``, ``optimizer_step`` or ``evaluation`` (a
+    trial's evaluation between steps, on batches of the task's ``eval_batch_size``)."""
     method: str
     """How it was obtained, e.g. ``fake_trace + analytic zero2 x2``."""
 
@@ -82,8 +86,8 @@ class Prediction:
 
 
 class TraceCache:
-    """Step traces by model and micro-batch (``trace_key``), least recently used dropped
-    first. Thread-safe; one per process is enough (``TRACE_CACHE``)."""
+    """Step traces (with their evaluation) by model and micro-batch (``trace_key``), least
+    recently used dropped first. Thread-safe; one per process is enough (``TRACE_CACHE``)."""
 
     def __init__(self, max_entries: int = 128) -> None:
         self.max_entries = max_entries
@@ -130,9 +134,9 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
     its implementation (``fused_optimizer``: a loop, foreach and fused steps hold different
     temporaries), whether gradients are accumulated, the structured pruning ratio at step 0
     (it shrinks the model), whether ``weight_sparsity`` masks exist, whether a distillation
-    teacher runs beside the model, and whether the weights are cast to 16 bits (DeepSpeed's
-    bf16/fp16). Learning rate, schedule, warmup, parallel
-    mode and worker count do not change a device's step."""
+    teacher runs beside the model, whether the weights are cast to 16 bits (DeepSpeed's
+    bf16/fp16), and the task's ``eval_batch_size`` (the evaluation phase's batch). Learning
+    rate, schedule, warmup, parallel mode and worker count do not change a device's step."""
     if task.load_spec is not None:
         identity = "spec:" + json.dumps(task.load_spec, sort_keys=True, default=str)
     else:
@@ -151,6 +155,7 @@ def trace_key(task: Task, recipe: Recipe) -> tuple:
         recipe.weight_sparsity > 0,
         recipe.distill_weight > 0,
         weight_bytes(recipe),
+        task.eval_batch_size,
     )
 
 
