@@ -23,6 +23,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -30,6 +31,7 @@ from autotune import objective
 from autotune.cli import main
 from autotune.memory import predict_peak
 from autotune.recipe import Recipe
+from autotune.results import REFUSED, ScreenRecord
 from autotune.search import SearchRequest, search
 from autotune.search.reporting import (
     load_run,
@@ -44,6 +46,7 @@ from autotune.search.reporting._figures import (
     memory_plot,
     winner_plot,
 )
+from autotune.search.screening import screening_document
 from autotune.tasks import load_task
 
 PLOTS = ("winner", "curves", "memory", "history", "importance")
@@ -447,3 +450,30 @@ def test_a_record_without_its_curve_is_drawn_at_its_last_evaluation(loss_run, tm
     points = [(list(t.x), list(t.y)) for t in fig.data if t.mode == "lines+markers"]
     assert ([old["train_seconds"]], [old["last_metric"]]) in points
     assert len(points) == len([r for r in records if r["curve"] or r["last_metric"]])
+
+
+def test_the_screening_shows_each_configuration_its_speed_and_whether_it_was_kept(
+        loss_run, tmp_path):
+    outcome, _, _ = loss_run
+    copy = tmp_path / "screened_run"
+    shutil.copytree(outcome.run_dir, copy)
+    doc = yaml.safe_load((copy / "search.yaml").read_text())
+    doc["screening"] = screening_document([
+        ScreenRecord(label="baseline", config={}, status="ok", is_baseline=True,
+                     examples_per_second=1000.0, step_seconds=0.032, peak_memory_bytes=2 * 10**6),
+        ScreenRecord(label="precision=bf16", config={"precision": "bf16"}, status="ok", order=1,
+                     examples_per_second=1500.0, step_seconds=0.021,
+                     peak_memory_bytes=10**6),
+        ScreenRecord(label="batch_size=512", config={"batch_size": 512}, status=REFUSED,
+                     order=2, message="predicted over the budget")], sampled_from=5)
+    (copy / "search.yaml").write_text(yaml.safe_dump(doc))
+    html = (write_report(copy).html).read_text()
+    section = html.split('<h2 id="screening">')[1].split("<h2")[0]
+    assert "timed 3 system configurations (sampled from 5)" in section
+    rows = section.split("<tr")[2:]
+    assert len(rows) == 3
+    assert "precision=bf16" in rows[0] and ">yes<" in rows[0] and "1500" in rows[0]
+    assert "batch_size=512" in rows[2] and ">no<" in rows[2] and "dropped" in rows[2]
+    # A search that did not screen has no such section.
+    html = (write_report(outcome.run_dir).html).read_text()
+    assert 'id="screening"' not in html

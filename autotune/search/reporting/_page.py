@@ -59,6 +59,7 @@ th { background: #f6f6f6; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.winner td { background: #eaf6ea; }
 tr.baseline td { background: #f1f1f1; }
+tr.dropped td { color: #888; }
 .status-reached { color: #1a7f1a; } .status-failed { color: #c0392b; }
 .status-none { color: #777; }
 .caption { color: #555; font-size: 0.9em; max-width: 62em; }
@@ -76,7 +77,7 @@ def render(run: RunData, plotly_js: str, plots: list[Plot] | None = None) -> str
     """The whole page; ``plotly_js`` is plotly.js itself, put inline once."""
     plots = all_plots(run) if plots is None else plots
     body = [_header(run), '<pre id="script-errors" hidden></pre>', _notes(run),
-            _verdict(run), plots_section(plots[:1]), _leaderboard(run),
+            _verdict(run), plots_section(plots[:1]), _leaderboard(run), _screening(run),
             plots_section(plots[1:]), _about(run)]
     return (
         '<!DOCTYPE html>\n<html lang="en" data-script-errors="[]">\n<head>\n'
@@ -200,6 +201,37 @@ def _leaderboard(run: RunData) -> str:
     return ('<h2 id="leaderboard">Leaderboard</h2>\n<p class="caption">Every recipe the search '
             "tried, fastest first (* the baseline; a confirmed recipe ranks by its median over "
             "seeds; the rest by the score the search minimised).</p>\n"
+            + _table(head, rows, classes))
+
+
+def _screening(run: RunData) -> str:
+    """The screening of system configurations (``search.yaml``'s ``screening``: each timed
+    configuration's speed and memory, its rank, and whether it was kept for the convergence
+    trials, and why); empty when the search did not screen."""
+    doc = run.search.get("screening")
+    if not isinstance(doc, dict) or not doc.get("results"):
+        return ""
+    head = ("rank", "kept", "examples/s", "step", "peak memory", "compile", "configuration",
+            "why")
+    rows, classes = [], []
+    for row in doc["results"]:
+        step = row.get("step_seconds")
+        config = row.get("configuration") or {}
+        rows.append((
+            str(row.get("rank") or "-"), "yes" if row.get("kept") else "no",
+            _number(row.get("examples_per_second")),
+            f"{1000 * step:.1f} ms" if step else "-", _bytes(row.get("peak_memory_bytes")),
+            f"{row['compile_seconds']:.1f} s" if row.get("compile_seconds") else "-",
+            escape(" ".join(f"{k}={v}" for k, v in config.items()) or "baseline"),
+            escape(str(row.get("why") or row.get("status") or ""))))
+        classes.append("" if row.get("kept") else "dropped")
+    sampled = doc.get("sampled_from")
+    of = f" (sampled from {sampled})" if sampled else ""
+    return ('<h2 id="screening">Screening</h2>\n<p class="caption">Before the convergence '
+            f"trials the search timed {doc.get('configurations')} system configurations{of} "
+            "for a few seconds each (no convergence needed) and kept "
+            f"{doc.get('kept')} for the trials: examples per second in the best window of the "
+            "timed steps, and peak memory (docs/concepts.md, Screening).</p>\n"
             + _table(head, rows, classes))
 
 
