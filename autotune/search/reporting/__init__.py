@@ -4,8 +4,9 @@
 or one still running, from the trials recorded so far) and writes, atomically:
 
 - ``report.html``: one self-contained page (``_page``; plotly.js inline, opens offline) with
-  the verdict, the leaderboard, the screening of system configurations, learning curves, time-to-target against peak memory with the
-  budget and the Pareto front, the optimisation history, Optuna's parameter importances
+  the verdict, the leaderboard, the screening of system configurations, learning curves,
+  time-to-target against peak memory with the budget and the Pareto front, the optimisation
+  history, Optuna's parameter importances
   (``_figures``), and the machine, versions and settings;
 - ``trials.csv``: one flat row per trial (``_table``).
 
