@@ -42,10 +42,19 @@ import yaml
 from autotune.errors import ConfigError
 from autotune.recipe import Recipe, coerce_value, knob_types, recipe_problems
 
-SPACES_DIR = Path(str(files("autotune.search_spaces")))
+def _spaces_dir() -> Path:
+    """Where the shipped spaces are: the installed package data, else (a checkout run without
+    installing, as on a GPU machine: ``PYTHONPATH=$PWD``) the checkout's own folder."""
+    try:
+        return Path(str(files("autotune.search_spaces")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 """The shipped spaces: the top-level ``search_spaces/`` folder, installed as package data
 (``autotune.search_spaces``, mapped in pyproject.toml), so an editable and a wheel install both
-find them."""
+find them; a checkout on ``PYTHONPATH`` without an install finds the folder itself."""
 _KNOB_KEYS = {"choices", "low", "high", "step", "log", "value", "when", "help"}
 SYSTEM_PARAM = "system"
 """The sampler's parameter that picks one of a restricted space's system configurations

@@ -206,3 +206,16 @@ def test_wheel_ships_every_space_and_every_package(tmp_path):
         str(init.relative_to(REPO)) for init in (REPO / "autotune").rglob("__init__.py")
     }
     assert packages <= names, f"add to [tool.setuptools] packages: {sorted(packages - names)}"
+
+
+def test_a_checkout_without_an_install_finds_the_spaces_folder(monkeypatch):
+    """On a machine where the checkout is only on PYTHONPATH (the GPU check), the package-data
+    mapping does not exist: the checkout's own search_spaces/ is used."""
+    import autotune.space as space_module
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(space_module, "files", missing)
+    found = space_module._spaces_dir()
+    assert found.name == "search_spaces" and (found / "bert.yaml").is_file()
