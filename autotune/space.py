@@ -42,6 +42,7 @@ import yaml
 from autotune.errors import ConfigError
 from autotune.recipe import Recipe, coerce_value, knob_types, recipe_problems
 
+
 def _spaces_dir() -> Path:
     """Where the shipped spaces are: the installed package data, else (a checkout run without
     installing, as on a GPU machine: ``PYTHONPATH=$PWD``) the checkout's own folder."""
