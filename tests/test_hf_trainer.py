@@ -123,6 +123,7 @@ def test_a_metric_the_trial_never_sees_is_a_recorded_error_naming_those_it_did()
     result = run_trainer(hf_trainer_task.make_trainer, FACTORY, "eval_f1",
                          Recipe(batch_size=16), _limits(), device="cpu")
     assert result.status == objective.ERROR
+    assert result.message.startswith("MetricMissing: the Trainer's evaluation reported")
     assert "eval_accuracy" in result.message and "'eval_f1'" in result.message
     assert result.steps > 0
 

@@ -94,6 +94,11 @@ def trainer_arguments(recipe: Recipe, output_dir: str | Path, device_type: str, 
 # -- the callback ---------------------------------------------------------------------------
 
 
+class MetricMissing(Exception):
+    """The Trainer's evaluation did not report the metric a trial measures time-to-target
+    with; the trial ends as an error naming the metrics it did report."""
+
+
 class TimeToTarget(TrainerCallback):
     """Owns a Trainer trial's clock (see the module docstring): evaluations on the training
     clock's schedule and off it, the metric recorded, training stopped when decided."""
@@ -128,7 +133,7 @@ class TimeToTarget(TrainerCallback):
         self._asked_at = None
         metrics = dict(metrics or {})
         if self.metric not in metrics:
-            self.session.fail(KeyError(missing_metric(self.metric, metrics)))
+            self.session.fail(MetricMissing(missing_metric(self.metric, metrics)))
             control.should_training_stop = True
             return
         if self.session.record(_number(metrics[self.metric])):
