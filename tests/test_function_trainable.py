@@ -10,8 +10,10 @@ import pytest
 
 from autotune import objective
 from autotune.cli import main
-from autotune.integrations import function_task
+from autotune.errors import UserError
+from autotune.integrations import INTEGRATION_KEY, function_task, load_any_task
 from autotune.recipe import Recipe
+from autotune.search import SearchRequest
 from autotune.train import TrialLimits, run_trial
 from tests import function_trainable
 
@@ -118,3 +120,34 @@ def test_the_function_must_exist():
     code = main(["search", "--function", "tests.function_trainable:nope", "--metric", "acc",
                  "--target", "0.9"])
     assert code == 2
+
+
+def test_the_request_carries_the_integration_to_the_trials_and_through_a_resume():
+    """What ``--resume`` reloads (settings.json) rebuilds the same options for the trials."""
+    request = SearchRequest(model=LINEAR, integration="function", metric="accuracy",
+                            target=0.9, direction="max", eval_every_s=0.5, max_trial_seconds=4,
+                            task_options={"lr": 0.01})
+    assert request.problems() == []
+    options = request.integration_options()
+    assert options == {"lr": 0.01, INTEGRATION_KEY: "function", "metric": "accuracy",
+                       "target": 0.9, "direction": "max", "max_train_seconds": 4,
+                       "eval_every_seconds": 0.5}
+    again = SearchRequest.from_json(json.loads(json.dumps(request.to_json())))
+    assert again == request and again.integration_options() == options
+    # the driver replaces task_options with these; doing it twice changes nothing
+    assert again.replace(task_options=options).integration_options() == options
+    task = load_any_task(LINEAR, "cpu", options)
+    assert (task.metric, task.target, task.eval_every_seconds, task.default_lr) == (
+        "accuracy", 0.9, 0.5, 0.01)
+
+
+def test_what_an_integration_needs_is_checked_at_once():
+    problems = SearchRequest(model=LINEAR, integration="function", direction="up",
+                             eval_every_s=0).problems()
+    assert any("--function needs --metric" in p for p in problems)
+    assert any("--function needs --target" in p for p in problems)
+    assert any("--direction must be max" in p for p in problems)
+    assert any("--eval-every must be > 0" in p for p in problems)
+    with pytest.raises(UserError, match="unknown option batch"):
+        load_any_task(LINEAR, "cpu", {INTEGRATION_KEY: "function", "metric": "a",
+                                      "target": 0.5, "batch": 3})
