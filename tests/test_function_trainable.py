@@ -114,6 +114,9 @@ def test_a_real_search_over_a_function(tmp_path, capsys):
     header = (results / "best_recipe.yaml").read_text().splitlines()[:2]
     assert "--function tests.function_trainable:train_linear --metric accuracy" in header[0]
     assert "autotune.Recipe.load" in header[1]
+    space = (results / "space.yaml").read_text()
+    assert "autotune search --function tests.function_trainable:train_linear --metric " \
+        "accuracy --target 0.9 --space PATH" in space
 
 
 def test_the_function_must_exist():

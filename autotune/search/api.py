@@ -217,6 +217,9 @@ def _load_space(request: SearchRequest, run_dir: RunDirectory, resumed: bool,
             text = default_space_yaml(baseline, device, bf16_fast=bf16_fast,
                                       source=request.model, dataset=dataset, teacher=teacher,
                                       cpus=os.cpu_count() or 1)
+            if request.integration != "task":  # the header's command names the Trainer/function
+                text = text.replace(f"autotune search --model {request.model} ",
+                                    f"autotune search {_task_flags(request)} ", 1)
             source = f"default space for {request.model} (generated from its baseline)"
             return parse_space(text, source=source), source, text, True
     space = load_space(path)
