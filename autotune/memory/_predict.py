@@ -14,8 +14,10 @@
   the worker count, offload moves optimizer state (and for ZeRO-3 parameters) to CPU memory,
   DDP adds its gradient buckets.
 
-Traces are cached (``TRACE_CACHE``): a search never traces the same model and micro-batch
-twice, whatever the other knobs (learning rate, schedule, parallel mode, workers) are.
+A GPU's prediction traces the optimizer implementation a GPU runs (``device_implementation``:
+torch's default is ``foreach`` there, a loop on a CPU). Traces are cached (``TRACE_CACHE``): a
+search never traces the same model and micro-batch twice, whatever the other knobs (learning
+rate, schedule, parallel mode, workers) are.
 ``check_budget`` is what a search calls before launching a trial.
 """
 
@@ -177,17 +179,35 @@ def single_device_recipe(recipe: Recipe) -> Recipe:
                           pipeline_schedule="gpipe")
 
 
+def device_implementation(recipe: Recipe, device_type: str) -> Recipe:
+    """``recipe`` with the optimizer implementation that ``device_type`` runs for it.
+
+    ``fused_optimizer: default`` is torch's choice, which depends on the device
+    (``torch.optim.optimizer._default_to_fused_or_foreach``): a loop over the parameters on a
+    CPU, ``foreach`` on a GPU. Their temporaries differ: Adam's ``foreach`` step holds the
+    square roots of all second moments at once (one more copy of the parameters), the loop
+    one parameter's at a time. The trace runs on CPU tensors, so for a GPU the ``foreach``
+    implementation is traced by name. Measured: BERT-base, fp32, batch 32, checkpointing,
+    on the CPU tracker, 1.80 GiB for the loop and 2.03 GiB for ``foreach``; the H200 measured
+    2.13 GiB (2.07 GiB of it the trial's own) where 1.80 GiB had been predicted."""
+    if device_type == "cuda" and recipe.fused_optimizer == "default":
+        return recipe.replace(fused_optimizer="foreach")
+    return recipe
+
+
 def predict_peak(
     task: Task, recipe: Recipe, device_type: str = "cpu", *, cache: TraceCache | None = None
 ) -> Prediction:
     """Predict the peak memory of one device of ``recipe``'s training run (see the module
     docstring). ``device_type`` is ``cpu`` or ``cuda``; the step is traced on the CPU either
-    way (fake CUDA tensors need a CUDA build), and a CUDA prediction rounds tensors as the
-    caching allocator does and moves offloaded state out of the device's total."""
+    way (fake CUDA tensors need a CUDA build), with the optimizer implementation the device
+    runs (``device_implementation``), and a CUDA prediction moves offloaded state out of the
+    device's total."""
     if device_type not in DEVICE_TYPES:
         raise ValueError(f"device_type must be one of {', '.join(DEVICE_TYPES)}; got "
                          f"{device_type!r}")
     cache = TRACE_CACHE if cache is None else cache
+    recipe = device_implementation(recipe, device_type)
     traced = single_device_recipe(recipe)
     dtype = None if weight_bytes(recipe) == 4 else DTYPES[recipe.precision]
     trace = cache.get(trace_key(task, recipe), task.build_model,

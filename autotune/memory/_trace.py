@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
-from torch.utils.data import Subset
+from torch.utils.data import Dataset
 
 from autotune.knobs import (
     apply_checkpointing,
@@ -143,8 +143,23 @@ def largest_validation(task: Task) -> Task:
     if isinstance(task.validation, tuple | list):
         rows: TaskData = tuple(t.index_select(0, idx) for t in task.validation)
     else:
-        rows = Subset(task.validation, idx.tolist())
+        rows = _Samples([task.validation[int(i)] for i in idx])
     return dataclasses.replace(task, validation=rows)
+
+
+class _Samples(Dataset):
+    """Samples read once (``largest_validation``). Evaluating them reads the user's Dataset no
+    more: a sample that is a view of the Dataset's storage (``x[i]``), made inside a tracker,
+    would count the whole storage, which on a GPU stays in host memory."""
+
+    def __init__(self, samples: list[Any]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.samples[i]
 
 
 def _largest(data: TaskData, count: int) -> torch.Tensor:
