@@ -239,8 +239,9 @@ def test_a_nan_midway_is_caught_within_one_evaluation_interval(toy_task):
     assert result.status == objective.DIVERGED
     steps = result.message.split("between optimizer steps ")[1].split(" (")[0]
     first, last = (int(x) for x in steps.split(" and "))
-    # The CPU peak measurement takes 2 steps before the run: the NaN starts at step 29.
-    assert first <= 29 <= last == result.steps
+    # The memory prediction and measurement call the loss 2-3 times before the run: the NaN
+    # starts at step 28 or 29 of the run.
+    assert first <= 28 and 28 <= last == result.steps
     assert "nan" in result.message
     # Caught at the first evaluation point after it, before evaluating a NaN model.
     assert all(t < result.train_seconds and math.isfinite(m) for t, m in result.curve)
