@@ -15,6 +15,8 @@ from tests.user_task import loss, make_task
 
 CALLS: list[str] = []
 """What the functions did, in this process (the tests read it)."""
+WALL: dict[str, float] = {}
+"""``train_linear``'s wall clock at ``ctx.start()`` and where it ended."""
 
 
 def _setup(recipe: Recipe) -> tuple[autotune.Configured, tuple[torch.Tensor, ...],
@@ -36,16 +38,20 @@ def train_linear(recipe: Recipe, ctx: TrialContext, eval_sleep: float = 0.0) -> 
     rows = recipe.batch_size * recipe.accumulation_steps
     gen = torch.Generator().manual_seed(ctx.seed)
     ctx.start()
-    while True:
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x) - rows + 1, rows):
-            batch = [x[order[start:start + rows]], y[order[start:start + rows]]]
-            run.step(run.split(batch), loss)
-            if ctx.step(examples=rows):
-                with ctx.evaluating():
-                    time.sleep(eval_sleep)
-                    accuracy = _accuracy(run, validation)
-                ctx.report(accuracy)
+    WALL["start"] = time.perf_counter()
+    try:
+        while True:
+            order = torch.randperm(len(x), generator=gen)
+            for start in range(0, len(x) - rows + 1, rows):
+                batch = [x[order[start:start + rows]], y[order[start:start + rows]]]
+                run.step(run.split(batch), loss)
+                if ctx.step(examples=rows):
+                    with ctx.evaluating():
+                        time.sleep(eval_sleep)
+                        accuracy = _accuracy(run, validation)
+                    ctx.report(accuracy)
+    finally:
+        WALL["end"] = time.perf_counter()
 
 
 def train_with_slow_evaluation(recipe: Recipe, ctx: TrialContext) -> None:

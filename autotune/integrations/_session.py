@@ -7,11 +7,16 @@ function's time-to-target means what a built-in task's does:
 
 - the training clock counts training only: it starts when training starts (``start``; the
   model, data and optimizer built before it are setup, ``setup_seconds``) and is paused while
-  the loop evaluates (``evaluating``: measured as ``eval_seconds``, not counted); on a GPU it
-  synchronises the device before each reading;
+  the loop evaluates (``evaluating``: measured as ``eval_seconds``, not counted);
+- no host synchronisation per step: after each step the clock is read on the host only, to
+  decide whether an evaluation is due; on a GPU it waits for the device where it pauses (an
+  evaluation point, the end), so every recorded time is the device's;
 - an evaluation is due once the clock has passed the next multiple of
-  ``limits.eval_every_seconds`` (the schedule skips the multiples a long step jumped over), and
-  at the time limit or at ``limits.max_steps``;
+  ``limits.eval_every_seconds`` (the schedule skips the multiples a long step jumped over), or
+  later when the last evaluation took more than a quarter of the training since the one
+  before (``autotune.train.evaluation.next_point``), and at the time limit or at
+  ``limits.max_steps``. Unlike autotune's own loop, every evaluation is the user's full one (a
+  Trainer's ``eval_dataset``, the function's own): autotune cannot read a subset of it;
 - each reported metric is a point ``(training seconds, metric)`` of the curve; the first that
   reaches the target (in the metric's direction) ends the trial as *reached* with that time as
   its time-to-target; one at or past the limit without reaching it ends it as *not reached*;
@@ -36,6 +41,7 @@ import torch
 from autotune import objective
 from autotune.knobs import Diverged
 from autotune.memory import cap_device_memory, is_out_of_memory, read_peak, reset_peak
+from autotune.train.evaluation import next_point
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
 
@@ -71,11 +77,14 @@ class Session:
         self._started = False
         self._overdue = False
         """An evaluation was due at the time limit and the loop stepped on without one."""
+        self._point_eval_seconds = 0.0
+        """Evaluation seconds since the last recorded point (what stretches the schedule)."""
 
     # -- the clock ------------------------------------------------------------------------
 
-    def _now(self) -> float:
-        if self.device.type == "cuda":
+    def _now(self, sync: bool = True) -> float:
+        """The host clock; with ``sync``, after waiting for the device's queued work."""
+        if sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
@@ -96,11 +105,12 @@ class Session:
         self.result.setup_seconds = now - self._created
         self._elapsed, self._since = 0.0, now
 
-    def elapsed(self) -> float:
-        """Training seconds so far (frozen while the clock is paused)."""
+    def elapsed(self, sync: bool = True) -> float:
+        """Training seconds so far (frozen while the clock is paused); ``sync=False`` reads
+        the host clock without waiting for the device (a step's check)."""
         if self._since is None:
             return self._elapsed
-        return self._elapsed + self._now() - self._since
+        return self._elapsed + self._now(sync) - self._since
 
     def pause(self) -> float:
         """Stop the clock (an evaluation begins); returns the training seconds."""
@@ -122,8 +132,14 @@ class Session:
         try:
             yield
         finally:
-            self.result.eval_seconds += time.perf_counter() - began
+            self.add_eval_seconds(time.perf_counter() - began)
             self.resume()
+
+    def add_eval_seconds(self, seconds: float) -> None:
+        """An evaluation took ``seconds`` (off the clock): counted in ``eval_seconds`` and in
+        when the next one is due."""
+        self.result.eval_seconds += seconds
+        self._point_eval_seconds += seconds
 
     # -- steps and evaluations ------------------------------------------------------------
 
@@ -138,7 +154,7 @@ class Session:
         ended as not reached (``TrialStopped``)."""
         self.result.steps += 1
         self.result.examples += examples
-        elapsed = self.elapsed()
+        elapsed = self.elapsed(sync=False)
         out = self.out_of_time(elapsed)
         if out and self._overdue:
             if not self.result.curve:  # it never reports: a failure, not a slow recipe
@@ -159,6 +175,8 @@ class Session:
         self._overdue = False
         while self.next_eval <= elapsed:
             self.next_eval += self.limits.eval_every_seconds
+        self.next_eval = next_point(self.next_eval, elapsed, self._point_eval_seconds)
+        self._point_eval_seconds = 0.0
         r = self.result
         r.train_seconds = elapsed
         if not math.isfinite(value):

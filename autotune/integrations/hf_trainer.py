@@ -129,7 +129,7 @@ class TimeToTarget(TrainerCallback):
                     metrics: Mapping[str, float] | None = None, **kwargs: Any) -> None:
         if self._asked_at is None:
             return  # an evaluation the user's own code ran, not on the schedule
-        self.session.result.eval_seconds += time.perf_counter() - self._asked_at
+        self.session.add_eval_seconds(time.perf_counter() - self._asked_at)
         self._asked_at = None
         metrics = dict(metrics or {})
         if self.metric not in metrics:
