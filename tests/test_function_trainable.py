@@ -160,3 +160,16 @@ def test_what_an_integration_needs_is_checked_at_once():
     with pytest.raises(UserError, match="unknown option batch"):
         load_any_task(LINEAR, "cpu", {INTEGRATION_KEY: "function", "metric": "a",
                                       "target": 0.5, "batch": 3})
+
+
+def test_the_cpu_peak_is_the_trials_own_in_a_process_that_served_a_bigger_one():
+    """A trial process serves trial after trial: a later trial's peak RSS is its own, not the
+    process's since it started (else a small budget would fail every trial after a big one)."""
+    def hog(recipe: Recipe, ctx: object) -> None:
+        block = bytearray(400 * 10**6)  # 400 MB resident
+        block[::4096] = b"x" * len(block[::4096])
+        ctx.report(0.99)  # type: ignore[attr-defined]
+
+    big = _run(hog)
+    small = _run(function_trainable.crashes_after_a_report)
+    assert big.peak_memory_bytes > small.peak_memory_bytes + 300 * 10**6

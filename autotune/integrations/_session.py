@@ -32,9 +32,11 @@ function's time-to-target means what a built-in task's does:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -50,6 +52,28 @@ class TrialStopped(BaseException):  # noqa: N818 - a control-flow signal, like S
     ``TrialContext.report`` so that a training function stops where it stands. A
     ``BaseException``, like ``KeyboardInterrupt``, so that a user's ``except Exception`` does
     not swallow it; the function API catches it."""
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size (Linux: ``5`` to ``/proc/self/clear_refs``),
+    so that ``trial_peak_rss`` reads one trial's peak in a process that serves several; False
+    where the system cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def trial_peak_rss() -> int | None:
+    """The peak RSS since ``reset_peak_rss`` (``VmHWM`` of ``/proc/self/status``), in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class Session:
@@ -79,6 +103,8 @@ class Session:
         """An evaluation was due at the time limit and the loop stepped on without one."""
         self._point_eval_seconds = 0.0
         """Evaluation seconds since the last recorded point (what stretches the schedule)."""
+        self._rss_reset = False
+        """The process's peak RSS was reset at ``begin`` (Linux): the peak is this trial's."""
 
     # -- the clock ------------------------------------------------------------------------
 
@@ -89,10 +115,12 @@ class Session:
         return time.perf_counter()
 
     def begin(self) -> None:
-        """Before the user's code runs: the budget as the device's memory cap, a fresh peak.
+        """Before the user's code runs: the budget as the device's memory cap, a fresh peak
+        (on a CPU, the process's peak RSS too: a trial process serves trial after trial).
         The clock starts here too (``start`` restarts it where training really begins)."""
         self.result.memory_cap_fraction = cap_device_memory(self.device, self.limits.budget_bytes)
         reset_peak(self.device)
+        self._rss_reset = self.device.type == "cpu" and reset_peak_rss()
         self._since = self._now()
 
     def start(self) -> None:
@@ -259,6 +287,9 @@ class Session:
         """The measured peaks so far into the result; returns the peak the budget holds."""
         r = self.result
         peak = read_peak(self.device)
+        trial_rss = trial_peak_rss() if self._rss_reset else None
+        if trial_rss is not None:  # this trial's, not the process's since it started
+            peak = dataclasses.replace(peak, peak_bytes=trial_rss, rss_bytes=trial_rss)
         r.peak_memory_bytes, r.peak_memory_source = peak.peak_bytes, peak.source
         r.peak_reserved_bytes, r.peak_rss_bytes = peak.reserved_bytes, peak.rss_bytes
         if r.predicted_peak_bytes and peak.source != "cpu_rss":  # RSS is not tensor memory
