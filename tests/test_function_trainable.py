@@ -110,13 +110,15 @@ def test_multi_worker_recipes_are_infeasible():
 def test_a_real_search_over_a_function(tmp_path, capsys):
     results = tmp_path / "run"
     code = main(["search", "--function", LINEAR, "--metric", "accuracy", "--target", "0.9",
-                 "--task-option", "lr=0.01", "--trials", "2", "--max-trial-time", "4s",
+                 "--task-option", "lr=0.01", "--trials", "2", "--max-trial-time", "15s",
                  "--eval-every", "0.1s", "--time-budget", "90s", "--confirm", "0",
                  "--results-dir", str(results), "-q"])
     assert code == 0, capsys.readouterr().err
     records = [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
     assert len(records) == 2 and records[0]["recipe"]["lr"] == 0.01
-    assert all(r["status"] == objective.REACHED for r in records), records
+    assert records[0]["status"] == objective.REACHED, records[0]["message"]
+    # the second may be stopped early by the scheduler, if it falls behind
+    assert all(r["status"] in (objective.REACHED, objective.STOPPED) for r in records), records
     header = (results / "best_recipe.yaml").read_text().splitlines()[:2]
     assert "--function tests.function_trainable:train_linear --metric accuracy" in header[0]
     assert "autotune.Recipe.load" in header[1]

@@ -26,6 +26,7 @@ from autotune.integrations.hf_trainer import (
     trainer_arguments,
 )
 from autotune.knobs import lr_factor
+from autotune.memory import predict_peak
 from autotune.recipe import Recipe
 from autotune.train import TrialLimits, run_trial
 from tests import hf_trainer_task
@@ -47,7 +48,7 @@ def test_a_real_search_over_a_trainer_writes_the_winning_recipe(tmp_path, capsys
     results = tmp_path / "run"
     code = main(["search", "--trainer", FACTORY, "--metric", "eval_accuracy", "--target",
                  "0.8", "--trainer-args", str(own), "--budget", "16GB", "--trials", "2",
-                 "--max-trial-time", "8s", "--eval-every", "0.5s", "--time-budget", "2m",
+                 "--max-trial-time", "20s", "--eval-every", "0.5s", "--time-budget", "2m",
                  "--confirm", "0", "--results-dir", str(results), "-q"])
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -55,13 +56,17 @@ def test_a_real_search_over_a_trainer_writes_the_winning_recipe(tmp_path, capsys
     assert len(records) == 2 and records[0]["is_baseline"]
     baseline = Recipe.from_dict(records[0]["recipe"])
     assert (baseline.lr, baseline.batch_size, baseline.grad_clip) == (5e-4, 16, 1.0)
-    for r in records:
-        assert r["status"] == objective.REACHED, r["message"]
-        assert 0 < r["tta_seconds"] <= 8.0 and r["curve"][-1][1] >= 0.8
+    assert records[0]["status"] == objective.REACHED, records[0]["message"]
+    for r in records:  # the second may be stopped early by the scheduler, if it falls behind
+        assert r["status"] in (objective.REACHED, objective.STOPPED), r["message"]
+        if r["status"] == objective.REACHED:
+            assert 0 < r["tta_seconds"] <= 20.0 and r["curve"][-1][1] >= 0.8
+        assert r["curve"] and r["steps"] > 0
         assert r["peak_memory_bytes"] > 0 and r["peak_memory_source"] == "cpu_rss"
         assert r["eval_seconds"] > 0  # measured, not counted
+        assert r["predicted_peak_bytes"] > 0  # the memory gate traced the Trainer's model
     best = yaml.safe_load((results / "best_recipe.yaml").read_text())
-    winner = min(records, key=lambda r: r["tta_seconds"])
+    winner = min((r for r in records if r["tta_seconds"]), key=lambda r: r["tta_seconds"])
     assert best["recipe"] == winner["recipe"]
     assert best["measured"]["tta_seconds"] == pytest.approx(winner["tta_seconds"])
     assert "--trainer tests.hf_trainer_task:make_trainer" in \
@@ -174,6 +179,15 @@ def test_the_metric_may_be_named_without_the_eval_prefix():
     assert task.is_dataset  # the Trainer's datasets: the DataLoader knobs can act
     assert trainer_task(FACTORY, metric="eval_loss", target=0.1,
                         probe=False).higher_is_better is False
+
+
+def test_the_memory_gate_predicts_from_the_trainers_model_and_data():
+    """A Trainer with a transformers model and torch Datasets is traced like a task: a step
+    and an evaluation of its eval batch size, growing with the batch."""
+    task = trainer_task(FACTORY, metric="eval_accuracy", target=0.9, eval_batch_size=64)
+    small = predict_peak(task, Recipe(batch_size=8), "cpu")
+    large = predict_peak(task, Recipe(batch_size=512), "cpu")
+    assert 0 < small.peak_bytes < large.peak_bytes
 
 
 def test_trial_arguments_are_the_export_mapping_plus_the_trial_settings(tmp_path):

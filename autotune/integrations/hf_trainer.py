@@ -251,6 +251,8 @@ def trainer_task(
     higher = higher_is_better(metric, direction)
     baseline = recipe_from_training_arguments(_arguments_of(baseline_args))
     fields = own_loop_fields(shown, metric, higher, goal, max_train_seconds, eval_every_seconds)
+    if eval_batch_size:
+        fields["eval_batch_size"] = eval_batch_size  # what the memory trace evaluates
     description = f"Hugging Face Trainer from {spec}; {metric} from its evaluation"
     if probe:
         probed = _probe(make, spec, metric, goal, higher, direction, baseline, device,
@@ -331,7 +333,7 @@ def _data_fields(trainer: Trainer) -> dict[str, Any]:
         def build() -> torch.nn.Module:
             return copy.deepcopy(kept)
     return {"train": train, "validation": validation, "collate": trainer.data_collator,
-            "build_model": build, "loss": _model_loss}
+            "build_model": build, "loss": _model_loss, "evaluate": _mean_loss}
 
 
 def _model_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -339,6 +341,14 @@ def _model_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     ``compute_loss`` takes it."""
     out = model(**batch)
     return out["loss"] if isinstance(out, Mapping) else out[0]
+
+
+def _mean_loss(model: torch.nn.Module, batches: Any) -> float:
+    """The model's mean loss over validation batches: what the memory trace runs for the
+    evaluation phase (the Trainer's own evaluation is a forward pass per batch, as this is;
+    its metric is computed on the host from the logits)."""
+    losses = [float(_model_loss(model, batch)) for batch in batches]
+    return sum(losses) / max(1, len(losses))
 
 
 def _first_line(exc: BaseException) -> str:
