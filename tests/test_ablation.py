@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from autotune.recipe import baseline_recipe
 from autotune.tasks import load_task
 from benchmarks.ablation import LEVERS, main, variant
@@ -45,6 +47,7 @@ def test_levers_that_cannot_act_here_say_why_instead_of_running():
     assert recipe is None and "tensors" in why
 
 
+@pytest.mark.slow  # ~35-60 s: kept out of the default tier (under 15 min)
 def test_a_real_run_prints_the_table_and_writes_every_trial(tmp_path, capsys):
     out = tmp_path / "ablation.json"
     assert main(["--tasks", "mnist", "--seeds", "1", "--levers", "clip1", "tf32",

@@ -178,6 +178,7 @@ def test_trials_spread_over_both_nodes(cluster, tmp_path):
     assert len(nodes) == 2, nodes  # one CPU per node, one CPU per trial: both nodes worked
 
 
+@pytest.mark.slow  # ~35-60 s: kept out of the default tier (under 15 min)
 def test_losing_a_node_mid_trial_fails_that_trial_and_the_search_finishes(cluster, tmp_path):
     proc = _search(cluster, tmp_path, "--trials", "5", "--max-trial-time", "6s",
                    "--target", "1.01")

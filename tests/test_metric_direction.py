@@ -64,6 +64,7 @@ def test_a_broken_metric_fails_the_trial_naming_the_users_function(broken):
         in result.message
 
 
+@pytest.mark.slow  # ~35-60 s: kept out of the default tier (under 15 min)
 def test_a_lower_is_better_search_stops_the_worse_trial_and_confirms_the_winner(tmp_path):
     """The baseline (lr 1e-2, its loss falls) runs first; the warm start (lr 1e-6, its loss
     stays high) is behind it at ASHA's first rung and is stopped there: in the metric's

@@ -3,6 +3,7 @@ the single-process step on the concatenated batch."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
@@ -182,6 +183,23 @@ def test_a_worker_that_dies_fails_only_its_trial_with_the_reason():
     result = run_trial(task, recipe, TrialLimits.for_task(task))
     assert result.status == objective.ERROR
     assert "worker 1 exited with signal 9" in result.message
+
+
+@pytest.mark.distributed
+def test_workers_whose_evaluations_take_different_times_agree_on_the_next_one():
+    """Evaluations are spaced by their cost (``autotune.train.evaluation.next_point``); a
+    worker that spaced them by its own slower evaluation would skip a point the others make,
+    and the two would meet in different collectives (gloo aborts the process)."""
+    from autotune import objective
+    from autotune.tasks import load_task
+    from autotune.train import TrialLimits, run_trial
+
+    task = load_task("tests.toy_task:make_uneven_eval_task")
+    recipe = Recipe(parallelism="ddp", workers=2, lr=1e-2)
+    limits = dataclasses.replace(TrialLimits.for_task(task), max_train_seconds=1.5)
+    result = run_trial(task, recipe, limits)
+    assert result.status == objective.NOT_REACHED, result.message
+    assert len(result.curve) >= 2
 
 
 def test_fp16_zero_on_cpu_is_infeasible_before_it_runs():

@@ -4,6 +4,7 @@ and the per-stage memory prediction."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
@@ -149,7 +150,8 @@ def test_knobs_pipeline_does_not_combine_with_are_refused_with_the_reason(change
 
 
 def test_the_biggest_stage_is_predicted_below_one_device_and_1f1b_below_gpipe():
-    task = w.make_task()
+    # Evaluation in batches of 4: the training step is the peak this test compares.
+    task = dataclasses.replace(w.make_task(), eval_batch_size=4)
     single = predict_peak(task, Recipe(batch_size=32))
     gpipe = predict_peak(task, Recipe(parallelism="pipeline", workers=2, batch_size=32,
                                       pipeline_microbatches=8))

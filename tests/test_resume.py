@@ -27,6 +27,7 @@ def _records(results):
     return [json.loads(line) for line in (results / "trials.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~35-60 s: kept out of the default tier (under 15 min)
 def test_sigterm_then_resume_runs_only_what_is_left(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)

@@ -35,7 +35,8 @@ def make_toy_task(target: float = 0.9, n: int = 512, dim: int = 16, seed: int = 
     )
 
 
-def make_task(device: str = "cpu", target: float = 0.9, suggest: dict | None = None) -> Task:
+def make_task(device: str = "cpu", target: float = 0.9, suggest: dict | None = None,
+              eval_batch_size: int | None = None) -> Task:
     """User-task entry point: ``autotune search --model tests.toy_task:make_task``.
 
     ``suggest`` (changes to the baseline) becomes the task's one warm-start recipe: tests use it
@@ -43,6 +44,8 @@ def make_task(device: str = "cpu", target: float = 0.9, suggest: dict | None = N
     import dataclasses
 
     task = make_toy_task(target=target)
+    if eval_batch_size is not None:  # a test whose memory comparison is of the step
+        task = dataclasses.replace(task, eval_batch_size=eval_batch_size)
     return dataclasses.replace(task, suggested_recipes=(suggest,)) if suggest else task
 
 
@@ -142,3 +145,23 @@ def as_dataset_task(task: Task, collate=None, delay: float = 0.0) -> Task:  # no
 def make_dataset_task(device: str = "cpu", delay: float = 0.0) -> Task:
     """User-task entry point: the lower-is-better toy task read from Datasets."""
     return as_dataset_task(make_loss_task(), delay=delay)
+
+
+def make_uneven_eval_task(device: str = "cpu", slow_rank: int = 1,
+                          seconds: float = 0.02) -> Task:
+    """The toy task with an unreachable target whose evaluation is slow on worker
+    ``slow_rank`` of a multi-worker run only (a busier machine, say): the workers' evaluations
+    take different times, and they must still agree on when to evaluate next."""
+    import dataclasses
+    import time
+
+    import torch.distributed as dist
+
+    base = make_toy_task(target=1.01)
+
+    def predict(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        if dist.is_initialized() and dist.get_rank() == slow_rank:
+            time.sleep(seconds)
+        return base.predict(model, batch)
+
+    return dataclasses.replace(base, predict=predict, eval_every_seconds=0.01)

@@ -332,7 +332,11 @@ def _train(
                 return
             while next_eval <= elapsed:
                 next_eval += limits.eval_every_seconds
-            next_eval = next_point(next_eval, elapsed, result.eval_seconds - eval_before)
+            # Every worker must agree on the next point (each would otherwise space it by its
+            # own evaluation's seconds, and the one that evaluates first would leave the
+            # others waiting in a collective): the slowest worker's evaluation spaces it.
+            (eval_cost,) = _decide([result.eval_seconds - eval_before], world)
+            next_eval = next_point(next_eval, elapsed, eval_cost)
             if report is not None:
                 _finish(result, limits, dev, final=False)
                 report({**result.to_dict(), "final": False})
