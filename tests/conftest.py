@@ -43,7 +43,8 @@ def tracked_run(tmp_path_factory: pytest.TempPathFactory):
     start = time.time()
     done = subprocess.run(
         [sys.executable, "-m", "autotune.cli", "search", "-q", "--model",
-         "tests.toy_task:make_loss_task", "--target", "0.235", "--max-trial-time", "3s",
+         "tests.toy_task:make_loss_task", "--task-option", "eval_every_seconds=0.01",
+         "--target", "0.235", "--max-trial-time", "3s",
          "--trials", "3", "--time-budget", "2m", "--confirm", "0", "--no-screen",
          "--results-dir", str(results), "--logger", "tensorboard", "--logger", "csv",
          "--logger", "mlflow"],

@@ -78,7 +78,7 @@ def make_crashing_task(device: str = "cpu", crash_rank: int = 1, after_calls: in
 
 
 def make_loss_task(device: str = "cpu", target: float = 0.3, suggest: dict | None = None,
-                   broken_metric: str | None = None) -> Task:
+                   broken_metric: str | None = None, eval_every_seconds: float = 0.05) -> Task:
     """A metric that must go DOWN: the validation cross-entropy (``evaluate``,
     ``higher_is_better=False``) on overlapping blobs, so that it falls from 0.69 to about 0.23
     over a second or two at lr 1e-2 and stays near 0.69 at lr 1e-4. ``broken_metric`` makes the
@@ -110,7 +110,7 @@ def make_loss_task(device: str = "cpu", target: float = 0.3, suggest: dict | Non
         name="toy_loss", build_model=build, train=(x[:split], labels[:split]),
         validation=(x[split:], labels[split:]), loss=loss, predict=None, evaluate=val_loss,
         higher_is_better=False, metric="val_loss", target=target, default_batch_size=32,
-        default_lr=1e-2, max_train_seconds=5.0, eval_every_seconds=0.05,
+        default_lr=1e-2, max_train_seconds=5.0, eval_every_seconds=eval_every_seconds,
         suggested_recipes=(suggest,) if suggest else (),
     )
 
