@@ -143,6 +143,7 @@ def test_every_trial_keeps_its_learning_curve_also_when_stopped(pty_run):
     assert all(_ends_at_its_last_evaluation(r) for r in records if r.launched)
 
 
+@pytest.mark.slow  # ~30 s; the default tier covers it (ctrl-c search test, parallel contracts)
 def test_without_a_terminal_the_status_is_plain_lines_and_ctrl_c_exits_130(tmp_path):
     """stdout a pipe (as in CI): no carriage returns or escape codes; ``status:`` lines at the
     rate AUTOTUNE_STATUS_EVERY asks; SIGINT ends the search with 130."""

@@ -223,6 +223,7 @@ knobs:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # ~30 s; the default tier covers it (ctrl-c search test, parallel contracts)
 def test_search_over_parallel_modes_runs_each_with_two_workers(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(PARALLEL_SPACE)
