@@ -202,6 +202,7 @@ def test_losing_a_node_mid_trial_fails_that_trial_and_the_search_finishes(cluste
     assert sum(r["status"] == objective.NOT_REACHED for r in records) == 4
 
 
+@pytest.mark.slow  # ~33 s; test_gpu_placement's spread test puts two workers on two nodes too
 def test_a_parallel_trials_workers_are_placed_on_both_nodes(cluster, tmp_path):
     """``--placement spread``: Ray puts the two ddp workers of a trial on different machines,
     and they train together over gloo. The baseline runs single, the warm start ddp."""

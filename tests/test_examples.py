@@ -1,5 +1,7 @@
 """The shipped examples work as documented."""
 
+import pytest
+
 from autotune.recipe import baseline_recipe
 from autotune.space import load_space
 from autotune.tasks import load_task
@@ -17,6 +19,7 @@ def test_custom_task_example_trains_to_its_target_and_fits_its_space():
     assert result.status == "reached", result.message
 
 
+@pytest.mark.slow  # ~40 s: a whole search; the default tier runs the Python API's searches
 def test_search_from_python_example_finds_a_winner_and_writes_its_files(tmp_path, capsys):
     from examples.search_from_python import main
 

@@ -34,6 +34,7 @@ from benchmarks import device_pack, gpu_check
 # -- the check's CPU mode, end to end --------------------------------------------------------
 
 
+@pytest.mark.slow  # ~45 s; each part's logic is tested below, the device run is the real check
 @pytest.mark.distributed  # the search part starts a local Ray
 def test_cpu_check_runs_every_part_with_numbers(tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -265,6 +265,7 @@ def test_a_dead_worker_fails_only_its_trial_and_the_search_goes_on(tmp_path):
         [objective.NOT_REACHED]
 
 
+@pytest.mark.slow  # ~30 s; a dead worker's test frees a trial's workers in the default tier
 @pytest.mark.distributed
 def test_early_stopped_multi_worker_trials_free_their_workers(tmp_path):
     """The scheduler stops losing ddp trials; their workers (Ray actors in the trial's placement
