@@ -9,7 +9,9 @@ winner and the report take as they take any task, whose trials run in the user's
 
 ``load_any_task`` is how the search builds a task from its request: a built-in or
 ``package.module:function`` task, or, with the option ``INTEGRATION_KEY``, a Trainer factory or
-training function named ``package.module:function``. ``hf_trainer`` imports transformers'
+training function named ``package.module:function``. ``own_loop_task`` is how a worker of a
+multi-worker trial rebuilds one (the ``load_spec`` of an own-loop task names it: each worker
+process builds the task by name, as for any task). ``hf_trainer`` imports transformers'
 ``Trainer``, so it is imported only when a Trainer task is built (a lazy import for a heavy
 dependency).
 """
@@ -35,6 +37,7 @@ __all__ = [
     "function_task",
     "higher_is_better",
     "load_any_task",
+    "own_loop_task",
     "trainer_task",
 ]
 
@@ -75,6 +78,18 @@ def load_any_task(name: str, device: str = "cpu", options: dict[str, Any] | None
         _check_options(kind, name, function_task, options)
         return function_task(name, **options)
     raise UserError(f"unknown integration {kind!r}; one of {', '.join(INTEGRATIONS)}")
+
+
+def own_loop_task(device: str = "cpu", *, integration: str, spec: str,
+                  options: dict[str, Any]) -> Task:
+    """The own-loop task of the Trainer factory or training function ``spec`` in a worker
+    process of a multi-worker trial (``autotune.tasks.load_task`` calls it by the name in the
+    task's ``load_spec``), built without the probe, which the search's driver ran."""
+    if integration == "trainer":
+        return trainer_task(spec, device=device, probe=False, **options)
+    if integration == "function":
+        return function_task(spec, **options)
+    raise UserError(f"unknown integration {integration!r}; one of trainer, function")
 
 
 def _check_options(kind: str, name: str, builder: Any, options: dict[str, Any]) -> None:

@@ -27,6 +27,17 @@ function's time-to-target means what a built-in task's does:
 - at the end, the measured peak memory (the allocator's on a GPU; the process's peak RSS on a
   CPU, ``peak_memory_source`` ``cpu_rss``: the user's loop cannot be traced as autotune's own
   step is), the budget verdict and the score, then one final report.
+
+In a worker of a multi-worker trial (a process group initialised: ``autotune.train.distributed
+.worker_main``) every worker runs a session and the user's loop, and every worker must take the
+same decision at the same step, or some would wait forever in a collective the others never
+join. Worker 0 decides: at each step its clock reading, and at each recorded metric its
+clock, its metric and its evaluation seconds, are broadcast to the others (a few numbers on the
+process group, as autotune's own loop agrees on its clock), and every worker decides from those
+same numbers. Only worker 0's report and result count; ``step``'s examples are counted once per
+worker. An exception in the user's code is that worker's own: ``leave_if_failed_alone``
+raises ``WorkerFailed`` after the record, so that the worker leaves the group instead of
+meeting the others at the end.
 """
 
 from __future__ import annotations
@@ -39,10 +50,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from autotune import objective
 from autotune.knobs import Diverged
 from autotune.memory import cap_device_memory, is_out_of_memory, read_peak, reset_peak
+from autotune.train.distributed import WorkerFailed
 from autotune.train.evaluation import next_point
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
@@ -76,6 +89,14 @@ def trial_peak_rss() -> int | None:
     return None
 
 
+def process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of this process's group; ``(0, 1)`` outside a multi-worker
+    trial."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class Session:
     """One trial of a loop that is not autotune's: see the module docstring.
 
@@ -105,6 +126,11 @@ class Session:
         """Evaluation seconds since the last recorded point (what stretches the schedule)."""
         self._rss_reset = False
         """The process's peak RSS was reset at ``begin`` (Linux): the peak is this trial's."""
+        self.rank, self.world = process_group()
+        """This worker's rank and the number of workers (0 and 1 in one process)."""
+        self.failed_alone = False
+        """An exception in the user's code ended this worker's part of a multi-worker trial
+        (the other workers do not know): see ``leave_if_failed_alone``."""
 
     # -- the clock ------------------------------------------------------------------------
 
@@ -177,12 +203,13 @@ class Session:
             limits.max_steps is not None and self.result.steps >= limits.max_steps)
 
     def step(self, examples: int = 0) -> bool:
-        """One optimizer step was taken (``examples`` training examples in it); True when an
-        evaluation is due. A loop that steps on past the time limit without reporting is
-        ended as not reached (``TrialStopped``)."""
+        """One optimizer step was taken (``examples`` training examples in it, on each
+        worker); True when an evaluation is due. A loop that steps on past the time limit
+        without reporting is ended as not reached (``TrialStopped``). In a multi-worker
+        trial every worker calls it at every step (worker 0's clock decides)."""
         self.result.steps += 1
-        self.result.examples += examples
-        elapsed = self.elapsed(sync=False)
+        self.result.examples += examples * self.world
+        (elapsed,) = self.from_worker0(self.elapsed(sync=False))
         out = self.out_of_time(elapsed)
         if out and self._overdue:
             if not self.result.curve:  # it never reports: a failure, not a slow recipe
@@ -198,12 +225,15 @@ class Session:
 
     def record(self, value: float) -> bool:
         """Record a measured metric at the current training time; True when that decides the
-        trial (reached, not reached at the limit, or a non-finite metric: diverged)."""
-        elapsed = self.elapsed()
+        trial (reached, not reached at the limit, or a non-finite metric: diverged). In a
+        multi-worker trial every worker calls it at the same evaluation, and worker 0's
+        metric and clock are recorded."""
+        elapsed, value, spent = self.from_worker0(self.elapsed(), value,
+                                                  self._point_eval_seconds)
         self._overdue = False
         while self.next_eval <= elapsed:
             self.next_eval += self.limits.eval_every_seconds
-        self.next_eval = next_point(self.next_eval, elapsed, self._point_eval_seconds)
+        self.next_eval = next_point(self.next_eval, elapsed, spent)
         self._point_eval_seconds = 0.0
         r = self.result
         r.train_seconds = elapsed
@@ -228,6 +258,16 @@ class Session:
             self.report_fn({**r.to_dict(), "final": False})
         return False
 
+    def from_worker0(self, *values: float) -> list[float]:
+        """Worker 0's ``values`` on every worker of a multi-worker trial (a broadcast on the
+        process group: gloo on CPUs, its CPU side on GPUs), so that all decide alike; the
+        values themselves in one process."""
+        if self.world == 1:
+            return list(values)
+        shared = torch.tensor(values, dtype=torch.float64)
+        dist.broadcast(shared, src=0)
+        return shared.tolist()
+
     def _short_message(self, elapsed: float, extra: str = "") -> str:
         r = self.result
         if r.best_metric is None:
@@ -244,10 +284,13 @@ class Session:
 
     # -- the end --------------------------------------------------------------------------
 
-    def fail(self, exc: BaseException, what: str = "") -> None:
+    def fail(self, exc: BaseException, what: str = "", *, raised: bool = True) -> None:
         """What ended the trial, as its status: infeasible (out of memory), diverged (a NaN
         loss that ``autotune.configure``'s step reports), else error. ``what`` names the
-        user's code in the message."""
+        user's code in the message. ``raised``: the user's code raised it on this worker
+        (a multi-worker trial's other workers do not know: ``failed_alone``); False for a
+        failure every worker finds alike (a metric the evaluation does not report)."""
+        self.failed_alone = raised and self.world > 1
         if isinstance(exc, (Diverged, FloatingPointError)):
             status, message = objective.DIVERGED, str(exc).splitlines()[0][:300]
         elif is_out_of_memory(exc):
@@ -295,6 +338,15 @@ class Session:
         if r.predicted_peak_bytes and peak.source != "cpu_rss":  # RSS is not tensor memory
             r.prediction_error = round(peak.peak_bytes / r.predicted_peak_bytes - 1, 4)
         return peak.peak_bytes
+
+    def leave_if_failed_alone(self) -> None:
+        """``WorkerFailed`` (``worker N: status: message``) when the user's code raised on
+        this worker of a multi-worker trial: the worker must leave the process group, not
+        meet the others at the end (they wait in a collective of the user's loop). Call it
+        after ``finish``: worker 0 has sent its final report by then."""
+        if self.failed_alone:
+            r = self.result
+            raise WorkerFailed(f"worker {self.rank}: {r.status}: {r.message}")
 
     def finish(self) -> TrialResult:
         """Memory, the budget verdict, the score, and the final report; returns the result."""

@@ -10,10 +10,17 @@ for the memory prediction and the DataLoader knobs; a training function has none
 factory raises and the search launches every recipe (an out-of-memory is then recorded as
 infeasible). ``autotune.train.run_trial`` sees ``train_own_loop`` (``OwnsTraining``) and hands the
 trial to it instead of to ``autotune.train.loop``.
+
+A multi-worker recipe's workers (``autotune.train.distributed.worker_main``) rebuild the task
+from its ``load_spec`` (``worker_spec``): ``autotune.tasks.load_task`` calls ``REBUILD`` with
+the integration, the factory's or function's ``package.module:function`` name and the options a
+trial reads (the probed metric name, its direction, the target and limits), without the probe.
+``launch_refusal`` says, before any worker starts, why the user's loop cannot run a recipe.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +48,9 @@ LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "ppl", "error", "err", "mse", "ma
                          "wer", "cer")
 """Metric names that contain one of these are taken as lower-is-better when no direction is
 given (``eval_loss``, ``eval_perplexity``, ``eval_wer``); every other metric as higher."""
+
+REBUILD = "autotune.integrations:own_loop_task"
+"""The task factory a worker process rebuilds an own-loop task with (``worker_spec``)."""
 
 NO_DATA = (torch.zeros(1, 1),)
 """The data of a task whose data autotune does not see (a training function's; a Trainer's in a
@@ -99,6 +109,8 @@ class OwnLoopTask(Task):
     None for autotune's plain one at ``default_batch_size`` and ``default_lr``."""
     integration: str = "function"
     """``trainer`` or ``function``: which loop it is."""
+    refusal: Callable[[Recipe, str], str | None] | None = None
+    """``(recipe, device_type) -> why not`` (None: it can run): ``launch_refusal``."""
 
     def train_own_loop(self, recipe: Recipe, limits: TrialLimits, report: ReportFn | None,
                        device: str | None) -> TrialResult:
@@ -108,6 +120,27 @@ class OwnLoopTask(Task):
         if self.runner is None:
             raise RuntimeError(f"task {self.name!r} has no runner")
         return self.runner(recipe, limits, report, device)
+
+    def launch_refusal(self, recipe: Recipe, device_type: str) -> str | None:
+        """Why this loop cannot run ``recipe`` on ``device_type`` (None when it can): a
+        multi-worker trial asks before it starts its workers (``autotune.train.distributed
+        .check_launch``); the trial is then infeasible with that reason."""
+        return self.refusal(recipe, device_type) if self.refusal is not None else None
+
+
+def worker_spec(integration: str, spec: str, made: Any, options: dict[str, Any]
+                ) -> tuple[str, dict[str, Any]] | None:
+    """The ``load_spec`` a worker process rebuilds the task from (``REBUILD`` with the
+    integration, ``spec`` and ``options``), or None when ``made`` (the factory or function)
+    cannot be imported by the name ``spec`` in another process: defined in ``__main__`` or
+    inside a function (a multi-worker trial then says so)."""
+    module, _, qualname = spec.partition(":")
+    if module in ("__main__", "__mp_main__") or "<locals>" in qualname:
+        return None
+    if not isinstance(made, str) and getattr(importlib.import_module(module), qualname,
+                                             None) is not made:
+        return None
+    return REBUILD, {"integration": integration, "spec": spec, "options": options}
 
 
 def own_loop_fields(name: str, metric: str, higher: bool, target: float,

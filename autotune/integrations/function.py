@@ -25,6 +25,19 @@ what it reported (not reached, or an error with the exception's message); one th
 reports is an error that says so. A Lightning ``LightningModule`` runs through the same API
 (docs: the integration section of the README): a ``Callback`` calls ``ctx.step`` in
 ``on_train_batch_end`` and ``ctx.report`` in ``on_validation_end``.
+
+A multi-worker recipe (``recipe.workers > 1``: ddp, fsdp, zero1-3, pipeline) runs the function
+once in each of ``recipe.workers`` worker processes, as torchrun would start a script: the
+process group is initialised (``torch.distributed.is_initialized()``, gloo on CPUs, NCCL on
+GPUs; ``ctx.rank``, ``ctx.world_size``) and ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ... are
+set. The function applies the parallelism itself (wrap the model in ``DistributedDataParallel``,
+shard its data by ``ctx.rank``; ``autotune.configure`` applies single-device recipes only, so
+configure ``recipe.replace(parallelism="single", workers=1)`` around the wrapped model). Every
+worker must call ``ctx.step()`` after every optimizer step and ``ctx.report()`` at every
+evaluation ``ctx.step()`` asked for, in the same order: worker 0's clock and metric decide for
+all (``autotune.integrations._session``), and a worker that skipped a call would leave the
+others waiting. ``examples`` is the worker's own count (the trial counts it for every worker).
+An exception on one worker ends the trial as an error that names the worker and the message.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from autotune.integrations._task import (
     check_target,
     higher_is_better,
     own_loop_fields,
+    worker_spec,
 )
 from autotune.knobs import unsupported_reason
 from autotune.recipe import Recipe
@@ -70,6 +84,10 @@ class TrialContext:
         self.target = limits.target
         self.max_train_seconds = limits.max_train_seconds
         self.eval_every_seconds = limits.eval_every_seconds
+        self.rank = session.rank
+        """This worker's rank in a multi-worker trial (0 in one process)."""
+        self.world_size = session.world
+        """The trial's number of workers (1 in one process)."""
         self._session = session
 
     def start(self) -> None:
@@ -136,8 +154,8 @@ def function_task(
 
     ``fn`` is a function or ``package.module:function`` (a search needs the name: its trial
     processes import it). The baseline is autotune's plain recipe at ``batch_size`` and
-    ``lr`` (or ``baseline``). Each trial seeds torch with its seed, calls ``fn`` once, and
-    ends as the module docstring says."""
+    ``lr`` (or ``baseline``). Each trial seeds torch with its seed, calls ``fn`` once (in each
+    worker of a multi-worker recipe), and ends as the module docstring says."""
     spec = fn if isinstance(fn, str) else f"{fn.__module__}:{fn.__qualname__}"
     train_fn = resolve_callable(fn, "--function") if isinstance(fn, str) else fn
     shown = name or spec
@@ -148,24 +166,27 @@ def function_task(
                device: str | None) -> TrialResult:
         return run_function(train_fn, spec, metric, recipe, limits, report, device)
 
+    rebuilt = {"metric": metric, "target": goal, "direction": "max" if higher else "min",
+               "batch_size": batch_size, "lr": lr, "max_train_seconds": max_train_seconds,
+               "eval_every_seconds": eval_every_seconds, "name": name,
+               "description": description}
     return OwnLoopTask(
         **own_loop_fields(shown, metric, higher, goal, max_train_seconds, eval_every_seconds),
         default_batch_size=batch_size, default_lr=lr,
         description=description or f"training function {spec}; {metric} reported by it",
-        runner=runner, baseline=baseline, integration="function")
+        runner=runner, baseline=baseline, integration="function", refusal=unsupported_reason,
+        load_spec=worker_spec("function", spec, fn, rebuilt))
 
 
 def run_function(fn: TrainFn, spec: str, metric: str, recipe: Recipe, limits: TrialLimits,
                  report: ReportFn | None = None, device: str | None = None) -> TrialResult:
-    """One trial of a training function: never raises for what the recipe or the function
-    does (see ``autotune.integrations._session``)."""
+    """One trial of a training function (in a multi-worker trial: this worker's part of it):
+    never raises for what the recipe or the function does (see
+    ``autotune.integrations._session``), except ``WorkerFailed`` where the function raised
+    on this worker alone."""
     dev = pick_device(device)
     session = Session(limits, report, dev, metric)
-    reason = unsupported_reason(recipe, dev.type)
-    if recipe.workers > 1:
-        reason = (f"a training function runs in one process; the recipe has "
-                  f"{recipe.parallelism} over {recipe.workers} workers (search single-device "
-                  "recipes: parallelism single in the space)")
+    reason = unsupported_reason(recipe, dev.type) or workers_reason(recipe, session.world)
     if reason:
         session.refuse(reason)
         return session.finish()
@@ -181,7 +202,20 @@ def run_function(fn: TrainFn, spec: str, metric: str, recipe: Recipe, limits: Tr
         f"the training function {spec} returned after {session.elapsed():.1f}s of training "
         f"without reporting {metric!r}: call ctx.report(value) after each evaluation (when "
         "ctx.step() returns True)")
-    return session.finish()
+    result = session.finish()
+    session.leave_if_failed_alone()
+    return result
+
+
+def workers_reason(recipe: Recipe, world: int) -> str | None:
+    """Why the recipe cannot run in this process's group of ``world`` workers (None when it
+    can): a multi-worker recipe runs in as many worker processes, which
+    ``autotune.train.run_trial`` starts."""
+    if recipe.workers == world:
+        return None
+    return (f"the recipe has {recipe.parallelism} over {recipe.workers} workers and this "
+            f"process is one of {world}; run it through autotune.train.run_trial (or a "
+            "search), which starts one worker process each")
 
 
 @contextlib.contextmanager

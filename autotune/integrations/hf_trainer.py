@@ -34,6 +34,7 @@ as torchrun would); the default space searches single-device recipes only.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import tempfile
 import time
@@ -56,11 +57,12 @@ from autotune.integrations._task import (
     check_target,
     higher_is_better,
     own_loop_fields,
+    worker_spec,
 )
-from autotune.integrations.function import resolve_callable
+from autotune.integrations.function import resolve_callable, workers_reason
 from autotune.integrations.hf_args import hf_training_arguments, hf_unsupported
-from autotune.knobs import unsupported_reason
-from autotune.recipe import Recipe
+from autotune.knobs import deepspeed_config, unsupported_reason
+from autotune.recipe import ZERO_MODES, Recipe
 from autotune.train import pick_device, seed_everything
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
@@ -83,8 +85,16 @@ stop; nothing is saved or sent to a logging service."""
 def trainer_arguments(recipe: Recipe, output_dir: str | Path, device_type: str, *,
                       seed: int = 0, eval_batch_size: int | None = None) -> TrainingArguments:
     """The ``TrainingArguments`` of a trial of ``recipe``: ``hf_training_arguments`` (the
-    export's mapping) and ``TRIAL_SETTINGS``, seeded with ``seed``."""
-    kwargs = hf_training_arguments(recipe, device_type=device_type)
+    export's mapping) and ``TRIAL_SETTINGS``, seeded with ``seed``. A ZeRO recipe's DeepSpeed
+    config (``deepspeed_config``, the schedule left to the Trainer, as the export writes it)
+    is written to ``output_dir``."""
+    ds_path = None
+    if recipe.parallelism in ZERO_MODES:
+        ds_path = str(Path(output_dir) / "ds_config.json")
+        Path(ds_path).write_text(json.dumps(deepspeed_config(
+            recipe, device_type=device_type, with_scheduler=False)))
+    kwargs = hf_training_arguments(recipe, device_type=device_type,
+                                   deepspeed_config_path=ds_path)
     kwargs.update(TRIAL_SETTINGS, output_dir=str(output_dir), seed=seed, data_seed=seed)
     if eval_batch_size:
         kwargs["per_device_eval_batch_size"] = eval_batch_size
@@ -132,8 +142,9 @@ class TimeToTarget(TrainerCallback):
         self.session.add_eval_seconds(time.perf_counter() - self._asked_at)
         self._asked_at = None
         metrics = dict(metrics or {})
-        if self.metric not in metrics:
-            self.session.fail(MetricMissing(missing_metric(self.metric, metrics)))
+        if self.metric not in metrics:  # alike on every worker: all stop here
+            self.session.fail(MetricMissing(missing_metric(self.metric, metrics)),
+                              raised=False)
             control.should_training_stop = True
             return
         if self.session.record(_number(metrics[self.metric])):
@@ -163,14 +174,13 @@ def run_trainer(factory: TrainerFactory, spec: str, metric: str, recipe: Recipe,
                 limits: TrialLimits, report: ReportFn | None = None, device: str | None = None,
                 eval_batch_size: int | None = None) -> TrialResult:
     """One trial: the factory's Trainer trained with ``recipe``'s arguments under a
-    ``TimeToTarget`` callback. Never raises for what the recipe or the user's code does."""
+    ``TimeToTarget`` callback (in a multi-worker trial: this worker's Trainer, which sees the
+    process group). Never raises for what the recipe or the user's code does, except
+    ``WorkerFailed`` where the user's code raised on this worker alone."""
     dev = pick_device(device)
     session = Session(limits, report, dev, metric)
     session.result.inactive_knobs = hf_unsupported(recipe)
-    reason = unsupported_reason(recipe, dev.type)
-    if recipe.workers > 1:
-        reason = (f"a Trainer search runs single-device recipes for now; the recipe has "
-                  f"{recipe.parallelism} over {recipe.workers} workers")
+    reason = trainer_refusal(recipe, dev.type) or workers_reason(recipe, session.world)
     if reason:
         session.refuse(reason)
         return session.finish()
@@ -181,7 +191,8 @@ def run_trainer(factory: TrainerFactory, spec: str, metric: str, recipe: Recipe,
             args = trainer_arguments(recipe, out, dev.type, seed=limits.seed,
                                      eval_batch_size=eval_batch_size)
             trainer = quiet(checked_trainer(factory(args), spec, args))
-            per_step = recipe.batch_size * recipe.accumulation_steps * args.world_size
+            # Per worker: the session counts every worker's (x workers, as args.world_size).
+            per_step = recipe.batch_size * recipe.accumulation_steps
             trainer.add_callback(TimeToTarget(session, metric, per_step))
             with warnings.catch_warnings():
                 # The recipe's schedule sets its decay steps; HF notes that max_steps is then
@@ -196,7 +207,21 @@ def run_trainer(factory: TrainerFactory, spec: str, metric: str, recipe: Recipe,
     session.end_undecided(
         "the Trainer's training ended before its first evaluation (did a callback of yours "
         "stop it, or is its train_dataset empty?)")
-    return session.finish()
+    result = session.finish()
+    session.leave_if_failed_alone()
+    return result
+
+
+def trainer_refusal(recipe: Recipe, device_type: str) -> str | None:
+    """Why a Trainer trial cannot run ``recipe`` on ``device_type`` (None when it can): the
+    device's own limits (``unsupported_reason``), and pipeline parallelism, which
+    ``TrainingArguments`` do not have (the Trainer would train data-parallel copies
+    instead)."""
+    if recipe.parallelism == "pipeline":
+        return ("the Trainer has no pipeline parallelism (TrainingArguments cannot express "
+                "it; under torchrun it would train data-parallel copies instead): search "
+                "single, ddp, fsdp or zero1-3")
+    return unsupported_reason(recipe, device_type)
 
 
 def quiet(trainer: Trainer) -> Trainer:
@@ -265,9 +290,16 @@ def trainer_task(
                dev: str | None) -> TrialResult:
         return run_trainer(make, spec, metric, recipe, limits, report, dev, eval_batch_size)
 
+    # What a worker of a multi-worker trial rebuilds the task from: the probed metric name and
+    # its direction; the baseline is not read there (the trial's recipe is given).
+    rebuilt = {"metric": metric, "target": goal, "direction": "max" if higher else "min",
+               "max_train_seconds": max_train_seconds,
+               "eval_every_seconds": eval_every_seconds, "eval_batch_size": eval_batch_size,
+               "name": name}
     return OwnLoopTask(**fields, default_batch_size=baseline.batch_size,
                        default_lr=baseline.lr, description=description, runner=runner,
-                       baseline=baseline, integration="trainer")
+                       baseline=baseline, integration="trainer", refusal=trainer_refusal,
+                       load_spec=worker_spec("trainer", spec, factory, rebuilt))
 
 
 def _probe(make: TrainerFactory, spec: str, metric: str, target: float, higher: bool,
