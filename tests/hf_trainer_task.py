@@ -2,12 +2,16 @@
 config, no download) telling two token vocabularies apart, a few seconds to 0.9 accuracy.
 
 ``make_trainer(args)`` is the factory a Trainer search takes; the other functions are the
-mistakes the tests expect a clear message for.
+mistakes the tests expect a clear message for, spies, and (at the end) the factories of the
+multi-worker tests.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,3 +161,81 @@ def make_slow_eval_trainer(args: TrainingArguments) -> Trainer:
     return Trainer(model=tiny_bert(), args=args, train_dataset=TwoVocabularies(2048, 0),
                    eval_dataset=TwoVocabularies(256, 1), compute_metrics=slow_accuracy,
                    callbacks=[WallClock()])
+
+
+# -- multi-worker trials (tests/test_integration_workers.py) ----------------------------------
+
+RECORD_DIR = "AUTOTUNE_TEST_RECORD_DIR"
+"""The environment variable naming the folder where ``make_recorded_trainer``'s workers each
+write what they saw (a worker is another process: the test reads the files)."""
+
+
+class WorkerRecord(TrainerCallback):
+    """What a worker's Trainer ran with, as JSON in ``$AUTOTUNE_TEST_RECORD_DIR/rank<N>.json``:
+    the arguments' world size and parallel mode, the environment torchrun sets, the process
+    group, the type of the model the Trainer trains (its DDP/FSDP/DeepSpeed wrapper), each
+    step's rows and each evaluation's metrics."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.seen: dict[str, Any] = {"rows": [], "evaluations": []}
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any,
+                       **kwargs: Any) -> None:
+        import torch.distributed as dist
+
+        self.seen.update(
+            world_size=args.world_size, parallel_mode=str(args.parallel_mode),
+            process_index=args.process_index,
+            env={k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE",
+                                                "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                                                "MASTER_PORT")},
+            group=dist.get_world_size() if dist.is_initialized() else None)
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any,
+                    **kwargs: Any) -> None:
+        self.seen["wrapped"] = type(self.trainer.model_wrapped).__name__
+        self.seen["steps"] = state.global_step
+
+    def on_evaluate(self, args: TrainingArguments, state: Any, control: Any,
+                    metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        self.seen["evaluations"].append((metrics or {}).get("eval_accuracy"))
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any,
+                     **kwargs: Any) -> None:
+        folder = Path(os.environ[RECORD_DIR])
+        (folder / f"rank{args.process_index}.json").write_text(json.dumps(self.seen))
+
+
+def make_recorded_trainer(args: TrainingArguments) -> Trainer:
+    """``make_trainer`` whose workers record what they ran with (``WorkerRecord``) and the
+    rows of each training forward pass."""
+    model = tiny_bert()
+    trainer = Trainer(model=model, args=args, train_dataset=TwoVocabularies(2048, 0),
+                      eval_dataset=TwoVocabularies(256, 1), compute_metrics=accuracy)
+    record = WorkerRecord(trainer)
+
+    def rows(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if module.training:
+            record.seen["rows"].append(inputs[0].shape[0])
+
+    model.classifier.register_forward_hook(rows)
+    trainer.add_callback(record)
+    return trainer
+
+
+def fails_on_rank_1(args: TrainingArguments) -> Trainer:
+    """A Trainer whose model raises at worker 1's 4th training forward pass (worker 0 goes
+    on into the step's gradient all-reduce, where it would wait for worker 1)."""
+    model = tiny_bert()
+    calls = {"n": 0}
+
+    def boom(module: torch.nn.Module, inputs: Any) -> None:
+        if module.training and args.process_index == 1:
+            calls["n"] += 1
+            if calls["n"] >= 4:
+                raise ValueError("worker 1's data is broken")
+
+    model.register_forward_pre_hook(boom)
+    return Trainer(model=model, args=args, train_dataset=TwoVocabularies(2048, 0),
+                   eval_dataset=TwoVocabularies(256, 1), compute_metrics=accuracy)
