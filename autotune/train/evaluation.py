@@ -1,33 +1,45 @@
-"""The evaluation schedule of a trial: a quick look at a fixed subset of the validation data
-while the metric is far from the target, the whole set to confirm a crossing, and intervals
-that stretch when evaluating costs too much of the training time.
+"""The evaluation schedule of a trial: a validation set read a piece at a time, only as far as
+it takes to tell that the metric is below the target, the whole set to confirm a crossing, and
+intervals that stretch when evaluating costs too much of the training time.
 
 Why: evaluation is not on the time-to-target clock, but it is on the search's wall clock, and
-reading all of a task's validation data every interval cost a quarter to a third of a search
-(the ``bert`` task: 2,000 sentences each training second; on the H200 11.6 s of evaluation per
-40 s of training). Most evaluations of a trial are far from its target and only need to say
-"not yet"; a subset says that as well. The target itself is only ever declared reached by the
-full validation set, so time-to-target means what it always meant.
+reading all of a task's validation data every interval cost a quarter to a half of a search
+(the ``bert`` task: 2,000 sentences each training second, 0.6 s per second of training on this
+CPU; on the H200 11.6 s of evaluation per 40 s of training). Most evaluations of a trial are
+far from its target and only need to say "not yet"; a small sample says that as well, and one
+that is a little closer says it after a larger one. The target itself is only ever declared
+reached by the full validation set, so time-to-target means what it always meant.
 
-- **Quick evaluations.** A validation set of at least ``QUICK_FRACTION`` x ``MIN_QUICK``
-  examples is also evaluated on a fixed subset of 1/``QUICK_FRACTION`` of it (at least
-  ``MIN_QUICK``; the same examples for every trial and seed, drawn once from seed 0, in the
-  set's own order). An evaluation point evaluates the subset first; only when the subset's
-  metric is within ``margin`` of the target (or the trial ends there) does it evaluate the full
-  set, and the full set's metric is what the point records and what reaches the target.
-- **The margin** makes a missed crossing rare. For accuracy (``Task.evaluate`` unset) it is
-  ``SIGMAS`` standard errors of a subset's accuracy at the target, sampled without replacement
-  from the full set (finite-population corrected): ``bert``, 500 of 2,000 at 0.75, gives 0.050.
-  A crossing is then missed at a point only when the subset reads 3 standard errors low, about
-  one point in 700, and it is caught one interval later. A task's own metric has no known
-  variance: the margin is ``CUSTOM_MARGIN`` of the target's magnitude.
+- **Accuracy, read in pieces** (``Task.evaluate`` unset, a validation set of at least
+  2 x ``MIN_PIECE`` examples). The set is split once into up to ``PIECES`` pieces of random
+  examples (seeded: the same pieces for every trial and seed; each in the set's own order, so a
+  set sorted by length stays sorted). An evaluation point reads piece after piece and stops as
+  soon as the accuracy of the examples read so far is more than ``SIGMAS`` standard errors
+  below the target (the standard error of that many examples drawn without replacement from
+  the set, at the target's accuracy): the point records that running accuracy, which cannot
+  reach the target. Only a point that read every piece records the full set's accuracy (the
+  pieces' correct answers added up: exactly the set's) and can reach the target. ``bert``
+  (2,000 sentences, 8 pieces of 250) stops after one piece below 0.699, after two below 0.716,
+  after four below 0.731: its majority-class plateau (0.564) costs 1/8 of a full read. A point
+  whose full set is exactly at the target stops early at one in 10 (the seven looks add up;
+  simulated), one 0.01 above it at one in 70; the crossing is then caught one interval later.
+- **A task's own metric** (``Task.evaluate``) has no known variance and need not be a mean
+  over examples: a fixed subset of 1/``QUICK_FRACTION`` of the set (at least ``MIN_QUICK``) is
+  read first, and the whole set only when the subset's metric is within ``CUSTOM_MARGIN`` of
+  the target's magnitude.
+- **The trial's last point** reads the whole set.
 - **Intervals.** Evaluation points fall every ``eval_every_seconds`` of training, on that
-  grid, unless an evaluation took more than ``MAX_EVAL_SHARE`` of the training since the last
-  point: then the next point waits until ``1 / MAX_EVAL_SHARE`` times that evaluation's
-  seconds of training have passed, so evaluation stays under ``MAX_EVAL_SHARE`` of training
-  (at the cost of a coarser time-to-target on such a task; the trial records its evaluations).
+  grid, as long as the trial's evaluations so far took at most ``MAX_EVAL_SHARE`` of its
+  training so far; when they took more, the next point waits until they no longer do
+  (``paced_point``). The share is kept over the whole trial, not per interval: the cheap reads
+  while far from the target leave room for the full reads near it at the grid's resolution
+  (per interval, one full read of ``bert``'s set, 0.6 s, pushed the next point 2.4 s back,
+  just where the time-to-target is decided). A task whose every evaluation costs more than a
+  quarter of an interval gets a coarser time-to-target instead of a search spent evaluating.
 
-``TrialLimits.quick_eval=False`` evaluates the full set at every point (tests of exact curves).
+Each trial records its points that read the whole set (``eval_points_full``) and those that
+stopped early (``eval_points_quick``). ``TrialLimits.quick_eval=False`` reads the whole set at
+every point (tests of exact curves).
 """
 
 from __future__ import annotations
@@ -42,26 +54,27 @@ from torch.utils.data import Dataset, Subset
 from autotune import objective
 from autotune.tasks import Task, evaluate_metric
 
+PIECES = 8
+"""An accuracy task's validation set is read in up to this many pieces..."""
+MIN_PIECE = 250
+"""...of at least this many examples each (a set under twice this is read whole)."""
+SIGMAS = 2.0
+"""Standard errors below the target at which a partial read of accuracy stops."""
 QUICK_FRACTION = 4
-"""The subset is 1/QUICK_FRACTION of the validation set..."""
+"""A task's own metric: its subset is 1/QUICK_FRACTION of the validation set..."""
 MIN_QUICK = 250
-"""...and at least this many examples; a set under QUICK_FRACTION x MIN_QUICK is always read
-whole (a smaller subset would be too noisy to say "far" with confidence)."""
-SIGMAS = 3.0
-"""Standard errors of the subset's accuracy between "far" and "near" the target."""
+"""...and at least this many examples; a set under QUICK_FRACTION x MIN_QUICK is read whole."""
 CUSTOM_MARGIN = 0.05
-"""For a task's own metric: the margin as a fraction of the target's magnitude."""
+"""A task's own metric: the whole set is read within this fraction of the target's
+magnitude."""
 MAX_EVAL_SHARE = 0.25
-"""Evaluation seconds allowed per training second, between two evaluation points."""
+"""Evaluation seconds allowed per training second, over a trial."""
 SUBSET_SEED = 0
 
 
-def validation_subset(task: Task, size: int, seed: int = SUBSET_SEED) -> Task:
-    """``task`` with its validation data cut to ``size`` examples drawn at random (seeded),
-    kept in the set's own order (a set sorted by length stays sorted)."""
-    n = task.num_validation
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(n, generator=generator)[:size].sort().values
+def validation_rows(task: Task, index: torch.Tensor) -> Task:
+    """``task`` with its validation data cut to the rows at ``index`` (ascending: the set's
+    own order kept)."""
     validation: tuple[torch.Tensor, ...] | Dataset
     if isinstance(task.validation, Dataset):
         validation = Subset(task.validation, index.tolist())
@@ -70,9 +83,29 @@ def validation_subset(task: Task, size: int, seed: int = SUBSET_SEED) -> Task:
     return dataclasses.replace(task, validation=validation)
 
 
+def _shuffled(n: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def validation_subset(task: Task, size: int, seed: int = SUBSET_SEED) -> Task:
+    """``task`` with its validation data cut to ``size`` examples drawn at random (seeded),
+    kept in the set's own order (a set sorted by length stays sorted)."""
+    return validation_rows(task, _shuffled(task.num_validation, seed)[:size].sort().values)
+
+
+def validation_pieces(task: Task, seed: int = SUBSET_SEED) -> list[Task]:
+    """``task``'s validation set split into pieces of random examples (seeded), each in the
+    set's own order; together they hold every example once. One piece when the set is under
+    twice ``MIN_PIECE``."""
+    n = task.num_validation
+    count = max(1, min(PIECES, n // MIN_PIECE))
+    order = _shuffled(n, seed)
+    return [validation_rows(task, chunk.sort().values) for chunk in order.chunk(count)]
+
+
 def quick_size(num_validation: int) -> int | None:
-    """The subset's size for a validation set of ``num_validation`` examples; None: too small
-    to subsample."""
+    """A task's own metric: the subset's size for a set of ``num_validation`` examples; None:
+    too small to subsample."""
     if num_validation < QUICK_FRACTION * MIN_QUICK:
         return None
     return max(MIN_QUICK, num_validation // QUICK_FRACTION)
@@ -88,41 +121,67 @@ def accuracy_margin(target: float, size: int, total: int, sigmas: float = SIGMAS
 
 class Evaluator:
     """A trial's evaluations (see the module docstring): ``__call__`` returns the metric an
-    evaluation point records and whether the full set gave it."""
+    evaluation point records and whether it is the whole set's."""
 
     def __init__(self, task: Task, target: float, higher_is_better: bool,
                  quick: bool = True) -> None:
         self.task, self.target, self.higher_is_better = task, target, higher_is_better
-        size = quick_size(task.num_validation) if quick else None
-        self.quick = validation_subset(task, size) if size else None
-        if size is None:
-            self.margin = 0.0
-        elif task.evaluate is None:
-            self.margin = accuracy_margin(target, size, task.num_validation)
-        else:
-            self.margin = CUSTOM_MARGIN * abs(target)
+        self.pieces: list[Task] = []
+        self.quick: Task | None = None
+        if quick and task.evaluate is None:
+            pieces = validation_pieces(task)
+            self.pieces = pieces if len(pieces) > 1 else []
+        elif quick:
+            size = quick_size(task.num_validation)
+            self.quick = validation_subset(task, size) if size else None
         self.full_points = 0
         self.quick_points = 0
 
-    def near(self, metric: float) -> bool:
-        """Whether a subset's ``metric`` is within the margin of the target (or past it)."""
-        edge = self.target - self.margin if self.higher_is_better else self.target + self.margin
-        return objective.reaches(metric, edge, self.higher_is_better)
+    def _below(self, metric: float, margin: float) -> bool:
+        """Whether ``metric`` is more than ``margin`` short of the target."""
+        edge = self.target - margin if self.higher_is_better else self.target + margin
+        return not objective.reaches(metric, edge, self.higher_is_better)
 
     def __call__(self, model: nn.Module, device: torch.device, final: bool) -> tuple[float, bool]:
-        """The metric of this evaluation point: the subset's when it is far from the target
-        and the trial goes on (``final`` False), else the full set's."""
+        """The metric of this evaluation point and whether it is the whole set's: a partial
+        read while it is clearly short of the target and the trial goes on (``final``
+        False), else the whole set's."""
+        if self.pieces:
+            return self._by_pieces(model, device, final)
         if self.quick is not None and not final:
             metric = evaluate_metric(self.quick, model, device)
-            self.quick_points += 1
-            if not self.near(metric):
+            if self._below(metric, CUSTOM_MARGIN * abs(self.target)):
+                self.quick_points += 1
                 return metric, False
         self.full_points += 1
         return evaluate_metric(self.task, model, device), True
 
+    def _by_pieces(self, model: nn.Module, device: torch.device,
+                   final: bool) -> tuple[float, bool]:
+        total = self.task.num_validation
+        correct = seen = 0
+        for piece in self.pieces:
+            n = piece.num_validation
+            correct += round(evaluate_metric(piece, model, device) * n)
+            seen += n
+            if seen < total and not final \
+                    and self._below(correct / seen, accuracy_margin(self.target, seen, total)):
+                self.quick_points += 1
+                return correct / seen, False
+        self.full_points += 1
+        return correct / total, True
+
+
+def paced_point(grid_next: float, eval_total: float, share: float = MAX_EVAL_SHARE) -> float:
+    """The training time of the next evaluation point: the grid's next, or later when the
+    trial's evaluations so far (``eval_total`` seconds) would exceed ``share`` of its
+    training until then."""
+    return max(grid_next, eval_total / share)
+
 
 def next_point(grid_next: float, elapsed: float, eval_seconds: float,
                share: float = MAX_EVAL_SHARE) -> float:
-    """The training time of the next evaluation point: the grid's next, or later when the
-    evaluation just made (``eval_seconds``) would exceed ``share`` of the training until it."""
+    """The training time of the next evaluation point by the last evaluation alone: the
+    grid's next, or later when ``eval_seconds`` would exceed ``share`` of the training until
+    it (the Trainer and training-function sessions' rule; ``paced_point`` is the loop's)."""
     return max(grid_next, elapsed + eval_seconds / share)

@@ -82,7 +82,7 @@ from autotune.memory import (
 from autotune.recipe import Recipe
 from autotune.tasks import Task, evaluate_metric, move_batch
 from autotune.train.data import LoaderBatches, TensorBatches, inactive_data_knobs, make_batches
-from autotune.train.evaluation import Evaluator, next_point
+from autotune.train.evaluation import Evaluator, paced_point
 from autotune.train.parallel import Prepared, prepare
 from autotune.train.pipeline import PipelineSplitError
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
@@ -326,17 +326,16 @@ def _train(
                                f"and {result.steps} (checked at each evaluation point)")
             window, window_first = None, result.steps + 1
             out_of_time = elapsed >= limits.max_train_seconds
-            eval_before = result.eval_seconds
             if _evaluate(task, recipe, limits, prepared, dev, result, elapsed, out_of_time,
                          out_of_steps, evaluator):
                 return
             while next_eval <= elapsed:
                 next_eval += limits.eval_every_seconds
             # Every worker must agree on the next point (each would otherwise space it by its
-            # own evaluation's seconds, and the one that evaluates first would leave the
-            # others waiting in a collective): the slowest worker's evaluation spaces it.
-            (eval_cost,) = _decide([result.eval_seconds - eval_before], world)
-            next_eval = next_point(next_eval, elapsed, eval_cost)
+            # own evaluations' seconds, and the one that evaluates first would leave the
+            # others waiting in a collective): the slowest worker's evaluations space it.
+            (eval_total,) = _decide([result.eval_seconds], world)
+            next_eval = paced_point(next_eval, eval_total)
             if report is not None:
                 _finish(result, limits, dev, final=False)
                 report({**result.to_dict(), "final": False})
