@@ -13,6 +13,7 @@ from autotune.recipe import Recipe
 from autotune.results import ScreenRecord, TrialRecord
 from autotune.search import SearchOutcome, SearchPlan
 from autotune.search.progress import Snapshot
+from autotune.search.screening import screens
 from autotune.search.winner import Candidate, candidates
 from autotune.units import format_bytes, format_duration
 from autotune.warm_start import describe_change
@@ -216,6 +217,8 @@ def plan_lines(plan: SearchPlan) -> list[str]:
                   f"{plan.run_dir.space_path} (edit a copy and pass it with --space):",
                   *("  | " + line for line in plan.space_text.splitlines())]
     warm = "; ".join(ws.name for ws in plan.suggestions) or "none"
+    if screens(plan):  # the rules are applied again to the configurations screening keeps
+        warm = "chosen after screening (the general rules on the fastest configurations kept)"
     lines += [f"warm start after the baseline: {warm}",
               f"up to {r.trials} trials, "
               + (f"ends within {time_budget}" if plan.time_budget_s is not None

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
 from autotune.tasks._data import split_indices
-from autotune.tasks.bert import NUM_VALIDATION, SPLIT_SEED, load_tokenized
+from autotune.tasks.bert import NUM_VALIDATION, SPLIT_SEED, load_tokenized, sort_by_length
 
 MAX_LENGTH = 64
 
@@ -62,10 +62,14 @@ def pad_to_longest(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
 
 
 def datasets() -> tuple[Sentences, Sentences]:
-    """10,752 training and 2,000 validation sentences (the ``bert`` task's split)."""
+    """10,752 training and 2,000 validation sentences (the ``bert`` task's split). The
+    validation sentences are ordered by length: accuracy does not depend on the order, and
+    each evaluation batch then pads little (an evaluation takes half the time: 0.6 s against
+    1.3 s on a 2-core CPU), which a search spends on evaluating more often."""
     tensors = load_tokenized(MAX_LENGTH)
     train_idx, val_idx = split_indices(tensors[2].shape[0], NUM_VALIDATION, SPLIT_SEED)
-    return Sentences(*(t[train_idx] for t in tensors)), Sentences(*(t[val_idx] for t in tensors))
+    validation = sort_by_length(tuple(t[val_idx] for t in tensors))
+    return Sentences(*(t[train_idx] for t in tensors)), Sentences(*validation)
 
 
 def build_model() -> BertForSequenceClassification:

@@ -23,6 +23,7 @@ from autotune.search.screening import (
     config_label,
     decide,
     kept_warm_starts,
+    screens,
     spread_sample,
     system_configs,
     system_knob_names,
@@ -379,3 +380,19 @@ def test_a_configuration_whose_process_dies_is_an_error_and_dropped(tmp_path):
     assert records[64].status == "error" and records[32].status == OK
     assert len(records) == 2
     assert outcome.records[0].recipe["batch_size"] == 32
+
+
+def test_the_plan_line_says_the_warm_start_waits_for_screening(screened_search):
+    """Before the first trial the search prints its plan; when it screens, the warm start is
+    chosen from the kept configurations later, so the plan must not name the unscreened one."""
+    from autotune.report import plan_lines
+
+    _, events = screened_search
+    plan = next(payload for kind, payload in events if kind == "plan")
+    assert screens(plan)
+    text = "\n".join(plan_lines(plan))
+    assert "warm start after the baseline: chosen after screening" in text
+    unscreened = dataclasses.replace(plan, request=dataclasses.replace(plan.request,
+                                                                       screen=False))
+    assert not screens(unscreened)
+    assert "chosen after screening" not in "\n".join(plan_lines(unscreened))

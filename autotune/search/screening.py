@@ -128,6 +128,14 @@ def system_knob_names(space: SearchSpace) -> list[str]:
     return names
 
 
+def screens(plan: SearchPlan) -> bool:
+    """Whether ``plan``'s search screens before its convergence trials: not refused
+    (``--no-screen``, a search over a user's own loop) and two or more system configurations
+    to choose from."""
+    return plan.request.screen is not False and len(
+        system_configs(plan.space, plan.baseline, plan.workers_per_trial)) >= 2
+
+
 def system_configs(space: SearchSpace, baseline: Recipe, workers_per_trial: int
                    ) -> list[SystemConfig]:
     """Every valid combination of the system knobs' values (conditions honoured; for a range,
