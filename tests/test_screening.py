@@ -193,6 +193,21 @@ def test_dominated_and_slow_configurations_are_dropped_the_baseline_kept():
         records[i].label for i in (2, 3, 1, 0)]
 
 
+def test_a_configuration_far_slower_than_the_fastest_is_dropped_though_in_the_top():
+    """fp16 on a CPU (no fp16 arithmetic) at 1/18 of bf16's speed, the only batch-64
+    configuration measured: not dominated and third by throughput, but it would need 18x
+    fewer examples to win; the baseline's configuration is kept all the same."""
+    records = [
+        _rec(0, 32, 500.0, 1000, baseline=True),
+        _rec(1, 32, 745.0, 900, precision="bf16"),
+        _rec(2, 64, 40.0, 2000, precision="fp16"),
+        _rec(3, 16, 190.0, 700),  # just over a quarter of the fastest: kept
+    ]
+    decisions = {d.label: d for d in decide(records, keep_top=3)}
+    assert [r.order for r in records if decisions[r.label].kept] == [0, 1, 3]
+    assert "under 25% of the fastest's 745" in decisions[records[2].label].reason
+
+
 def test_a_multi_worker_configuration_follows_its_single_device_one():
     records = [
         _rec(0, 32, 100.0, 1000, baseline=True, parallelism="single"),

@@ -28,7 +28,11 @@ The phase, in order:
    step, so the same learning per example) is at least as fast and needs no more memory,
    one of them strictly: it is dropped. Micro-batches are not compared for dominance, since a
    smaller batch may need fewer examples to learn; the throughput ranking then weighs them.
-   The ``KEEP_TOP`` fastest of the rest are kept. The baseline's configuration is always
+   The ``KEEP_TOP`` fastest of the rest are kept, except one under ``MIN_SPEED_SHARE`` of the
+   fastest's examples per second: to win it would need that many times fewer examples to
+   reach the target, which no system knob buys (fp16 on a CPU without fp16 arithmetic runs
+   at 1/18 of bf16's speed, and kept it cost three of a search's trials). The baseline's
+   configuration is always
    kept (every search measures the baseline first). A multi-worker configuration, not
    screened, is kept when its single-device counterpart is (its per-device speed is that
    one's), or when the space has no single-device configuration.
@@ -76,6 +80,8 @@ MAX_CONFIGS = 24
 """Configurations screened at most; more are sampled (``spread_sample``)."""
 KEEP_TOP = 3
 """Fastest non-dominated configurations kept (plus the baseline's)."""
+MIN_SPEED_SHARE = 0.25
+"""A configuration slower than this share of the fastest's examples per second is dropped."""
 SECONDS_PER_CONFIG = (1.0, 3.0)
 """Timed seconds per configuration, least and most (``seconds_per_config``)."""
 MEASURED_SHARE = 0.4
@@ -227,7 +233,10 @@ def decide(records: Sequence[ScreenRecord], keep_top: int = KEEP_TOP) -> list[De
     best = front[0].examples_per_second if front else None
     for i, r in enumerate(front):
         speed = f"{r.examples_per_second:.0f} examples/s"
-        if i < keep_top:
+        if best and (r.examples_per_second or 0.0) < MIN_SPEED_SHARE * best:
+            reasons[r.label] = (False, f"{speed}, under {MIN_SPEED_SHARE:.0%} of the "
+                                f"fastest's {best:.0f}")
+        elif i < keep_top:
             reasons[r.label] = (True, f"#{rank[r.label]} by throughput, {speed}")
         else:
             reasons[r.label] = (False, f"{speed}, slower than the {keep_top} kept (the "
