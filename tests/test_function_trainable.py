@@ -12,6 +12,7 @@ from autotune import objective
 from autotune.cli import main
 from autotune.errors import UserError
 from autotune.integrations import INTEGRATION_KEY, function_task, load_any_task
+from autotune.integrations.function import run_function
 from autotune.recipe import Recipe
 from autotune.search import SearchRequest
 from autotune.train import TrialLimits, run_trial
@@ -102,9 +103,16 @@ def test_a_decided_trial_stops_even_through_except_exception():
     assert function_trainable.CALLS == []  # TrialStopped is no Exception
 
 
-def test_multi_worker_recipes_are_infeasible():
-    result = _run(LINEAR, Recipe(parallelism="ddp", workers=2))
-    assert result.status == objective.INFEASIBLE and "one process" in result.message
+def test_a_multi_worker_recipe_outside_its_workers_is_refused():
+    """Called in one process, not through run_trial's launcher (which starts its workers:
+    tests/test_integration_workers.py), a 2-worker recipe says where it runs instead of
+    training one copy."""
+    result = run_function(function_trainable.train_linear, LINEAR, "accuracy",
+                          Recipe(parallelism="ddp", workers=2),
+                          TrialLimits(max_train_seconds=5.0, eval_every_seconds=0.5,
+                                      target=0.9), device="cpu")
+    assert result.status == objective.INFEASIBLE and "run_trial" in result.message
+    assert result.steps == 0
 
 
 def test_a_real_search_over_a_function(tmp_path, capsys):

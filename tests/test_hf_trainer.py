@@ -25,7 +25,7 @@ from autotune.integrations.hf_trainer import (
     run_trainer,
     trainer_arguments,
 )
-from autotune.knobs import lr_factor
+from autotune.knobs import deepspeed_config, lr_factor
 from autotune.memory import predict_peak
 from autotune.recipe import Recipe
 from autotune.train import TrialLimits, run_trial
@@ -143,11 +143,17 @@ def test_out_of_memory_is_infeasible_and_keeps_what_was_measured():
     assert result.peak_memory_bytes > 0
 
 
-def test_multi_worker_recipes_are_infeasible_not_launched():
-    task = trainer_task(FACTORY, metric="eval_accuracy", target=0.9, probe=False)
-    result = run_trial(task, Recipe(parallelism="ddp", workers=2), _limits(), device="cpu")
-    assert result.status == objective.INFEASIBLE and "single-device" in result.message
-    assert result.steps == 0
+def test_a_zero_recipes_arguments_carry_the_deepspeed_config_of_the_export(tmp_path):
+    """A ZeRO trial's Trainer runs DeepSpeed from the config ``autotune export --format hf``
+    writes beside its arguments (the schedule left to the Trainer); its multi-worker trials
+    are in tests/test_integration_workers.py."""
+    recipe = Recipe(parallelism="zero2", workers=2, precision="bf16", batch_size=8,
+                    accumulation_steps=2, grad_clip=0.5)
+    args = trainer_arguments(recipe, tmp_path, "cpu")
+    assert args.deepspeed == str(tmp_path / "ds_config.json")
+    written = json.loads((tmp_path / "ds_config.json").read_text())
+    assert written == deepspeed_config(recipe, device_type="cpu", with_scheduler=False)
+    assert written["train_batch_size"] == 8 * 2 * 2 and "scheduler" not in written
 
 
 @pytest.mark.parametrize(("argv", "message"), [

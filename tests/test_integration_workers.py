@@ -23,7 +23,7 @@ from autotune.integrations import function_task, trainer_task
 from autotune.recipe import Recipe
 from autotune.search import SearchRequest, search
 from autotune.train import TrialLimits, run_trial
-from tests import function_trainable, hf_trainer_task
+from tests import hf_trainer_task
 
 pytestmark = pytest.mark.distributed
 
@@ -166,19 +166,7 @@ def test_a_factory_that_other_processes_cannot_import_is_named():
         in result.message
 
 
-def test_a_multi_worker_recipe_outside_its_workers_is_refused():
-    """Called in one process (not through run_trial's launcher), a 2-worker recipe says where
-    it runs instead of training one copy."""
-    from autotune.integrations.function import run_function
-
-    result = run_function(function_trainable.train_linear, "tests.function_trainable:x",
-                          "accuracy", Recipe(parallelism="ddp", workers=2),
-                          TrialLimits(max_train_seconds=5.0, eval_every_seconds=0.5,
-                                      target=0.9), device="cpu")
-    assert result.status == objective.INFEASIBLE and "run_trial" in result.message
-
-
-@pytest.mark.slow  # ~60-90 s: Ray, the baseline and a ddp trial of two Trainer workers
+@pytest.mark.slow  # ~25-40 s: Ray, and a ddp trial of two Trainer workers as Ray actors
 def test_a_trainer_search_runs_a_ddp_trial_in_two_workers(tmp_path):
     """A real search (Ray Tune, Optuna) over a space of ddp recipes: the trial's two workers
     are Ray actors (``autotune.search._workers``) whose Trainers train distributed, recorded
@@ -196,3 +184,23 @@ def test_a_trainer_search_runs_a_ddp_trial_in_two_workers(tmp_path):
     assert record.status == objective.REACHED, record.message
     assert len(record.worker_nodes) == 2 and record.curve
     assert record.examples == record.steps * 16 * 2
+
+
+@pytest.mark.slow  # 15-30 s each; DeepSpeed builds its CPU communication op once (~1 min)
+@pytest.mark.parametrize(("mode", "precision", "wrapper"), [
+    ("fsdp", "fp32", "FSDP"), ("fsdp", "bf16", "FSDP"),
+    ("zero1", "bf16", "DeepSpeedEngine"), ("zero2", "fp32", "DeepSpeedEngine"),
+    ("zero3", "bf16", "DeepSpeedEngine"),
+])
+def test_sharded_trainer_trials_run_on_the_cpu(mode, precision, wrapper, record_dir):
+    """fsdp and ZeRO through the Trainer on a CPU (gloo, DeepSpeed's CPU accelerator): the
+    Trainer wraps the model itself and the trial reaches the target."""
+    task = trainer_task(TRAINER, metric="eval_accuracy", target=0.9, probe=False)
+    result = run_trial(task, Recipe(parallelism=mode, workers=2, precision=precision,
+                                    batch_size=16, lr=5e-4),
+                       TrialLimits(max_train_seconds=20.0, eval_every_seconds=0.5, target=0.9,
+                                   seed=0), device="cpu")
+    assert result.status == objective.REACHED, result.message
+    assert result.examples == result.steps * 16 * 2
+    for worker in _seen(record_dir):
+        assert wrapper in worker["wrapped"] and worker["world_size"] == 2, worker

@@ -27,19 +27,29 @@ metric's direction are user errors, before anything is searched. The baseline is
 ``TrainingArguments`` (``baseline_args``) as a recipe (``recipe_from_training_arguments``), or
 the arguments' defaults.
 
-Not yet: multi-worker recipes (ddp, fsdp, ZeRO) are recorded as infeasible (not launched
-as torchrun would); the default space searches single-device recipes only.
+A multi-worker recipe (ddp, fsdp, zero1-3) runs the factory's Trainer in each worker as
+torchrun would (``autotune.train.distributed.worker_main``: the process group initialised,
+``RANK``, ``WORLD_SIZE``, ... set), so the Trainer sees a distributed run (``args.world_size``)
+and, through Accelerate, wraps the model itself: DDP, FSDP2 (``fsdp_config`` of
+``hf_args``), or DeepSpeed with the ZeRO config ``trainer_arguments`` writes to the trial's
+folder. The recipe's batch is per device; a step covers batch x accumulation x workers
+examples. Worker 0's clock and metric decide for every worker (``_session``). Pipeline
+parallelism has no ``TrainingArguments`` and is refused (``trainer_refusal``). The default
+space searches single-device recipes only; a space with ``parallelism`` choices searches the
+others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +58,7 @@ import yaml
 from torch.utils.data import Dataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging as hf_logging
 
 from autotune.errors import UserError
 from autotune.integrations._session import Session, TrialStopped
@@ -422,7 +433,8 @@ def recipe_from_training_arguments(kwargs: Mapping[str, Any]) -> Recipe:
     Approximated: HF's ``linear``/``cosine`` schedules decay to 0 at ``max_steps``, a
     recipe's to 10% at ``decay_steps`` (``max_steps`` when set, else the recipe's default);
     any other optimizer becomes ``adamw``; a warmup given as a ratio becomes none."""
-    defaults = TrainingArguments(output_dir=tempfile.gettempdir(), report_to="none")
+    with _quiet_device_setup():
+        defaults = TrainingArguments(output_dir=tempfile.gettempdir(), report_to="none")
     get = lambda key: kwargs.get(key, getattr(defaults, key, None))  # noqa: E731
     optim = str(getattr(get("optim"), "value", get("optim")))
     schedule = str(getattr(get("lr_scheduler_type"), "value", get("lr_scheduler_type")))
@@ -443,3 +455,17 @@ def recipe_from_training_arguments(kwargs: Mapping[str, Any]) -> Recipe:
     if (get("max_steps") or -1) > 0 and values["schedule"] != "constant":
         values["decay_steps"] = int(get("max_steps"))
     return Recipe(**values)
+
+
+@contextlib.contextmanager
+def _quiet_device_setup() -> Iterator[None]:
+    """Arguments built for their defaults only: in a worker of a multi-worker trial (process
+    group initialised) their device setup would warn that the group is unused, which the
+    trial's own arguments (``use_cpu`` or a GPU) then use."""
+    log = hf_logging.get_logger("transformers.training_args")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
