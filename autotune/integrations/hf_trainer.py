@@ -34,7 +34,9 @@ and, through Accelerate, wraps the model itself: DDP, FSDP2 (``fsdp_config`` of
 ``hf_args``), or DeepSpeed with the ZeRO config ``trainer_arguments`` writes to the trial's
 folder. The recipe's batch is per device; a step covers batch x accumulation x workers
 examples. Worker 0's clock and metric decide for every worker (``_session``). Pipeline
-parallelism has no ``TrainingArguments`` and is refused (``trainer_refusal``). The default
+parallelism has no ``TrainingArguments``, and Accelerate runs FSDP on accelerators only: both
+are refused where they cannot run (``trainer_refusal``), and a Trainer that would not train
+the recipe's parallelism (``unapplied_parallelism``) is refused rather than trained. The default
 space searches single-device recipes only; a space with ``parallelism`` choices searches the
 others.
 """
@@ -205,12 +207,16 @@ def run_trainer(factory: TrainerFactory, spec: str, metric: str, recipe: Recipe,
             # Per worker: the session counts every worker's (x workers, as args.world_size).
             per_step = recipe.batch_size * recipe.accumulation_steps
             trainer.add_callback(TimeToTarget(session, metric, per_step))
-            with warnings.catch_warnings():
-                # The recipe's schedule sets its decay steps; HF notes that max_steps is then
-                # not what ends it, which is the point.
-                warnings.filterwarnings("ignore", message="Both num_training_steps and "
-                                        "num_stable_steps")
-                trainer.train()
+            unapplied = unapplied_parallelism(recipe, trainer)
+            if unapplied:  # alike on every worker, before any collective: all stop here
+                session.refuse(unapplied)
+            else:
+                with warnings.catch_warnings():
+                    # The recipe's schedule sets its decay steps; HF notes that max_steps is
+                    # then not what ends it, which is the point.
+                    warnings.filterwarnings("ignore", message="Both num_training_steps and "
+                                            "num_stable_steps")
+                    trainer.train()
         except TrialStopped:
             pass
         except Exception as exc:  # noqa: BLE001 - the user's code: any failure is recorded
@@ -232,7 +238,33 @@ def trainer_refusal(recipe: Recipe, device_type: str) -> str | None:
         return ("the Trainer has no pipeline parallelism (TrainingArguments cannot express "
                 "it; under torchrun it would train data-parallel copies instead): search "
                 "single, ddp, fsdp or zero1-3")
+    if recipe.parallelism == "fsdp" and device_type == "cpu":
+        return FSDP_ON_CPU
     return unsupported_reason(recipe, device_type)
+
+
+FSDP_ON_CPU = (
+    "the Trainer runs FSDP through Accelerate, which enables it only for accelerator process "
+    "groups (MULTI_GPU, ...); on a CPU (MULTI_CPU) it ignores the FSDP settings and the "
+    "Trainer would train DDP copies instead: search ddp or zero1-3 on a CPU")
+"""Why an fsdp recipe is refused for a Trainer on a CPU (accelerate 1.15)."""
+
+
+def unapplied_parallelism(recipe: Recipe, trainer: Trainer) -> str | None:
+    """Why the built Trainer would not train ``recipe``'s parallelism (None when it would):
+    another number of processes than the recipe's workers, fsdp or ZeRO not enabled in its
+    Accelerator (a combination Accelerate ignores would train something else under the
+    recipe's name)."""
+    args = trainer.args
+    if args.world_size != recipe.workers:
+        return (f"the Trainer sees {args.world_size} process(es), the recipe has "
+                f"{recipe.workers} workers")
+    if recipe.parallelism == "fsdp" and not getattr(trainer, "is_fsdp_enabled", False):
+        return FSDP_ON_CPU if args.use_cpu else (
+            "the Trainer's Accelerator did not enable FSDP for the recipe's fsdp_config")
+    if recipe.parallelism in ZERO_MODES and not getattr(trainer, "is_deepspeed_enabled", False):
+        return "the Trainer's Accelerator did not enable DeepSpeed for the recipe's ZeRO config"
+    return None
 
 
 def quiet(trainer: Trainer) -> Trainer:
