@@ -187,7 +187,7 @@ def test_a_worker_that_dies_fails_only_its_trial_with_the_reason():
 
 @pytest.mark.distributed
 def test_workers_whose_evaluations_take_different_times_agree_on_the_next_one():
-    """Evaluations are spaced by their cost (``autotune.train.evaluation.next_point``); a
+    """Evaluations are spaced by their cost (``autotune.train.evaluation.paced_point``); a
     worker that spaced them by its own slower evaluation would skip a point the others make,
     and the two would meet in different collectives (gloo aborts the process)."""
     from autotune import objective

@@ -13,8 +13,8 @@ function's time-to-target means what a built-in task's does:
   evaluation point, the end), so every recorded time is the device's;
 - an evaluation is due once the clock has passed the next multiple of
   ``limits.eval_every_seconds`` (the schedule skips the multiples a long step jumped over), or
-  later when the last evaluation took more than a quarter of the training since the one
-  before (``autotune.train.evaluation.next_point``), and at the time limit or at
+  later while the trial's evaluations so far took more than a quarter of its training
+  (``autotune.train.evaluation.paced_point``), and at the time limit or at
   ``limits.max_steps``. Unlike autotune's own loop, every evaluation is the user's full one (a
   Trainer's ``eval_dataset``, the function's own): autotune cannot read a subset of it;
 - each reported metric is a point ``(training seconds, metric)`` of the curve; the first that
@@ -56,7 +56,7 @@ from autotune import objective
 from autotune.knobs import Diverged
 from autotune.memory import cap_device_memory, is_out_of_memory, read_peak, reset_peak
 from autotune.train.distributed import WorkerFailed
-from autotune.train.evaluation import next_point
+from autotune.train.evaluation import paced_point
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
 
 
@@ -122,7 +122,6 @@ class Session:
         self._started = False
         self._overdue = False
         """An evaluation was due at the time limit and the loop stepped on without one."""
-        self._point_eval_seconds = 0.0
         """Evaluation seconds since the last recorded point (what stretches the schedule)."""
         self._rss_reset = False
         """The process's peak RSS was reset at ``begin`` (Linux): the peak is this trial's."""
@@ -193,7 +192,6 @@ class Session:
         """An evaluation took ``seconds`` (off the clock): counted in ``eval_seconds`` and in
         when the next one is due."""
         self.result.eval_seconds += seconds
-        self._point_eval_seconds += seconds
 
     # -- steps and evaluations ------------------------------------------------------------
 
@@ -229,12 +227,11 @@ class Session:
         multi-worker trial every worker calls it at the same evaluation, and worker 0's
         metric and clock are recorded."""
         elapsed, value, spent = self.from_worker0(self.elapsed(), value,
-                                                  self._point_eval_seconds)
+                                                  self.result.eval_seconds)
         self._overdue = False
         while self.next_eval <= elapsed:
             self.next_eval += self.limits.eval_every_seconds
-        self.next_eval = next_point(self.next_eval, elapsed, spent)
-        self._point_eval_seconds = 0.0
+        self.next_eval = paced_point(self.next_eval, spent)
         r = self.result
         r.train_seconds = elapsed
         if not math.isfinite(value):

@@ -178,10 +178,3 @@ def paced_point(grid_next: float, eval_total: float, share: float = MAX_EVAL_SHA
     training until then."""
     return max(grid_next, eval_total / share)
 
-
-def next_point(grid_next: float, elapsed: float, eval_seconds: float,
-               share: float = MAX_EVAL_SHARE) -> float:
-    """The training time of the next evaluation point by the last evaluation alone: the
-    grid's next, or later when ``eval_seconds`` would exceed ``share`` of the training until
-    it (the Trainer and training-function sessions' rule; ``paced_point`` is the loop's)."""
-    return max(grid_next, elapsed + eval_seconds / share)
