@@ -221,3 +221,27 @@ def test_zero_trainer_trials_run_on_the_cpu(mode, precision, wrapper, record_dir
     assert result.examples == result.steps * 16 * 2
     for worker in _seen(record_dir):
         assert wrapper in worker["wrapped"] and worker["world_size"] == 2, worker
+
+
+def test_a_worker_failure_in_a_search_is_named_by_what_the_worker_raised():
+    """In a search a worker is a Ray actor, and ``ray.get`` raises Ray's wrapper of what the
+    worker raised, whose first line is Ray's ("ray::_Worker.run() (pid=...)"): the record
+    names the worker's own exception instead."""
+    from ray.exceptions import RayTaskError
+
+    from autotune.search._workers import RayLauncher
+    from autotune.train import WorkerFailed
+
+    launcher = RayLauncher()
+    launcher.nodes = [{"node_ip": "10.0.0.1"}, {"node_ip": "10.0.0.2"}]
+
+    def wrapped(cause: Exception) -> BaseException:
+        return RayTaskError("_Worker.run", "Traceback ...", cause,
+                            proctitle="ray::_Worker.run()").as_instanceof_cause()
+
+    text = launcher._describe(1, wrapped(ValueError("bad batch on this rank")))
+    assert text == "worker 1 on 10.0.0.2 failed: ValueError: bad batch on this rank"
+    failed = WorkerFailed("worker 1: error: the training function m:f raised KeyError: 'x'")
+    assert launcher._describe(1, wrapped(failed)) == (
+        "worker 1 on 10.0.0.2 failed: worker 1: error: the training function m:f raised "
+        "KeyError: 'x'")

@@ -35,7 +35,7 @@ import threading
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, RayActorError
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from ray.tune import PlacementGroupFactory
 from ray.util import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -43,7 +43,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from autotune import objective
 from autotune.recipe import Recipe
 from autotune.tasks import Task
-from autotune.train import TrialResult, check_launch, result_from_final, worker_main
+from autotune.train import (
+    TrialResult,
+    WorkerFailed,
+    check_launch,
+    result_from_final,
+    worker_main,
+)
 
 POLL_SECONDS = 0.5
 
@@ -194,6 +200,11 @@ class RayLauncher:
     def _describe(self, rank: int, exc: BaseException) -> str:
         node = self.nodes[rank]["node_ip"] if rank < len(self.nodes) else "?"
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        cause = exc.cause if isinstance(exc, RayTaskError) else None
+        if cause is not None:  # what the worker raised, not Ray's "ray::_Worker.run()" line
+            text = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+            reason = text if isinstance(cause, WorkerFailed) else \
+                f"{type(cause).__name__}: {text}".rstrip(": ")
         if isinstance(exc, (ActorDiedError, RayActorError)):
             return (f"worker {rank} on {node} died (its process exited: a crash, the OOM "
                     f"killer, or its machine was lost): {reason}")

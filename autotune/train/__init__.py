@@ -11,7 +11,13 @@ The knobs and the training step itself are ``autotune.knobs``; memory is ``autot
 This package knows nothing of Ray, Optuna, the CLI or the exporters.
 """
 
-from autotune.train.distributed import check_launch, result_from_final, run_workers, worker_main
+from autotune.train.distributed import (
+    WorkerFailed,
+    check_launch,
+    result_from_final,
+    run_workers,
+    worker_main,
+)
 from autotune.train.loop import measure_step_memory, pick_device, seed_everything
 from autotune.train.result import TrialLimits, TrialResult
 from autotune.train.trial import run_trial
@@ -19,6 +25,7 @@ from autotune.train.trial import run_trial
 __all__ = [
     "TrialLimits",
     "TrialResult",
+    "WorkerFailed",
     "check_launch",
     "measure_step_memory",
     "pick_device",
