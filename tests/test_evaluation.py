@@ -19,6 +19,7 @@ from autotune.train.evaluation import (
     CUSTOM_MARGIN,
     MIN_PIECE,
     MIN_QUICK,
+    PIECE_BATCH_DIVISOR,
     PIECES,
     QUICK_FRACTION,
     Evaluator,
@@ -87,6 +88,8 @@ def test_pieces_are_random_examples_in_order_and_hold_the_set_once():
         assert bool((p.validation[0][1:] > p.validation[0][:-1]).all())  # the set's order
         assert torch.equal(p.validation[1], p.validation[0] % 2)  # rows kept together
     assert torch.equal(validation_pieces(task)[3].validation[0], pieces[3].validation[0])
+    # read in smaller batches, so that a piece of a set sorted by length pads little
+    assert all(p.eval_batch_size == task.eval_batch_size // PIECE_BATCH_DIVISOR for p in pieces)
     assert len(validation_pieces(dial_task(2 * MIN_PIECE - 1))) == 1  # read whole
 
 

@@ -58,6 +58,8 @@ PIECES = 8
 """An accuracy task's validation set is read in up to this many pieces..."""
 MIN_PIECE = 250
 """...of at least this many examples each (a set under twice this is read whole)."""
+PIECE_BATCH_DIVISOR = 4
+"""A piece is read in batches of the task's ``eval_batch_size`` divided by this."""
 SIGMAS = 2.0
 """Standard errors below the target at which a partial read of accuracy stops."""
 QUICK_FRACTION = 4
@@ -100,7 +102,12 @@ def validation_pieces(task: Task, seed: int = SUBSET_SEED) -> list[Task]:
     n = task.num_validation
     count = max(1, min(PIECES, n // MIN_PIECE))
     order = _shuffled(n, seed)
-    return [validation_rows(task, chunk.sort().values) for chunk in order.chunk(count)]
+    # Read in smaller batches: a piece of a set sorted by length (bert's) spans every length,
+    # and one batch of it would pad every sentence to the longest (0.13 s against 0.06 s).
+    batch = max(1, task.eval_batch_size // PIECE_BATCH_DIVISOR) if count > 1 \
+        else task.eval_batch_size
+    return [dataclasses.replace(validation_rows(task, chunk.sort().values),
+                                eval_batch_size=batch) for chunk in order.chunk(count)]
 
 
 def quick_size(num_validation: int) -> int | None:
