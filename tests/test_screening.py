@@ -96,6 +96,23 @@ def test_what_cannot_run_is_a_status_not_an_exception(toy_task):
     assert over.peak_memory_bytes > 1000
 
 
+def test_a_step_slower_than_the_timed_seconds_ends_warm_up_and_timing_at_once(toy_task):
+    """A configuration whose one step takes longer than all its timed seconds (fp16 on a CPU
+    without fp16 arithmetic) is measured from one warm-up and one timed step, not 2 + 3."""
+    import time as _time
+
+    def slow_loss(model, batch):
+        _time.sleep(0.15)
+        return toy_task.loss(model, batch)
+
+    slow = dataclasses.replace(toy_task, loss=slow_loss)
+    result = screen(slow, Recipe(batch_size=16), "cpu", seconds=0.1)
+    assert result.status == OK and (result.warmup_steps, result.steps) == (1, 1)
+    assert result.examples_per_second == pytest.approx(16 / result.timed_seconds)
+    quick = screen(toy_task, Recipe(batch_size=16), "cpu", seconds=0.1)
+    assert quick.warmup_steps == DEFAULT_WARMUP_STEPS and quick.steps >= 3
+
+
 @pytest.mark.slow
 def test_compile_time_is_reported_apart_from_the_throughput(mnist):
     result = screen(mnist, Recipe(batch_size=64, compile="default"), "cpu", seconds=0.5,

@@ -55,6 +55,7 @@ import torch.distributed as dist
 from autotune import objective
 from autotune.knobs import Diverged
 from autotune.memory import cap_device_memory, is_out_of_memory, read_peak, reset_peak
+from autotune.train.clock import TrainingClock
 from autotune.train.distributed import WorkerFailed
 from autotune.train.evaluation import paced_point
 from autotune.train.result import ReportFn, TrialLimits, TrialResult
@@ -116,13 +117,12 @@ class Session:
         self.decided = False
         """The trial's status is final: reached, not reached, diverged, or failed."""
         self.next_eval = limits.eval_every_seconds
-        self._elapsed = 0.0
-        self._since: float | None = None
+        self.clock = TrainingClock(device)
+        """The training clock, autotune's own loop's (``autotune.train.clock``)."""
         self._created = time.perf_counter()
         self._started = False
         self._overdue = False
         """An evaluation was due at the time limit and the loop stepped on without one."""
-        """Evaluation seconds since the last recorded point (what stretches the schedule)."""
         self._rss_reset = False
         """The process's peak RSS was reset at ``begin`` (Linux): the peak is this trial's."""
         self.rank, self.world = process_group()
@@ -133,12 +133,6 @@ class Session:
 
     # -- the clock ------------------------------------------------------------------------
 
-    def _now(self, sync: bool = True) -> float:
-        """The host clock; with ``sync``, after waiting for the device's queued work."""
-        if sync and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def begin(self) -> None:
         """Before the user's code runs: the budget as the device's memory cap, a fresh peak
         (on a CPU, the process's peak RSS too: a trial process serves trial after trial).
@@ -146,7 +140,7 @@ class Session:
         self.result.memory_cap_fraction = cap_device_memory(self.device, self.limits.budget_bytes)
         reset_peak(self.device)
         self._rss_reset = self.device.type == "cpu" and reset_peak_rss()
-        self._since = self._now()
+        self.clock.start()
 
     def start(self) -> None:
         """Training starts now: what ran since ``begin`` was setup (``setup_seconds``), and
@@ -154,28 +148,22 @@ class Session:
         if self._started:
             return
         self._started = True
-        now = self._now()
-        self.result.setup_seconds = now - self._created
-        self._elapsed, self._since = 0.0, now
+        self.clock.restart()
+        self.result.setup_seconds = time.perf_counter() - self._created
 
     def elapsed(self, sync: bool = True) -> float:
         """Training seconds so far (frozen while the clock is paused); ``sync=False`` reads
         the host clock without waiting for the device (a step's check)."""
-        if self._since is None:
-            return self._elapsed
-        return self._elapsed + self._now(sync) - self._since
+        return self.clock.read() if sync else self.clock.peek()
 
     def pause(self) -> float:
         """Stop the clock (an evaluation begins); returns the training seconds."""
-        if self._since is not None:
-            self._elapsed += self._now() - self._since
-            self._since = None
-        return self._elapsed
+        return self.clock.pause()
 
     def resume(self) -> None:
         """Start the clock again after an evaluation (not once the trial is decided)."""
-        if self._since is None and not self.decided:
-            self._since = self._now()
+        if not self.clock.running and not self.decided:
+            self.clock.start()
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -276,7 +264,7 @@ class Session:
     def _decide(self, status: str, message: str) -> None:
         self.pause()
         self.result.status, self.result.message = status, message
-        self.result.train_seconds = self._elapsed
+        self.result.train_seconds = self.clock.elapsed
         self.decided = True
 
     # -- the end --------------------------------------------------------------------------

@@ -24,8 +24,8 @@ No host synchronisation per step: on a GPU, reading a loss (``float(loss)``) or 
 the device before reading the clock stalls the host until the step's kernels finish, so the
 next step's launches cannot overlap the device's work. The step therefore returns its loss as
 a device tensor (``lazy``), the loop sums them, and reads the sum, the device clock and the
-finite check only at evaluation points (``_Clock.pause`` waits for the device there, so every
-recorded time is the device's): a NaN/inf loss ends the trial as *diverged* within one
+finite check only at evaluation points (``TrainingClock.pause`` waits for the device there, so
+every recorded time is the device's): a NaN/inf loss ends the trial as *diverged* within one
 evaluation interval. Between evaluations the clock is read on the host only, to decide when
 the next evaluation is due (a host that runs ahead of the device evaluates a little late,
 never early). ``AUTOTUNE_SYNC_DEBUG=error`` (or ``warn``) makes torch raise (warn) on any
@@ -81,6 +81,7 @@ from autotune.memory import (
 )
 from autotune.recipe import Recipe
 from autotune.tasks import Task, evaluate_metric, move_batch
+from autotune.train.clock import TrainingClock
 from autotune.train.data import LoaderBatches, TensorBatches, inactive_data_knobs, make_batches
 from autotune.train.evaluation import Evaluator, paced_point
 from autotune.train.parallel import Prepared, prepare
@@ -99,51 +100,6 @@ class _Unsupported(Exception):
 SYNC_DEBUG_ENV = "AUTOTUNE_SYNC_DEBUG"
 """``warn`` or ``error``: torch's CUDA sync debug mode in a trial's steps after the first
 (see the module docstring); anything else, or unset: off."""
-
-
-class _Clock:
-    """Training-time clock that can be paused. ``start`` and ``pause`` wait for a GPU's
-    queued work first (the time of work done on the device); ``peek`` reads the host's time
-    without waiting, which on a GPU trails the device's by the work still queued."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.elapsed = 0.0
-        self._start: float | None = None
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def start(self) -> None:
-        self._start = self._now()
-
-    def pause(self) -> float:
-        if self._start is not None:
-            self.elapsed += self._now() - self._start
-            self._start = None
-        return self.elapsed
-
-    def peek(self) -> float:
-        """Training seconds so far by the host's clock, without waiting for the device."""
-        running = time.perf_counter() - self._start if self._start is not None else 0.0
-        return self.elapsed + running
-
-    @contextlib.contextmanager
-    def host_work(self):  # type: ignore[no-untyped-def]
-        """Host-side bookkeeping that is not training (the workers' per-step agreement): off
-        the clock where the device computes synchronously (the CPU); on a GPU the device goes
-        on with its queued steps meanwhile, so the clock runs on (waiting for the device to
-        pause it would be the very stall this loop avoids)."""
-        if self.device.type == "cuda":
-            yield
-            return
-        self.pause()
-        try:
-            yield
-        finally:
-            self.start()
 
 
 class _SyncDebug:
@@ -276,7 +232,7 @@ def _train(
     report: ReportFn | None,
     world: int = 1,
 ) -> None:
-    clock = _Clock(dev)
+    clock = TrainingClock(dev)
     sync_debug = _SyncDebug(dev)
     next_eval = limits.eval_every_seconds
     evaluator = Evaluator(task, limits.target, limits.higher_is_better, limits.quick_eval)

@@ -15,6 +15,11 @@ What is measured, and how it matches a trial (``autotune.train.loop``):
   ``compile``, ``compile_seconds`` by torch's own count, reported apart), fill the allocator's
   caches and start the DataLoader's pipeline. A trial pays its compile on the clock; the
   screening reports it, and the ranking, which is of steady speed, leaves it out;
+- a step slower than all of ``seconds`` ends each phase early: a warm-up step that (compile
+  aside) took longer skips the other warm-up steps, and a timed step that did is the only one
+  (``min_steps`` waived). Such a configuration is far behind any that a search would keep, and
+  its measurement would otherwise spend the screening's time (fp16 on a CPU without fp16
+  arithmetic: 1.6-4 s a step, and 7 steps each);
 - then steps until ``seconds`` of training clock have passed or ``max_steps`` were taken (at
   least ``min_steps``; a model whose step takes a millisecond needs no seconds of it), timed
   as the trial's clock times them (synchronising a GPU before each reading, taking each batch
@@ -183,14 +188,18 @@ def _run_steps(task: Task, recipe: Recipe, prepared: Any, batches: Any, dev: tor
     examples_per_step = recipe.batch_size * recipe.accumulation_steps
     compiled_before = compile_seconds()
     start = _now(dev)
-    for _ in range(warmup_steps):
+    while result.warmup_steps < warmup_steps:
+        began, compiling = _now(dev), compile_seconds()
         _step(task, recipe, prepared, batches)
-    result.warmup_steps = warmup_steps
+        result.warmup_steps += 1
+        if _now(dev) - began - (compile_seconds() - compiling) > seconds:
+            break  # a step slower than all the timed seconds: no more warming up
     result.warmup_seconds = _now(dev) - start
     durations: list[float] = []
     last = _now(dev)
     least, most = steps
-    while len(durations) < least or (sum(durations) < seconds and len(durations) < most):
+    while not durations or (len(durations) < least and durations[0] <= seconds) \
+            or (sum(durations) < seconds and len(durations) < most):
         _step(task, recipe, prepared, batches)
         now = _now(dev)
         durations.append(now - last)
