@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -132,11 +133,16 @@ class Cluster:
         return len(victims)
 
     def stop(self) -> None:
-        for p in self._processes():
+        """Kill every process of the cluster, then remove its temp dir (the guide's rule: a
+        Ray temp dir of our own, removed; 41 were left in /tmp in one day before this)."""
+        procs = self._processes()
+        for p in procs:
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
+        psutil.wait_procs(procs, timeout=10)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture()
