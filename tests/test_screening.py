@@ -18,7 +18,6 @@ from autotune.recipe import Recipe
 from autotune.results import CUT, REFUSED, RunDirectory, ScreenRecord
 from autotune.search import SearchRequest, search
 from autotune.search._run import search_times
-from autotune.search._screener import wanted
 from autotune.search.screening import (
     config_label,
     decide,
@@ -394,9 +393,9 @@ def test_screening_is_off_when_asked_or_with_one_configuration():
     space = parse_space("knobs:\n  lr: {low: 1.0e-3, high: 1.0e-2}\n")
     assert len(system_configs(space, Recipe(), 1)) == 1
     configs = system_configs(parse_space(TOY_SPACE), Recipe(batch_size=32), 1)
-    assert wanted(SimpleNamespace(request=SearchRequest()), configs)
-    assert not wanted(SimpleNamespace(request=SearchRequest(screen=False)), configs)
-    assert not wanted(SimpleNamespace(request=SearchRequest()), configs[:1])
+    assert screens(SimpleNamespace(request=SearchRequest()), configs)
+    assert not screens(SimpleNamespace(request=SearchRequest(screen=False)), configs)
+    assert not screens(SimpleNamespace(request=SearchRequest()), configs[:1])
 
 
 @pytest.mark.slow

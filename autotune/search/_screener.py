@@ -27,6 +27,7 @@ from autotune.search.screening import (
     SystemConfig,
     decide,
     restricted_plan,
+    screens,
     seconds_per_config,
     spread_sample,
     system_configs,
@@ -53,11 +54,6 @@ def measure(setup: TrialSetup, recipe: dict[str, Any], seconds: float) -> dict[s
 _measure = ray.remote(max_calls=0, max_retries=0)(measure)
 
 
-def wanted(plan: SearchPlan, configs: list[SystemConfig]) -> bool:
-    """Whether this search screens: asked for (or not refused) and something to choose."""
-    return plan.request.screen is not False and len(configs) >= 2
-
-
 def screen_phase(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float],
                  deadline: float | None, emit: EventFn, trials_before: int = 0) -> SearchPlan:
     """Screen the plan's system configurations (those a resumed search has not screened yet)
@@ -66,7 +62,7 @@ def screen_phase(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float
     screening (``trials_before``, no records) goes on without it, on the space they ran on."""
     configs = system_configs(plan.space, plan.baseline, plan.workers_per_trial)
     done = {r.label: r for r in plan.run_dir.screen_records()}
-    if not wanted(plan, configs) or (trials_before and not done):
+    if not screens(plan, configs) or (trials_before and not done):
         return plan
     sampled = spread_sample(configs)
     todo = [(i, c) for i, c in enumerate(sampled) if c.label not in done]

@@ -134,12 +134,15 @@ def system_knob_names(space: SearchSpace) -> list[str]:
     return names
 
 
-def screens(plan: SearchPlan) -> bool:
+def screens(plan: SearchPlan, configs: Sequence[SystemConfig] | None = None) -> bool:
     """Whether ``plan``'s search screens before its convergence trials: not refused
     (``--no-screen``, a search over a user's own loop) and two or more system configurations
-    to choose from."""
-    return plan.request.screen is not False and len(
-        system_configs(plan.space, plan.baseline, plan.workers_per_trial)) >= 2
+    to choose from (``configs``: the plan's, when already built)."""
+    if plan.request.screen is False:
+        return False
+    if configs is None:
+        configs = system_configs(plan.space, plan.baseline, plan.workers_per_trial)
+    return len(configs) >= 2
 
 
 def system_configs(space: SearchSpace, baseline: Recipe, workers_per_trial: int
