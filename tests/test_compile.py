@@ -132,7 +132,12 @@ def test_the_compiled_model_is_what_trains_and_its_compile_time_is_on_the_clock(
     assert compiled.steps == STEPS and len(compiled.curve) >= 2
     assert graphs_compiled() == 1
     assert compiled.compile_seconds > 0.1  # a cold compile of the MLP: seconds
-    assert compiled.train_seconds >= compiled.compile_seconds  # on the clock, so in the TTA
+    # On the clock, so in the TTA. The eight steps are nearly all compiling, and torch times
+    # its compiles with the wall clock (``time.time_ns``) while the trial's clock is
+    # ``perf_counter``, timed around different spans: the two agree to tens of ms and either
+    # may be ahead (CI: 11.200 s of training against torch's 11.237 s). Off the clock, the
+    # training seconds would be those of eight MLP steps: well under half.
+    assert compiled.train_seconds >= 0.97 * compiled.compile_seconds
     assert compiled.to_dict()["compile_seconds"] == compiled.compile_seconds
     assert compiled.best_metric == pytest.approx(eager.best_metric, abs=0.02)
 
