@@ -30,8 +30,9 @@ from autotune.memory import (
 from autotune.memory._model_states import DEEPSPEED_DEFAULTS, model_states
 from autotune.memory._predict import single_device_recipe
 from autotune.recipe import Recipe
-from autotune.tasks import Task, load_task
+from autotune.tasks import Task, evaluation_batch_size, load_task
 from autotune.train import TrialLimits, measure_step_memory, run_trial
+from autotune.train.evaluation import Evaluator
 from tests.toy_task import make_dataset_task, make_loss_task, make_toy_task
 
 CPU = torch.device("cpu")
@@ -76,8 +77,9 @@ def make_block_task(device: str = "cpu", validation_rows: int = 64,
     )
 
 
-EVAL_HEAVY = {"validation_rows": 2048, "eval_batch_size": 1024}
-"""``make_block_task`` options whose evaluation (1,024 rows at once) outweighs a step of 8."""
+EVAL_HEAVY = {"validation_rows": 8192, "eval_batch_size": 4096}
+"""``make_block_task`` options whose evaluation (accuracy of 8,192 rows, read in pieces of
+1,024 at once) outweighs a step of 8."""
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +164,13 @@ def test_predicted_evaluation_matches_the_measured_one(request, task_name, chang
     assert traced["optimizer"] == live["optimizer"] > 0
 
 
-@pytest.mark.parametrize("task_name", ["eval_heavy", "bert"])
-def test_a_checkpointed_recipe_can_peak_in_its_evaluation(request, task_name):
+def test_a_checkpointed_recipe_can_peak_in_its_evaluation(eval_heavy):
     """Found on an H200: BERT-base with checkpointing measured 2.13 GiB over a trial whose
-    steps were predicted at 1.80 GiB; its evaluation (batches of 256, no gradients, model
-    states resident) is the trial's peak, and the prediction must hold it."""
-    task = request.getfixturevalue(task_name)
+    steps were predicted at 1.80 GiB; its evaluation (then batches of 256, no gradients,
+    model states resident) was the trial's peak, and the prediction must hold such a peak.
+    (bert's accuracy is now read in batches of 64, and its steps outweigh that:
+    ``test_the_trace_evaluates_the_batch_a_trial_reads``.)"""
+    task = eval_heavy
     recipe = Recipe(batch_size=8, checkpointing=True)
     cache = TraceCache()
     prediction = predict_peak(task, recipe, cache=cache)
@@ -225,10 +228,28 @@ def test_a_gpu_prediction_traces_the_gpus_default_optimizer(blocks):
 
 
 def test_largest_validation_takes_the_longest_sentences(bert):
+    n = evaluation_batch_size(bert)
     rows = largest_validation(bert).validation
-    assert rows[0].shape[0] == bert.eval_batch_size
-    longest = torch.topk(bert.validation[1].sum(dim=1), bert.eval_batch_size).values
+    assert rows[0].shape[0] == n
+    longest = torch.topk(bert.validation[1].sum(dim=1), n).values
     assert int(rows[1].sum(dim=1).min()) == int(longest.min())
+
+
+def test_the_trace_evaluates_the_batch_a_trial_reads(bert, loss_task):
+    """A trial reads bert's accuracy in pieces, in batches of a quarter of its
+    ``eval_batch_size`` (64 sentences): the memory model traces that batch. Tracing 256 made
+    every bert recipe's CPU prediction its evaluation's (138.8 MiB, checkpointing or not). A
+    task with its own metric is read in batches of ``eval_batch_size``."""
+    read = {piece.eval_batch_size for piece in Evaluator(bert, bert.target, True).pieces}
+    traced = largest_validation(bert)
+    assert read == {traced.eval_batch_size} == {64}
+    assert traced.num_validation == 64
+    assert largest_validation(loss_task).eval_batch_size == loss_task.eval_batch_size
+    plain = predict_peak(bert, Recipe(batch_size=32), cache=TraceCache())
+    checkpointed = predict_peak(bert, Recipe(batch_size=32, checkpointing=True),
+                                cache=TraceCache())
+    assert plain.phase != "evaluation"  # the steps of 32 outweigh an evaluation of 64
+    assert checkpointed.peak_bytes < plain.peak_bytes
 
 
 def test_a_loss_that_reads_values_is_traced_on_real_tensors(blocks):

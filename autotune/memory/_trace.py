@@ -25,17 +25,19 @@ the step runs on real tensors on the CPU, tracked the same way (``method`` says 
 
 After the step, the trace evaluates (phase ``evaluation``): a trial evaluates between its
 steps with the model states resident (weights, masks, the optimizer's state; gradients are
-freed, ``zero_grad(set_to_none=True)``), on batches of ``task.eval_batch_size`` examples,
-which are often larger than the training micro-batch. With checkpointing, or a small training
-batch, this evaluation can be a trial's peak (BERT-base, checkpointed, batch 32: 0.30 GiB over
-the training step on the CPU tracker; on an H200 the whole trial measured 2.13 GiB where the
-steps alone were predicted at 1.80 GiB). The trace runs what ``autotune.tasks.evaluate_metric``
-runs for each batch, in eval mode without gradients, on its largest batch
-(``largest_validation``: the validation examples with the most non-zero inputs), under
-autocast only where a trial's evaluation has it (DeepSpeed's 16-bit weights,
-``weights_dtype``). A metric function that reads a value (``float(loss)``) after the model's
-forward pass ends the fake evaluation there, its peak already seen; one that reads a value
-before the forward pass sends the whole trace to real tensors.
+freed, ``zero_grad(set_to_none=True)``), on batches of ``evaluation_batch_size(task)``
+examples (the task's ``eval_batch_size``, or a quarter of it where accuracy is read in pieces:
+``autotune.train.evaluation``), which can be larger than the training micro-batch. With
+checkpointing, or a small training batch, this evaluation can be a trial's peak (BERT-base,
+checkpointed, batch 32: 0.30 GiB over the training step on the CPU tracker; on an H200 the
+whole trial, evaluating in batches of 256, measured 2.13 GiB where the steps alone were
+predicted at 1.80 GiB). The trace
+runs what ``autotune.tasks.evaluate_metric`` runs for each batch, in eval mode without
+gradients, on its largest batch (``largest_validation``: the validation examples with the most
+non-zero inputs), under autocast only where a trial's evaluation has it (DeepSpeed's 16-bit
+weights, ``weights_dtype``). A metric function that reads a value (``float(loss)``) after the
+model's forward pass ends the fake evaluation there, its peak already seen; one that reads a
+value before the forward pass sends the whole trace to real tensors.
 """
 
 from __future__ import annotations
@@ -68,7 +70,14 @@ from autotune.knobs import (
 )
 from autotune.memory._measured import CATEGORIES, TensorTracker
 from autotune.recipe import Recipe
-from autotune.tasks import Batch, Task, TaskData, map_tensors, validation_batches
+from autotune.tasks import (
+    Batch,
+    Task,
+    TaskData,
+    evaluation_batch_size,
+    map_tensors,
+    validation_batches,
+)
 
 FAKE = "fake_trace"
 """``StepTrace.method``: traced on fake tensors (nothing allocated)."""
@@ -133,18 +142,21 @@ def largest_batch(task: Task, batch_size: int) -> Batch:
     return task.collate_fn([task.train[int(i)] for i in idx])
 
 
-def largest_validation(task: Task) -> Task:
+def largest_validation(task: Task, batch_size: int | None = None) -> Task:
     """``task`` with its validation data cut to its largest evaluation batch: the
-    ``eval_batch_size`` examples with the most non-zero inputs, chosen as ``largest_batch``
-    chooses training examples. An evaluation's peak is that of its largest batch (batches run
-    one at a time), so evaluating this task (``autotune.tasks.evaluate_metric``) peaks as
-    evaluating ``task`` does, in one batch instead of all of them."""
-    idx = _largest(task.validation, task.eval_batch_size)
+    ``batch_size`` examples (default: the batch a trial's evaluation reads,
+    ``autotune.tasks.evaluation_batch_size``) with the most non-zero inputs, chosen as
+    ``largest_batch`` chooses training examples, and ``eval_batch_size`` set to it. An
+    evaluation's peak is that of its largest batch (batches run one at a time), so evaluating
+    this task (``autotune.tasks.evaluate_metric``) peaks as a trial's evaluation of ``task``
+    does, in one batch instead of all of them."""
+    batch_size = batch_size or evaluation_batch_size(task)
+    idx = _largest(task.validation, batch_size)
     if isinstance(task.validation, tuple | list):
         rows: TaskData = tuple(t.index_select(0, idx) for t in task.validation)
     else:
         rows = _Samples([task.validation[int(i)] for i in idx])
-    return dataclasses.replace(task, validation=rows)
+    return dataclasses.replace(task, validation=rows, eval_batch_size=batch_size)
 
 
 class _Samples(Dataset):

@@ -15,6 +15,9 @@ from typing import Any
 
 from autotune.errors import UserError
 from autotune.tasks._base import (
+    MIN_PIECE,
+    PIECE_BATCH_DIVISOR,
+    PIECES,
     Batch,
     MetricError,
     OutputsFn,
@@ -22,14 +25,19 @@ from autotune.tasks._base import (
     TaskData,
     accuracy,
     evaluate_metric,
+    evaluation_batch_size,
     map_tensors,
     move_batch,
+    piece_count,
     validation_batches,
 )
 from autotune.tasks._check import check_teacher, dry_run
 
 __all__ = [
     "BUILTIN_TASKS",
+    "MIN_PIECE",
+    "PIECES",
+    "PIECE_BATCH_DIVISOR",
     "Batch",
     "MetricError",
     "OutputsFn",
@@ -39,9 +47,11 @@ __all__ = [
     "check_teacher",
     "dry_run",
     "evaluate_metric",
+    "evaluation_batch_size",
     "load_task",
     "map_tensors",
     "move_batch",
+    "piece_count",
     "validation_batches",
 ]
 

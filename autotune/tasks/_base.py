@@ -219,6 +219,35 @@ def move_batch(batch: Any, device: torch.device, non_blocking: bool = False) -> 
     return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), batch)
 
 
+PIECES = 8
+"""A trial reads an accuracy task's validation set in up to this many pieces
+(``autotune.train.evaluation``)..."""
+MIN_PIECE = 250
+"""...of at least this many examples each (a set under twice this is read whole)..."""
+PIECE_BATCH_DIVISOR = 4
+"""...in batches of the task's ``eval_batch_size`` divided by this: a piece of a set sorted
+by length spans every length, and one large batch of it would pad every sentence to the
+longest."""
+
+
+def piece_count(task: Task) -> int:
+    """How many pieces a trial's accuracy evaluation splits ``task``'s validation set into
+    (1: it is read whole)."""
+    return max(1, min(PIECES, task.num_validation // MIN_PIECE))
+
+
+def evaluation_batch_size(task: Task, quick: bool = True) -> int:
+    """The largest batch a trial's evaluation of ``task`` reads: ``eval_batch_size``, or,
+    where accuracy is read in pieces (``quick``, no ``Task.evaluate``, a set of two pieces or
+    more), a quarter of it or a whole piece, whichever is smaller. Here, below training and
+    the memory model, so that the memory model traces the batch a trial really reads."""
+    count = piece_count(task)
+    if quick and task.evaluate is None and count > 1:
+        largest_piece = -(-task.num_validation // count)
+        return min(max(1, task.eval_batch_size // PIECE_BATCH_DIVISOR), largest_piece)
+    return task.eval_batch_size
+
+
 def validation_batches(task: Task, device: torch.device) -> Iterator[Batch]:
     """``task.validation`` in batches of ``eval_batch_size``, on ``device``, in order. A
     ``Dataset`` is read in this process (no loader workers: evaluation is not on the

@@ -52,14 +52,13 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from autotune import objective
-from autotune.tasks import Task, evaluate_metric
+from autotune.tasks import (
+    Task,
+    evaluate_metric,
+    evaluation_batch_size,
+    piece_count,
+)
 
-PIECES = 8
-"""An accuracy task's validation set is read in up to this many pieces..."""
-MIN_PIECE = 250
-"""...of at least this many examples each (a set under twice this is read whole)."""
-PIECE_BATCH_DIVISOR = 4
-"""A piece is read in batches of the task's ``eval_batch_size`` divided by this."""
 SIGMAS = 2.0
 """Standard errors below the target at which a partial read of accuracy stops."""
 QUICK_FRACTION = 4
@@ -99,13 +98,12 @@ def validation_pieces(task: Task, seed: int = SUBSET_SEED) -> list[Task]:
     """``task``'s validation set split into pieces of random examples (seeded), each in the
     set's own order; together they hold every example once. One piece when the set is under
     twice ``MIN_PIECE``."""
-    n = task.num_validation
-    count = max(1, min(PIECES, n // MIN_PIECE))
-    order = _shuffled(n, seed)
-    # Read in smaller batches: a piece of a set sorted by length (bert's) spans every length,
-    # and one batch of it would pad every sentence to the longest (0.13 s against 0.06 s).
-    batch = max(1, task.eval_batch_size // PIECE_BATCH_DIVISOR) if count > 1 \
-        else task.eval_batch_size
+    count = piece_count(task)
+    order = _shuffled(task.num_validation, seed)
+    # Read in smaller batches (``evaluation_batch_size``): a piece of a set sorted by length
+    # (bert's) spans every length, and one batch of it would pad every sentence to the
+    # longest (0.13 s against 0.06 s). The memory model traces the same batch.
+    batch = evaluation_batch_size(task)
     return [dataclasses.replace(validation_rows(task, chunk.sort().values),
                                 eval_batch_size=batch) for chunk in order.chunk(count)]
 
