@@ -17,6 +17,7 @@ device is synchronised only at both ends of the timed steps. autotune's side is 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Iterable
@@ -28,23 +29,47 @@ from autotune.recipe import Recipe, baseline_recipe
 from autotune.tasks import Task, load_task, move_batch
 from autotune.train import TrialLimits, run_trial
 
+WARMUP_STEPS = 2
+"""Untimed steps of the plain loop first, on a copy of its model: a trial's clock starts after
+its two memory-measured steps on a fresh copy (``measure_step_memory``), which have run every
+kernel and filled the allocator once; without these the plain loop alone would pay that."""
+
 
 def plain_loop_seconds(task: Task, recipe: Recipe, steps: int, seed: int,
-                       device: str = "cpu") -> float:
+                       device: str = "cpu", warmup: int = WARMUP_STEPS) -> float:
     """Seconds for ``steps`` optimizer steps of a hand-written loop: same model, data order
     (shuffled per epoch by a seeded generator), autocast, AdamW and batch as the recipe, on
-    ``device`` (the data moved there first; a GPU synchronised before and after)."""
+    ``device`` (the data moved there first; a GPU synchronised before and after), after
+    ``warmup`` untimed steps on a copy of the model."""
     dev = torch.device(device)
     torch.manual_seed(seed)
     model = task.build_model().to(dev)
     model.train()
     data = move_batch(task.train, dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
+
+    def step(net: torch.nn.Module, opt: torch.optim.Optimizer, batch: list) -> None:
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            loss = task.loss(net, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def adamw(net: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(net.parameters(), lr=recipe.lr,
+                                 weight_decay=recipe.weight_decay)
+
+    spare = copy.deepcopy(model)
+    spare_opt = adamw(spare)
+    for i in range(warmup):
+        step(spare, spare_opt, [t[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+                                for t in data])
+    del spare, spare_opt
+    opt = adamw(model)
     gen = torch.Generator().manual_seed(seed)
     n = data[0].shape[0]
     order = torch.randperm(n, generator=gen).to(dev)
     pos = 0
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
     _sync(dev)
     start = time.perf_counter()
     for _ in range(steps):
@@ -52,12 +77,7 @@ def plain_loop_seconds(task: Task, recipe: Recipe, steps: int, seed: int,
             order, pos = torch.randperm(n, generator=gen).to(dev), 0
         idx = order[pos: pos + recipe.batch_size]
         pos += recipe.batch_size
-        batch = [t.index_select(0, idx) for t in data]
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            loss = task.loss(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step(model, opt, [t.index_select(0, idx) for t in data])
     _sync(dev)
     return time.perf_counter() - start
 
