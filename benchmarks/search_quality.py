@@ -312,6 +312,7 @@ def run_one_search(bench: BenchTask, method: str, seed: int, budget_s: float, wo
             "search_wall_s": outcome.wall_seconds, "budget_s": budget_s,
             "within_budget": wall <= budget_s * (1 + BUDGET_SLACK),
             "records": [r.to_json() for r in outcome.records],
+            "trials": len(outcome.records),
             "winner": None if best is None else best.record.recipe,
             "winner_search_tta": None if best is None else best.tta_seconds}
 
@@ -391,7 +392,8 @@ def summarize_task(runs: list[dict[str, Any]], oracle: dict[str, Any]) -> dict[s
             "first_near_best_s": near,
             "first_near_best_median_s": statistics.median(
                 [x if x is not None else math.inf for x in near]),
-            "trials_median": statistics.median(len(r["records"]) for r in mine),
+            "trials_median": statistics.median(r.get("trials", len(r.get("records", ())))
+                                               for r in mine),
             "not_training_median": statistics.median(r["overhead"]["not_training"]
                                                      for r in mine),
             "within_budget": [r["within_budget"] for r in mine],
@@ -532,6 +534,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def kept_runs(previous: dict[str, Any], task: str, args: argparse.Namespace
+              ) -> list[dict[str, Any]]:
+    """The earlier ``--out``'s searches of ``task`` that this run does not redo: another
+    method, or another search seed, at the same budget and warm start (``--methods autotune``
+    after a change to autotune alone re-runs its searches and keeps TPE's and random
+    search's)."""
+    entry = (previous.get("tasks") or {}).get(task) or {}
+    if entry.get("budget") != args.budget or previous.get("warm_start") != args.warm_start:
+        return []
+    redone = {(m, s) for m in args.methods for s in args.search_seeds}
+    return [r for r in entry.get("runs", []) if (r["method"], r["seed"]) not in redone]
+
+
 def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new`` over the tasks (and throughput) of an earlier ``--out``, so that tasks run one
     at a time accumulate in one file; the summary is then over every task in it."""
@@ -551,6 +566,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                            "budget": args.budget, "warm_start": args.warm_start,
                            "hints": "off (task_warm_start=False for every method)",
                            "tasks": {}}
+    path = Path(args.out)
+    previous = json.loads(path.read_text()) if path.exists() else {}
     if args.part in ("all", "oracle", "search"):
         for bench in args.benches:
             oracle = run_oracle(bench, Path(args.oracle_dir), args.oracle_seeds,
@@ -559,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             entry: dict[str, Any] = {"model": bench.model, "oracle_best": oracle["best"],
                                      "oracle_recipes": len(oracle["entries"])}
             if args.part in ("all", "search"):
-                runs = run_searches(bench, args, oracle)
+                runs = kept_runs(previous, bench.name, args) + run_searches(bench, args, oracle)
                 entry["searches"] = summarize_task(runs, oracle)
                 entry["budget"] = args.budget
                 entry["runs"] = [{k: v for k, v in r.items() if k != "records"} for r in runs]
@@ -568,9 +585,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.part in ("all", "overhead"):
         out["throughput"] = run_throughput(args.steps)
         print_throughput(out["throughput"])
-    path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = merge_results(json.loads(path.read_text()) if path.exists() else {}, out)
+    out = merge_results(previous, out)
     if any("searches" in t for t in out["tasks"].values()):
         out["summary"] = summary({name: t["searches"] for name, t in out["tasks"].items()
                                   if "searches" in t})

@@ -195,18 +195,44 @@ def test_dominated_and_slow_configurations_are_dropped_the_baseline_kept():
     ]
     decisions = {d.label: d for d in decide(records, keep_top=3)}
     kept = [r.order for r in records if decisions[r.label].kept]
-    assert kept == [0, 1, 2, 3]
+    assert kept == [0, 1, 2, 4]  # the fastest of each micro-batch, and the baseline's
     base = decisions[records[0].label]
     assert "baseline" in base.reason and "dominated" in base.reason
     assert "dominated by #1" in decisions[records[8].label].reason
-    assert "slower than the 3 kept" in decisions[records[4].label].reason
+    assert "kept for micro-batch 64" in decisions[records[3].label].reason
     assert "memory gate" in decisions[records[5].label].reason
     assert decisions[records[6].label].reason.startswith("infeasible")
     assert "time budget" in decisions[records[7].label].reason
     assert decisions[records[2].label].rank == 1
     # the ranking: kept first, fastest first
-    assert [d.label for d in decide(records)][:4] == [
-        records[i].label for i in (2, 3, 1, 0)]
+    assert [d.label for d in decide(records, keep_top=3)][:4] == [
+        records[i].label for i in (2, 1, 4, 0)]
+    # at most keep_top in all (the baseline's besides), the fastest first
+    capped = {d.label: d for d in decide(records, keep_top=2)}
+    assert [r.order for r in records if capped[r.label].kept] == [0, 1, 2]
+    assert "slower than the 2 kept" in capped[records[4].label].reason
+
+
+def test_each_micro_batch_keeps_its_fastest_configuration():
+    """A small CNN on a CPU: the larger the micro-batch, the more examples per second, in
+    either precision. Its oracle's best recipe trains at micro-batch 32, which accumulation
+    (it only multiplies the micro-batch) cannot reach from larger ones: every micro-batch
+    size keeps its fastest configuration, the baseline's (64) among them."""
+    records = [
+        _rec(0, 64, 12600.0, 2000, baseline=True),
+        _rec(1, 32, 9600.0, 1000),
+        _rec(2, 32, 8000.0, 1100, precision="bf16"),  # slower and more memory: dominated
+        _rec(3, 64, 11600.0, 1900, precision="bf16"),
+        _rec(4, 128, 15400.0, 4000),
+        _rec(5, 256, 17300.0, 8000),
+        _rec(6, 256, 17100.0, 7000, precision="bf16"),
+    ]
+    decisions = {d.label: d for d in decide(records)}
+    kept = {r.config["batch_size"]: r.config["precision"] for r in records
+            if decisions[r.label].kept}
+    assert kept == {32: "fp32", 64: "fp32", 128: "fp32", 256: "fp32"}
+    assert "kept for micro-batch 256" in decisions[records[6].label].reason
+    assert "kept for micro-batch 64" in decisions[records[3].label].reason
 
 
 def test_a_configuration_far_slower_than_the_fastest_is_dropped_though_in_the_top():

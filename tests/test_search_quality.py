@@ -252,6 +252,23 @@ def test_results_of_one_task_at_a_time_accumulate():
     assert second["throughput"] == [1] and second["date"] == "now" and "old" not in second
 
 
+def test_a_rerun_of_some_methods_keeps_the_others_searches_at_the_same_budget():
+    runs = [{"method": m, "seed": s, "trials": 3} for m in ("autotune", "tpe", "random")
+            for s in (0, 1)]
+    previous = {"warm_start": "rules", "tasks": {"a": {"budget": "3m", "runs": runs}}}
+    args = SimpleNamespace(budget="3m", warm_start="rules", methods=["autotune"],
+                           search_seeds=[0, 1])
+    kept = sq.kept_runs(previous, "a", args)
+    assert [(r["method"], r["seed"]) for r in kept] == [
+        ("tpe", 0), ("tpe", 1), ("random", 0), ("random", 1)]
+    args.search_seeds = [1]  # autotune's seed 0 is not redone: kept
+    assert ("autotune", 0) in [(r["method"], r["seed"]) for r in sq.kept_runs(
+        previous, "a", args)]
+    for change in ({"budget": "5m"}, {"warm_start": "none"}):  # not comparable: none kept
+        assert sq.kept_runs(previous, "a", SimpleNamespace(**{**vars(args), **change})) == []
+    assert sq.kept_runs(previous, "b", args) == []
+
+
 # -- --smoke end to end -------------------------------------------------------------------------
 
 

@@ -26,12 +26,17 @@ The phase, in order:
    memory or over the budget, unsupported, an error, refused, cut) is dropped. Among those
    measured, one is *dominated* when another with the same micro-batch (the same examples per
    step, so the same learning per example) is at least as fast and needs no more memory,
-   one of them strictly: it is dropped. Micro-batches are not compared for dominance, since a
-   smaller batch may need fewer examples to learn; the throughput ranking then weighs them.
-   The ``KEEP_TOP`` fastest of the rest are kept, except one under ``MIN_SPEED_SHARE`` of the
-   fastest's examples per second: to win it would need that many times fewer examples to
-   reach the target, which no system knob buys (fp16 on a CPU without fp16 arithmetic runs
-   at 1/18 of bf16's speed, and kept it cost three of a search's trials). The baseline's
+   one of them strictly: it is dropped. Micro-batches are not compared with each other: a
+   smaller batch moves fewer examples per second but takes more optimizer steps per example,
+   and often reaches a target on fewer examples, which only convergence trials can tell. So
+   the fastest configuration of each micro-batch size is kept (``KEEP_PER_BATCH``), at most
+   ``KEEP_TOP`` in all, fastest first, except one under ``MIN_SPEED_SHARE`` of the fastest's
+   examples per second: to win it would need that many times fewer examples to reach the
+   target, which no system knob buys (fp16 on a CPU without fp16 arithmetic runs at 1/18 of
+   bf16's speed, and kept it cost three of a search's trials). Keeping the overall fastest
+   instead kept only the largest micro-batches on a small CNN (256, 128, 64: the most
+   examples per second), and the accumulation steps the trials search can only make the
+   effective batch larger, so the oracle's best, batch 32, was out of reach. The baseline's
    configuration is always
    kept (every search measures the baseline first). A multi-worker configuration, not
    screened, is kept when its single-device counterpart is (its per-device speed is that
@@ -78,8 +83,11 @@ SYSTEM_KNOBS = (
 through ``accumulation_steps``, with the learning rate."""
 MAX_CONFIGS = 24
 """Configurations screened at most; more are sampled (``spread_sample``)."""
-KEEP_TOP = 3
-"""Fastest non-dominated configurations kept (plus the baseline's)."""
+KEEP_PER_BATCH = 1
+"""Fastest non-dominated configurations kept for each micro-batch size (plus the
+baseline's)..."""
+KEEP_TOP = 4
+"""...and at most this many in all, the fastest first."""
 MIN_SPEED_SHARE = 0.25
 """A configuration slower than this share of the fastest's examples per second is dropped."""
 SECONDS_PER_CONFIG = (1.0, 3.0)
@@ -218,7 +226,8 @@ def seconds_per_config(share_s: float | None, configs: int) -> float:
 # -- the decision ---------------------------------------------------------------------------
 
 
-def decide(records: Sequence[ScreenRecord], keep_top: int = KEEP_TOP) -> list[Decision]:
+def decide(records: Sequence[ScreenRecord], keep_top: int = KEEP_TOP,
+           keep_per_batch: int = KEEP_PER_BATCH) -> list[Decision]:
     """Kept or dropped, and why, for each record (see the module docstring), in the order of
     the ranking: kept first, fastest first."""
     ok = [r for r in records if r.status == "ok" and r.examples_per_second]
@@ -234,16 +243,25 @@ def decide(records: Sequence[ScreenRecord], keep_top: int = KEEP_TOP) -> list[De
         else:
             front.append(r)
     best = front[0].examples_per_second if front else None
-    for i, r in enumerate(front):
+    per_batch: dict[Any, int] = {}
+    kept_count = 0
+    for r in front:
         speed = f"{r.examples_per_second:.0f} examples/s"
+        batch = r.config.get("batch_size")
         if best and (r.examples_per_second or 0.0) < MIN_SPEED_SHARE * best:
             reasons[r.label] = (False, f"{speed}, under {MIN_SPEED_SHARE:.0%} of the "
                                 f"fastest's {best:.0f}")
-        elif i < keep_top:
-            reasons[r.label] = (True, f"#{rank[r.label]} by throughput, {speed}")
-        else:
+        elif per_batch.get(batch, 0) >= keep_per_batch:
+            reasons[r.label] = (False, f"{speed}, slower than the configuration kept for "
+                                f"micro-batch {batch}")
+        elif kept_count >= keep_top:
             reasons[r.label] = (False, f"{speed}, slower than the {keep_top} kept (the "
                                 f"fastest: {best:.0f})")
+        else:
+            per_batch[batch] = per_batch.get(batch, 0) + 1
+            kept_count += 1
+            reasons[r.label] = (True, f"#{rank[r.label]} by throughput, {speed}, the fastest "
+                                f"at micro-batch {batch}")
     single_kept = {_counterpart(r.config) for r in records
                    if r.label in reasons and reasons[r.label][0]}
     any_single = any(not _is_parallel(r) for r in records)
