@@ -142,15 +142,15 @@ def largest_batch(task: Task, batch_size: int) -> Batch:
     return task.collate_fn([task.train[int(i)] for i in idx])
 
 
-def largest_validation(task: Task, batch_size: int | None = None) -> Task:
-    """``task`` with its validation data cut to its largest evaluation batch: the
-    ``batch_size`` examples (default: the batch a trial's evaluation reads,
-    ``autotune.tasks.evaluation_batch_size``) with the most non-zero inputs, chosen as
-    ``largest_batch`` chooses training examples, and ``eval_batch_size`` set to it. An
-    evaluation's peak is that of its largest batch (batches run one at a time), so evaluating
-    this task (``autotune.tasks.evaluate_metric``) peaks as a trial's evaluation of ``task``
-    does, in one batch instead of all of them."""
-    batch_size = batch_size or evaluation_batch_size(task)
+def largest_validation(task: Task) -> Task:
+    """``task`` with its validation data cut to its largest evaluation batch: the examples of the
+    batch a trial's evaluation reads (``autotune.tasks.evaluation_batch_size``) with the
+    most non-zero inputs, chosen as ``largest_batch`` chooses training examples, and
+    ``eval_batch_size`` set to it. An evaluation's peak is that of its largest batch
+    (batches run one at a time), so evaluating this task
+    (``autotune.tasks.evaluate_metric``) peaks as a trial's evaluation of ``task`` does, in
+    one batch instead of all of them."""
+    batch_size = evaluation_batch_size(task)
     idx = _largest(task.validation, batch_size)
     if isinstance(task.validation, tuple | list):
         rows: TaskData = tuple(t.index_select(0, idx) for t in task.validation)
