@@ -478,12 +478,12 @@ def print_summary(result: dict[str, Any]) -> None:
 # -- 3. overhead --------------------------------------------------------------------------------
 
 
-def run_throughput(steps: int) -> list[dict[str, Any]]:
+def run_throughput(steps: int, reps: int) -> list[dict[str, Any]]:
     """autotune's trial loop against a plain loop on ``bert`` (``benchmarks.throughput``)."""
     task = load_task("bert", "cpu")
     base = baseline_recipe(task.default_batch_size, task.default_lr)
     return throughput_rows(task, (base, base.replace(precision="bf16", batch_size=64, lr=1e-3)),
-                           steps)
+                           steps, reps)
 
 
 def print_throughput(throughput: list[dict[str, Any]]) -> None:
@@ -491,7 +491,8 @@ def print_throughput(throughput: list[dict[str, Any]]) -> None:
     for t in throughput:
         rows.append([t["recipe"], f"{t['autotune_steps_per_s']:.2f}",
                      f"{t['plain_steps_per_s']:.2f}", f"{t['ratio']:.3f}"])
-    print("\nTraining-step throughput: a trial vs a hand-written loop (median of 3)")
+    print("\nTraining-step throughput: a trial vs a hand-written loop (pairs of runs, "
+          "alternated; all steps over all seconds)")
     print(_table(rows))
 
 
@@ -512,7 +513,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the same for every method: the general rules, or none")
     parser.add_argument("--oracle-dir", default=str(RESULTS))
     parser.add_argument("--remeasure-oracle", action="store_true")
-    parser.add_argument("--steps", type=int, default=60, help="steps per throughput run")
+    parser.add_argument("--steps", type=int, default=40, help="steps per throughput run")
+    parser.add_argument("--reps", type=int, default=16, help="pairs of throughput runs")
     parser.add_argument("--out", default=None,
                         help="JSON results (default benchmarks/results/search_quality.json)")
     parser.add_argument("--smoke", action="store_true",
@@ -583,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 print_task(bench.name, entry["searches"], oracle, args.budget)
             out["tasks"][bench.name] = entry
     if args.part in ("all", "overhead"):
-        out["throughput"] = run_throughput(args.steps)
+        out["throughput"] = run_throughput(args.steps, args.reps)
         print_throughput(out["throughput"])
     path.parent.mkdir(parents=True, exist_ok=True)
     out = merge_results(previous, out)

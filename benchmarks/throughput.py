@@ -8,7 +8,7 @@ autocast and AdamW, on the same device; the plain one reads nothing back per ste
 device is synchronised only at both ends of the timed steps. autotune's side is a real trial
 (``run_trial`` with ``max_steps``), its steps per second of training time.
 
-    .venv/bin/python -m benchmarks.throughput --steps 300           # bert, this CPU
+    .venv/bin/python -m benchmarks.throughput                       # bert, this CPU, ~5 min
     python3 -m benchmarks.throughput --device cuda --steps 200      # on a GPU
 
 (``benchmarks/search_quality.py`` and the GPU check's ``sync`` part use the same functions.)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -82,10 +81,10 @@ def plain_loop_seconds(task: Task, recipe: Recipe, steps: int, seed: int,
     return time.perf_counter() - start
 
 
-def autotune_steps_per_second(task: Task, recipe: Recipe, steps: int, seed: int,
-                              device: str = "cpu") -> float:
-    """Steps per training second of a real trial of ``steps`` optimizer steps (one
-    evaluation, at the end, off the clock)."""
+def autotune_seconds(task: Task, recipe: Recipe, steps: int, seed: int,
+                     device: str = "cpu") -> float:
+    """Training seconds of a real trial of ``steps`` optimizer steps (one evaluation, at the
+    end, off the clock)."""
     limits = TrialLimits(max_train_seconds=1e9, eval_every_seconds=1e9,
                          target=2.0 if task.higher_is_better else -1.0,
                          higher_is_better=task.higher_is_better, seed=seed, max_steps=steps)
@@ -93,28 +92,42 @@ def autotune_steps_per_second(task: Task, recipe: Recipe, steps: int, seed: int,
     if not result.train_seconds or result.steps != steps:
         raise RuntimeError(f"trial ended {result.status} after {result.steps} steps: "
                            f"{result.message}")
-    return result.steps / result.train_seconds
+    return result.train_seconds
 
 
 def throughput_rows(task: Task, recipes: Iterable[Recipe], steps: int, reps: int = 3,
                     device: str = "cpu") -> list[dict[str, Any]]:
-    """For each recipe, the medians over ``reps`` seeds of autotune's and the plain loop's
-    steps per second, and their ratio (autotune / plain; 1.0 is no overhead)."""
+    """For each recipe, ``reps`` pairs of runs of ``steps`` steps (a trial and the plain
+    loop, from the same seed: the same model and batches), the order alternating (trial
+    first, then plain first), and their pooled steps per second (all steps over all
+    seconds), the ratio (autotune / plain; 1.0 is no overhead) and each pair's ratio.
+
+    Why pairs of short runs: on a shared or throttling host the speed drifts by more than the
+    2% the goal is about (consecutive 10-s runs of one bf16 loop on this CPU: 15.4-18.3
+    steps/s); interleaved short runs put the drift on both loops alike."""
     rows = []
     for recipe in recipes:
-        ours, plain = [], []
+        seconds = {"ours": 0.0, "plain": 0.0}
+        pairs = []
         for rep in range(reps):
-            ours.append(autotune_steps_per_second(task, recipe, steps, rep, device))
-            plain.append(steps / plain_loop_seconds(task, recipe, steps, rep, device))
+            pair = {}
+            for side in (("ours", "plain") if rep % 2 == 0 else ("plain", "ours")):
+                pair[side] = (autotune_seconds(task, recipe, steps, rep, device)
+                              if side == "ours" else
+                              plain_loop_seconds(task, recipe, steps, rep, device))
+                seconds[side] += pair[side]
+            pairs.append(pair["plain"] / pair["ours"])
         row: dict[str, Any] = {"recipe": recipe.describe(), "precision": recipe.precision,
                                "steps": steps, "reps": reps,
-                               "autotune_steps_per_s": statistics.median(ours),
-                               "plain_steps_per_s": statistics.median(plain)}
-        row["ratio"] = row["autotune_steps_per_s"] / row["plain_steps_per_s"]
+                               "autotune_steps_per_s": steps * reps / seconds["ours"],
+                               "plain_steps_per_s": steps * reps / seconds["plain"],
+                               "ratio": seconds["plain"] / seconds["ours"],
+                               "pair_ratios": [round(r, 4) for r in pairs]}
         rows.append(row)
+        spread = f"pairs {min(pairs):.3f}-{max(pairs):.3f}" if reps > 1 else ""
         print(f"throughput {recipe.describe()}: autotune {row['autotune_steps_per_s']:.2f} "
-              f"steps/s, plain loop {row['plain_steps_per_s']:.2f}: ratio {row['ratio']:.3f}",
-              flush=True)
+              f"steps/s, plain loop {row['plain_steps_per_s']:.2f}: ratio {row['ratio']:.3f} "
+              f"{spread}", flush=True)
     return rows
 
 
@@ -133,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="bert")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40, help="steps per run")
+    parser.add_argument("--reps", type=int, default=16, help="pairs of runs per recipe")
     args = parser.parse_args(argv)
     task = load_task(args.task, args.device)
     rows = throughput_rows(task, default_recipes(task), args.steps, args.reps, args.device)
