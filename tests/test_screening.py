@@ -19,6 +19,9 @@ from autotune.results import CUT, REFUSED, RunDirectory, ScreenRecord
 from autotune.search import SearchRequest, search
 from autotune.search._run import search_times
 from autotune.search.screening import (
+    ABANDON_SHARE,
+    MIN_SPEED_SHARE,
+    abandon_floor,
     config_label,
     decide,
     kept_warm_starts,
@@ -35,6 +38,7 @@ from autotune.train.screen import (
     INFEASIBLE,
     NOT_SCREENED,
     OK,
+    SLOW,
     UNSUPPORTED,
     best_window_rate,
     screen,
@@ -110,6 +114,37 @@ def test_a_step_slower_than_the_timed_seconds_ends_warm_up_and_timing_at_once(to
     assert result.examples_per_second == pytest.approx(16 / result.timed_seconds)
     quick = screen(toy_task, Recipe(batch_size=16), "cpu", seconds=0.1)
     assert quick.warmup_steps == DEFAULT_WARMUP_STEPS and quick.steps >= 3
+
+
+def test_a_warm_up_step_under_the_floor_ends_the_measurement_before_memory(toy_task):
+    """A configuration far slower than the fastest measured so far (``floor``) stops after
+    one warm-up step: no timed steps and no memory measurement, which on a CPU are the most
+    of a slow configuration's screening (fp16 on bert: 15.6 s)."""
+    import time as _time
+
+    def slow_loss(model, batch):
+        _time.sleep(0.05)
+        return toy_task.loss(model, batch)
+
+    slow = dataclasses.replace(toy_task, loss=slow_loss)
+    stopped = screen(slow, Recipe(batch_size=16), "cpu", seconds=0.2, floor=1000.0)
+    assert stopped.status == SLOW and "under the floor of 1000.0" in stopped.message
+    assert (stopped.warmup_steps, stopped.steps) == (1, 0)
+    assert stopped.peak_memory_bytes is None  # the memory measurement was skipped
+    assert 0 < stopped.examples_per_second < 16 / 0.05
+    # under a floor it passes, it is measured in full, memory included
+    measured = screen(slow, Recipe(batch_size=16), "cpu", seconds=0.2, floor=10.0)
+    assert measured.status == OK and measured.steps >= 3
+    assert measured.peak_memory_bytes and measured.peak_memory_source == "cpu_tracked"
+
+
+def test_the_floor_is_a_share_of_the_fastest_measured_so_far():
+    assert abandon_floor([]) is None
+    records = [_rec(0, 32, 400.0, 10), _rec(1, 64, 1000.0, 20),
+               _rec(2, 16, 5000.0, 5, status="error")]
+    assert abandon_floor(records) == pytest.approx(ABANDON_SHARE * 1000.0)
+    # a configuration stopped there would have been dropped after a full measurement too
+    assert ABANDON_SHARE < MIN_SPEED_SHARE
 
 
 @pytest.mark.slow
@@ -437,6 +472,24 @@ def test_a_configuration_whose_process_dies_is_an_error_and_dropped(tmp_path):
     assert records[64].status == "error" and records[32].status == OK
     assert len(records) == 2
     assert outcome.records[0].recipe["batch_size"] == 32
+
+
+@pytest.mark.slow
+def test_a_configuration_far_slower_than_one_measured_before_it_stops_slow(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("knobs:\n  batch_size: {choices: [32, 64]}\n")
+    # batch 64 takes 0.3 s a step more (fakes slow hardware); the baseline's 32 goes first
+    outcome = search(SearchRequest(
+        model="tests.toy_task:make_task", task_options={"slow_batch": 64},
+        space=str(space), trials=1, time_budget_s=120, confirm_top=0,
+        results_dir=str(tmp_path / "run")))
+    records = {r.config["batch_size"]: r for r in RunDirectory(outcome.run_dir).screen_records()}
+    assert records[32].status == OK and records[32].is_baseline
+    slow = records[64]
+    assert slow.status == SLOW and slow.steps == 0 and slow.peak_memory_bytes is None
+    assert f"floor of {ABANDON_SHARE * records[32].examples_per_second:.1f}" in slow.message
+    decisions = {d.label: d for d in decide(list(records.values()))}
+    assert not decisions[slow.label].kept and decisions[slow.label].reason.startswith("slow:")
 
 
 def test_the_plan_line_says_the_warm_start_waits_for_screening(screened_search):

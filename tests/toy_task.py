@@ -36,16 +36,29 @@ def make_toy_task(target: float = 0.9, n: int = 512, dim: int = 16, seed: int = 
 
 
 def make_task(device: str = "cpu", target: float = 0.9, suggest: dict | None = None,
-              eval_batch_size: int | None = None) -> Task:
+              eval_batch_size: int | None = None, slow_batch: int | None = None,
+              slow_seconds: float = 0.3) -> Task:
     """User-task entry point: ``autotune search --model tests.toy_task:make_task``.
 
     ``suggest`` (changes to the baseline) becomes the task's one warm-start recipe: tests use it
-    to make a search run a given recipe second, whatever the sampler would draw."""
+    to make a search run a given recipe second, whatever the sampler would draw.
+    ``slow_batch``: a micro-batch of that many examples takes ``slow_seconds`` more per loss
+    (fakes hardware on which that configuration is slow, as fp16 is on most CPUs)."""
     import dataclasses
+    import time
 
     task = make_toy_task(target=target)
     if eval_batch_size is not None:  # a test whose memory comparison is of the step
         task = dataclasses.replace(task, eval_batch_size=eval_batch_size)
+    if slow_batch is not None:
+        base_loss = task.loss
+
+        def loss(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+            if len(batch[0]) == slow_batch:
+                time.sleep(slow_seconds)
+            return base_loss(model, batch)
+
+        task = dataclasses.replace(task, loss=loss)
     return dataclasses.replace(task, suggested_recipes=(suggest,)) if suggest else task
 
 

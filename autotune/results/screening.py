@@ -37,7 +37,7 @@ class ScreenRecord:
     config: dict[str, Any]
     """The system knobs' values (recipe knob names)."""
     status: str
-    """``ok``, ``infeasible``, ``unsupported``, ``error``, ``not_screened`` (a
+    """``ok``, ``infeasible``, ``unsupported``, ``error``, ``not_screened``, ``slow`` (a
     ``ScreenResult`` status), ``refused`` (the memory gate) or ``cut`` (out of time)."""
     recipe: dict[str, Any] | None = None
     """The recipe screened: the baseline with this configuration (``Recipe.to_dict()``)."""

@@ -4,8 +4,11 @@ cluster, a whole node on CPUs, never in the driver), within screening's share of
 budget. The decision and the restricted space are ``autotune.search.screening``'s (pure).
 
 Each task process builds the task once (``task_for``) and serves configuration after
-configuration. A measurement still running when the share is spent is cancelled and recorded
-``cut``, with those never started; every record is appended to ``screening.jsonl`` as it ends.
+configuration. Measurements are started as slots free up (as many at once as the cluster
+holds tasks of that size), each with the floor of the fastest measured before it
+(``abandon_floor``). A measurement still running when the share is spent is cancelled and
+recorded ``cut``, with those never started; every record is appended to ``screening.jsonl``
+as it ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from autotune.search._trainable import TrialSetup, task_for
 from autotune.search.plan import SearchPlan
 from autotune.search.screening import (
     SystemConfig,
+    abandon_floor,
     decide,
     restricted_plan,
     screens,
@@ -38,12 +42,13 @@ from autotune.train.screen import ERROR, screen
 EventFn = Callable[[str, Any], None]
 
 
-def measure(setup: TrialSetup, recipe: dict[str, Any], seconds: float) -> dict[str, Any]:
+def measure(setup: TrialSetup, recipe: dict[str, Any], seconds: float,
+            floor: float | None = None) -> dict[str, Any]:
     """One screening measurement in a Ray task process: ``ScreenResult.to_dict()``."""
     device = pick_device(setup.device)
     task = task_for(setup.model, device.type, setup.task_options)
     result = screen(task, Recipe.from_dict(recipe), str(device), seconds=seconds,
-                    seed=setup.seed, budget_bytes=setup.budget_bytes).to_dict()
+                    seed=setup.seed, budget_bytes=setup.budget_bytes, floor=floor).to_dict()
     result["node_id"] = ray.get_runtime_context().get_node_id()
     return result
 
@@ -70,7 +75,8 @@ def screen_phase(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float
     seconds = seconds_per_config(share, len(todo))
     emit("screening", {"configs": len(sampled), "sampled_from": len(configs),
                        "to_measure": len(todo), "seconds_each": seconds, "time_s": share})
-    new = _measure_all(plan, setup, resources, todo, seconds, deadline, emit)
+    new = _measure_all(plan, setup, resources, todo, seconds, deadline, emit,
+                       list(done.values()))
     records = sorted([*done.values(), *new], key=lambda r: r.order)
     records = [r for r in records if r.label in {c.label for c in sampled}]
     decisions = decide(records)
@@ -83,8 +89,11 @@ def screen_phase(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float
 
 def _measure_all(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float],
                  todo: list[tuple[int, SystemConfig]], seconds: float,
-                 deadline: float | None, emit: EventFn) -> list[ScreenRecord]:
-    """Gate, then measure ``todo`` as Ray tasks; every record appended as it ends."""
+                 deadline: float | None, emit: EventFn,
+                 earlier: list[ScreenRecord] | None = None) -> list[ScreenRecord]:
+    """Gate, then measure ``todo`` as Ray tasks, ``slots(resources)`` at a time, each with
+    the floor of the records so far (``earlier``: a resumed search's); every record appended
+    as it ends."""
     r = plan.request
     gate = MemoryGate(plan.task, r.budget_bytes, plan.device_type) \
         if r.budget_bytes is not None else None
@@ -96,8 +105,7 @@ def _measure_all(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float
         out.append(record)
         emit("screened_one", record)
 
-    pending: dict[Any, ScreenRecord] = {}
-    options = {"num_cpus": resources["cpu"], "num_gpus": resources.get("gpu", 0)}
+    queue: list[ScreenRecord] = []
     for order, config in todo:
         record = ScreenRecord(config.label, config.values, "running", config.recipe.to_dict(),
                               config.is_baseline, order)
@@ -109,9 +117,20 @@ def _measure_all(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float
                 record.message = "predicted peak over the budget: not run"
                 write(record)
                 continue
-        ref = _measure.options(**options).remote(setup, config.recipe.to_dict(), seconds)
-        pending[ref] = record
+        queue.append(record)
+    pending: dict[Any, ScreenRecord] = {}
+    options = {"num_cpus": resources["cpu"], "num_gpus": resources.get("gpu", 0)}
+    width = slots(resources)
+
+    def start_more() -> None:
+        while queue and len(pending) < width:
+            record = queue.pop(0)
+            floor = abandon_floor([*(earlier or []), *out])
+            pending[_measure.options(**options).remote(setup, record.recipe, seconds,
+                                                       floor)] = record
+
     try:
+        start_more()
         while pending:
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
@@ -124,14 +143,26 @@ def _measure_all(plan: SearchPlan, setup: TrialSetup, resources: dict[str, float
             except RayError as exc:
                 result = {"status": ERROR, "message": str(exc).strip().splitlines()[-1][:300]}
             write(record.with_result(result))
+            start_more()
     except KeyboardInterrupt:  # not recorded: a resumed search measures them
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    for ref, record in pending.items():  # the time share is spent
+    for ref in pending:  # the time share is spent
         ray.cancel(ref, force=True)
+    for record in [*pending.values(), *queue]:
         record.status = CUT
         record.message = "not measured: screening's share of the time budget was spent"
         write(record)
     return out
+
+
+def slots(resources: dict[str, float]) -> int:
+    """How many measurements of ``resources`` (a trial's) the Ray cluster runs at once: more
+    started than that would only queue, and start with the floor of when they were queued."""
+    total = ray.cluster_resources()
+    fits = [int(total.get("CPU", 0.0) // resources["cpu"])] if resources.get("cpu") else []
+    if resources.get("gpu"):
+        fits.append(int(total.get("GPU", 0.0) // resources["gpu"]))
+    return max(1, min(fits)) if fits else 1
 

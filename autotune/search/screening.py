@@ -22,8 +22,10 @@ The phase, in order:
 3. **Measurement** where trials run (``autotune.search._screener``: Ray tasks with a trial's
    resources, one per GPU on a GPU cluster, never in the driver), within
    ``SCREEN_SHARE`` of the time budget; what is left when it is spent is recorded ``cut``.
+   Each measurement is told the fastest speed measured before it started: one whose warm-up
+   step runs under ``ABANDON_SHARE`` of that stops at once, ``slow`` (``abandon_floor``).
 4. **Decision** (``decide``, pure on the records): a configuration that failed (out of
-   memory or over the budget, unsupported, an error, refused, cut) is dropped. Among those
+   memory or over the budget, unsupported, an error, refused, cut, slow) is dropped. Among those
    measured, one is *dominated* when another with the same micro-batch (the same examples per
    step, so the same learning per example) is at least as fast and needs no more memory,
    one of them strictly: it is dropped. Micro-batches are not compared with each other: a
@@ -90,6 +92,13 @@ KEEP_TOP = 4
 """...and at most this many in all, the fastest first."""
 MIN_SPEED_SHARE = 0.25
 """A configuration slower than this share of the fastest's examples per second is dropped."""
+ABANDON_SHARE = MIN_SPEED_SHARE / 2
+"""A measurement whose warm-up step runs under this share of the fastest configuration
+measured so far stops there, ``slow`` (``abandon_floor``; ``autotune.train.screen``): half of
+``MIN_SPEED_SHARE``, because a first step pays one-time costs a steady step does not (compile
+aside: torch's count is left out). On this CPU a first step took 1.0-1.2x a timed one (bert,
+2026-12-05: fp16 1.57 s against 1.38 s), so a configuration stopped here would have been
+dropped for ``MIN_SPEED_SHARE`` after its full measurement."""
 SECONDS_PER_CONFIG = (1.0, 3.0)
 """Timed seconds per configuration, least and most (``seconds_per_config``)."""
 MEASURED_SHARE = 0.4
@@ -212,6 +221,14 @@ def spread_sample(configs: Sequence[SystemConfig], limit: int = MAX_CONFIGS
         distance = [min(d, _hamming(c.values, configs[best].values))
                     for d, c in zip(distance, configs)]
     return picked
+
+
+def abandon_floor(records: Sequence[ScreenRecord]) -> float | None:
+    """Examples per second under which a measurement stops after a warm-up step
+    (``ABANDON_SHARE`` of the fastest measured so far); None before any was measured."""
+    speeds = [r.examples_per_second for r in records
+              if r.status == "ok" and r.examples_per_second]
+    return ABANDON_SHARE * max(speeds) if speeds else None
 
 
 def seconds_per_config(share_s: float | None, configs: int) -> float:

@@ -32,7 +32,14 @@ What is measured, and how it matches a trial (``autotune.train.loop``):
 - peak memory from the same sources as a trial: on a GPU the allocator's peak over the
   whole measurement (under the budget's cap, ``cap_device_memory``, as a trial runs); on the
   CPU the tracked tensor peak of two steps on the largest micro-batch
-  (``autotune.train.loop.measure_step_memory``).
+  (``autotune.train.loop.measure_step_memory``), after the timed steps;
+- ``floor`` (examples per second; the screener passes a share of the fastest configuration
+  measured so far): a warm-up step slower than that (compile aside) ends the measurement at
+  once, ``slow``, its examples per second that step's, with no timed steps and no memory
+  measurement. A search would drop such a configuration whatever its memory, and measuring it
+  in full cost half of a screening: on ``bert`` (2026-12-05, this CPU) two fp16
+  configurations, 1/10-1/15 of the fastest's speed, took 22.6 s of a 45-s share, 15.6 s of it
+  one at micro-batch 128 with checkpointing, mostly its tracked memory steps.
 
 A multi-worker recipe (``workers > 1``) is not screened here: its steps need the workers'
 launch and process group, so ``screen`` returns ``not_screened`` and a search sends such
@@ -72,15 +79,16 @@ INFEASIBLE = "infeasible"
 UNSUPPORTED = "unsupported"
 ERROR = "error"
 NOT_SCREENED = "not_screened"
-SCREEN_STATUSES = (OK, INFEASIBLE, UNSUPPORTED, ERROR, NOT_SCREENED)
+SLOW = "slow"
+SCREEN_STATUSES = (OK, INFEASIBLE, UNSUPPORTED, ERROR, NOT_SCREENED, SLOW)
 
 DEFAULT_SECONDS = 3.0
 """Timed training seconds per configuration: long enough for a few dozen steps of the built-in
 tasks on a CPU (hundreds on a GPU), short next to a convergence trial."""
 DEFAULT_WARMUP_STEPS = 2
 """Untimed steps first: the first compiles (under ``compile``) and fills the allocator's
-caches, the second shows a recompile if there is one (on a CPU, the memory measurement's two
-steps have warmed up the eager kernels already)."""
+caches, the second shows a recompile if there is one (on a CPU the memory measurement's two
+tracked steps come after the timed ones, so that a ``slow`` configuration skips them)."""
 MIN_STEPS = 3
 """Timed steps at least, however long each takes (a median of fewer says little)."""
 MAX_STEPS = 200
@@ -127,7 +135,8 @@ class ScreenResult:
 def screen(task: Task, recipe: Recipe, device: str | None = None, *,
            seconds: float = DEFAULT_SECONDS, warmup_steps: int = DEFAULT_WARMUP_STEPS,
            seed: int = 0, budget_bytes: int | None = None,
-           min_steps: int = MIN_STEPS, max_steps: int = MAX_STEPS) -> ScreenResult:
+           min_steps: int = MIN_STEPS, max_steps: int = MAX_STEPS,
+           floor: float | None = None) -> ScreenResult:
     """Measure ``recipe``'s steady training speed and peak memory on ``device`` (see the
     module docstring). Never raises for what the recipe does (out of memory, unsupported, a
     crash of its step): those are statuses."""
@@ -148,10 +157,6 @@ def screen(task: Task, recipe: Recipe, device: str | None = None, *,
         teacher = load_teacher(task, recipe)
         cap_device_memory(dev, budget_bytes)
         reset_peak(dev)
-        tracked = None
-        if dev.type == "cpu":
-            phases = measure_step_memory(task, recipe, dev, seed, teacher=teacher)
-            tracked = max(p["total"] for p in phases.values())
         seed_everything(seed)
         model = task.build_model()
         model.train()
@@ -162,14 +167,22 @@ def screen(task: Task, recipe: Recipe, device: str | None = None, *,
         batches.start()
         result.setup_seconds = time.perf_counter() - setup_start
         _run_steps(task, recipe, prepared, batches, dev, result, seconds, warmup_steps,
-                   (min_steps, max(min_steps, max_steps)))
+                   (min_steps, max(min_steps, max_steps)), floor)
+        if result.status == SLOW:
+            return result
+        tracked = None
+        if dev.type == "cpu":  # after the timed steps: a slow configuration skips it
+            del prepared, model
+            memory_start = time.perf_counter()
+            phases = measure_step_memory(task, recipe, dev, seed, teacher=teacher)
+            tracked = max(p["total"] for p in phases.values())
+            result.setup_seconds += time.perf_counter() - memory_start
         peak = read_peak(dev, tracked)
         result.peak_memory_bytes, result.peak_memory_source = peak.peak_bytes, peak.source
         if budget_bytes is not None and peak.peak_bytes > budget_bytes:
             result.status = INFEASIBLE
             result.message = (f"peak memory {peak.peak_bytes} bytes ({peak.source}) exceeds "
                               f"the budget of {budget_bytes} bytes")
-        del prepared, model
     except Exception as exc:  # noqa: BLE001 - every failure becomes a status
         _record_failure(result, exc, dev)
     finally:
@@ -183,8 +196,9 @@ def screen(task: Task, recipe: Recipe, device: str | None = None, *,
 
 def _run_steps(task: Task, recipe: Recipe, prepared: Any, batches: Any, dev: torch.device,
                result: ScreenResult, seconds: float, warmup_steps: int,
-               steps: tuple[int, int]) -> None:
-    """The warm-up steps, then the timed ones (see the module docstring)."""
+               steps: tuple[int, int], floor: float | None = None) -> None:
+    """The warm-up steps, then the timed ones (see the module docstring); ``slow`` instead
+    of the timed steps when a warm-up step is under ``floor`` examples per second."""
     examples_per_step = recipe.batch_size * recipe.accumulation_steps
     compiled_before = compile_seconds()
     start = _now(dev)
@@ -192,7 +206,15 @@ def _run_steps(task: Task, recipe: Recipe, prepared: Any, batches: Any, dev: tor
         began, compiling = _now(dev), compile_seconds()
         _step(task, recipe, prepared, batches)
         result.warmup_steps += 1
-        if _now(dev) - began - (compile_seconds() - compiling) > seconds:
+        took = max(_now(dev) - began - (compile_seconds() - compiling), 1e-9)
+        if floor is not None and examples_per_step / took < floor:
+            result.warmup_seconds = _now(dev) - start
+            result.compile_seconds = max(0.0, compile_seconds() - compiled_before)
+            result.status, result.examples_per_second = SLOW, examples_per_step / took
+            result.message = (f"a warm-up step ran {examples_per_step / took:.1f} examples/s, "
+                              f"under the floor of {floor:.1f}: not measured further")
+            return
+        if took > seconds:
             break  # a step slower than all the timed seconds: no more warming up
     result.warmup_seconds = _now(dev) - start
     durations: list[float] = []
