@@ -61,7 +61,8 @@ search of 8 minutes. lr 2e-3 without warmup stayed on the plateau for 40 s in on
 loss spike at step 8), hence the baseline's 1e-3. One evaluation of the 256 validation blocks
 takes ~0.5-0.9 s (not counted in time-to-target); a point far from the target reads a fixed
 quarter of them (``autotune.train.evaluation``: 64 blocks, ~0.2 s), whose loss ran 1.4-2.8% of
-the target above the whole set's along a bf16 baseline run (2026-12-05, 20 points), inside
+the target above the whole set's along a bf16 baseline run (2026-12-05, 20 points:
+``python -m benchmarks.eval_subset --task gpt``), inside
 the 5% margin within which the whole set is read.
 
 On a busy machine the same task is 2-3x slower: measured with ``--threads 1 --target 2.9
