@@ -9,7 +9,13 @@ device is synchronised only at both ends of the timed steps. autotune's side is 
 (``run_trial`` with ``max_steps``), its steps per second of training time.
 
     .venv/bin/python -m benchmarks.throughput                       # bert, this CPU, ~5 min
+    .venv/bin/python -m benchmarks.throughput --part step           # the step alone, ~2 min
     python3 -m benchmarks.throughput --device cuda --steps 200      # on a GPU
+
+``--part step`` isolates the step: in one process, on one list of batches drawn as a trial
+draws them, blocks of ``Prepared.step`` (the step every trial takes: lazy loss, LR scheduler,
+accumulation's division) and of the plain step alternate, each on its own copy of one
+seeded model, so the host's drift falls on both; the ratio is of the medians of the blocks.
 
 (``benchmarks/search_quality.py`` and the GPU check's ``sync`` part use the same functions.)
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -131,6 +138,70 @@ def throughput_rows(task: Task, recipes: Iterable[Recipe], steps: int, reps: int
     return rows
 
 
+def step_rows(task: Task, recipes: Iterable[Recipe], steps: int, blocks: int = 8,
+              device: str = "cpu") -> list[dict[str, Any]]:
+    """For each recipe, ``blocks`` rounds of ``steps`` steps of ``Prepared.step`` and of the
+    plain step, alternating which goes first, on the same ``steps`` batches (see the module
+    docstring): seconds per step of each (medians over the blocks) and the ratio (plain /
+    autotune's; 1.0 is no overhead)."""
+    rows = []
+    for recipe in recipes:
+        ours, plain = _step_seconds(task, recipe, steps, blocks, torch.device(device))
+        row = {"recipe": recipe.describe(), "precision": recipe.precision, "steps": steps,
+               "blocks": blocks, "autotune_step_ms": ours * 1000, "plain_step_ms": plain * 1000,
+               "ratio": plain / ours}
+        rows.append(row)
+        print(f"step {recipe.describe()}: Prepared.step {row['autotune_step_ms']:.2f} ms, "
+              f"plain {row['plain_step_ms']:.2f} ms: ratio {row['ratio']:.3f}", flush=True)
+    return rows
+
+
+def _step_seconds(task: Task, recipe: Recipe, steps: int, blocks: int,
+                  dev: torch.device) -> tuple[float, float]:
+    """Median seconds per step of ``Prepared.step`` and of the plain step (``step_rows``)."""
+    from autotune.train.data import make_batches
+    from autotune.train.parallel import prepare
+
+    torch.manual_seed(0)
+    model = task.build_model().to(dev)
+    model.train()
+    batches = make_batches(task, recipe, 0, dev)
+    batches.start()
+    pool = [[batches.next() for _ in range(recipe.accumulation_steps)] for _ in range(steps)]
+    batches.close()
+    prepared = prepare(copy.deepcopy(model), recipe, dev, task=task)
+    plain_model = copy.deepcopy(model)
+    plain_opt = torch.optim.AdamW(plain_model.parameters(), lr=recipe.lr,
+                                  weight_decay=recipe.weight_decay)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
+
+    def plain_step(micro: list) -> None:
+        for batch in micro:
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                loss = task.loss(plain_model, batch)
+            (loss / len(micro) if len(micro) > 1 else loss).backward()
+        plain_opt.step()
+        plain_opt.zero_grad(set_to_none=True)
+
+    def ours_step(micro: list) -> None:
+        prepared.step(task, micro, strict=False, lazy=True)
+
+    for fn in (ours_step, plain_step):  # warm both up: first kernels, optimizer state
+        for micro in pool[:2]:
+            fn(micro)
+    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    order = (("ours", ours_step), ("plain", plain_step))
+    for block in range(blocks):
+        for name, fn in (order if block % 2 == 0 else order[::-1]):
+            _sync(dev)
+            start = time.perf_counter()
+            for micro in pool:
+                fn(micro)
+            _sync(dev)
+            times[name].append((time.perf_counter() - start) / steps)
+    return statistics.median(times["ours"]), statistics.median(times["plain"])
+
+
 def default_recipes(task: Task) -> list[Recipe]:
     """The task's baseline in fp32, and in bf16 (the two precisions the goal names)."""
     base = baseline_recipe(task.default_batch_size, task.default_lr)
@@ -148,8 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=40, help="steps per run")
     parser.add_argument("--reps", type=int, default=16, help="pairs of runs per recipe")
+    parser.add_argument("--part", choices=["trial", "step"], default="trial",
+                        help="whole trials against the plain loop, or the step alone")
     args = parser.parse_args(argv)
     task = load_task(args.task, args.device)
+    if args.part == "step":
+        rows = step_rows(task, default_recipes(task), args.steps, args.reps // 2, args.device)
+        print("| recipe | Prepared.step ms | plain step ms | ratio |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['recipe']} | {r['autotune_step_ms']:.2f} | {r['plain_step_ms']:.2f} "
+                  f"| {r['ratio']:.3f} |")
+        return 0
     rows = throughput_rows(task, default_recipes(task), args.steps, args.reps, args.device)
     print("| recipe | autotune steps/s | plain loop steps/s | ratio |")
     print("|---|---|---|---|")

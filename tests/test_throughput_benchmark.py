@@ -44,3 +44,10 @@ def test_both_loops_really_train_the_recipes_steps():
     assert throughput.autotune_seconds(task, recipe, steps=5, seed=0) > 0
     (row,) = throughput.throughput_rows(task, [recipe], steps=5, reps=1)
     assert row["ratio"] > 0 and len(row["pair_ratios"]) == 1
+
+
+def test_the_step_alone_is_timed_in_alternating_blocks_on_the_same_batches():
+    (row,) = throughput.step_rows(make_toy_task(), [Recipe(batch_size=16, lr=1e-2)],
+                                  steps=3, blocks=2)
+    assert row["autotune_step_ms"] > 0 and row["plain_step_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["plain_step_ms"] / row["autotune_step_ms"])
