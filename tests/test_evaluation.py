@@ -155,21 +155,6 @@ def test_a_task_metric_reads_its_subset_then_the_whole_set_near_the_target():
     assert ev(Dial(0), cpu, final=True) == (2000.0, True) and seen == [2000]
 
 
-def test_a_task_metric_over_a_few_hundred_long_examples_is_subsampled_too():
-    # gpt: 256 validation blocks of 127 predicted bytes each, read whole at 0.5 s a point,
-    # spaced its points 2 s apart; a quarter (64 blocks) says "not yet" as well.
-    assert quick_size(256) == 64 and quick_size(255) is None
-    sizes: list[int] = []
-
-    def evaluate(model: nn.Module, batches) -> float:
-        sizes.append(sum(len(b[0]) for b in batches))
-        return 3.5  # a loss far above its target
-
-    task = dataclasses.replace(dial_task(256), evaluate=evaluate)
-    assert Evaluator(task, 2.7, False)(Dial(0), torch.device("cpu"), final=False) == (3.5, False)
-    assert sizes == [64]
-
-
 def test_a_lower_is_better_metric_is_short_above_its_target_plus_margin():
     task = dataclasses.replace(dial_task(), evaluate=lambda model, batches: 0.0)
     ev = Evaluator(task, 2.0, False)

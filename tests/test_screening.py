@@ -459,16 +459,23 @@ def test_screening_is_off_when_asked_or_with_one_configuration():
     assert not screens(SimpleNamespace(request=SearchRequest()), configs[:1])
 
 
-@pytest.mark.slow
-def test_a_configuration_whose_process_dies_is_an_error_and_dropped(tmp_path):
+def _batch_32_and_64_search(tmp_path, model: str, options: dict):
+    """A one-trial search of the toy task over batch sizes 32 (the baseline's, screened
+    first) and 64; its outcome and screening records by batch size."""
     space = tmp_path / "space.yaml"
     space.write_text("knobs:\n  batch_size: {choices: [32, 64]}\n")
-    # the toy task's process is SIGKILLed (as by the OOM killer) at a batch of 64
     outcome = search(SearchRequest(
-        model="tests.toy_task:make_crashing_task", task_options={"crash_batch": 64},
-        space=str(space), trials=1, time_budget_s=120, confirm_top=0,
-        results_dir=str(tmp_path / "run")))
-    records = {r.config["batch_size"]: r for r in RunDirectory(outcome.run_dir).screen_records()}
+        model=model, task_options=options, space=str(space), trials=1, time_budget_s=120,
+        confirm_top=0, results_dir=str(tmp_path / "run")))
+    return outcome, {r.config["batch_size"]: r
+                     for r in RunDirectory(outcome.run_dir).screen_records()}
+
+
+@pytest.mark.slow
+def test_a_configuration_whose_process_dies_is_an_error_and_dropped(tmp_path):
+    # the toy task's process is SIGKILLed (as by the OOM killer) at a batch of 64
+    outcome, records = _batch_32_and_64_search(tmp_path, "tests.toy_task:make_crashing_task",
+                                               {"crash_batch": 64})
     assert records[64].status == "error" and records[32].status == OK
     assert len(records) == 2
     assert outcome.records[0].recipe["batch_size"] == 32
@@ -476,14 +483,9 @@ def test_a_configuration_whose_process_dies_is_an_error_and_dropped(tmp_path):
 
 @pytest.mark.slow
 def test_a_configuration_far_slower_than_one_measured_before_it_stops_slow(tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text("knobs:\n  batch_size: {choices: [32, 64]}\n")
     # batch 64 takes 0.3 s a step more (fakes slow hardware); the baseline's 32 goes first
-    outcome = search(SearchRequest(
-        model="tests.toy_task:make_task", task_options={"slow_batch": 64},
-        space=str(space), trials=1, time_budget_s=120, confirm_top=0,
-        results_dir=str(tmp_path / "run")))
-    records = {r.config["batch_size"]: r for r in RunDirectory(outcome.run_dir).screen_records()}
+    _, records = _batch_32_and_64_search(tmp_path, "tests.toy_task:make_task",
+                                         {"slow_batch": 64})
     assert records[32].status == OK and records[32].is_baseline
     slow = records[64]
     assert slow.status == SLOW and slow.steps == 0 and slow.peak_memory_bytes is None

@@ -63,13 +63,8 @@ SIGMAS = 2.0
 """Standard errors below the target at which a partial read of accuracy stops."""
 QUICK_FRACTION = 4
 """A task's own metric: its subset is 1/QUICK_FRACTION of the validation set..."""
-MIN_QUICK = 64
-"""...and at least this many examples; a set under QUICK_FRACTION x MIN_QUICK is read whole.
-64 because a task's own metric is usually a mean over many predictions per example (``gpt``:
-127 bytes per validation block, its 256 blocks read whole every point took 0.5 s per 1 s of
-training, so pacing spaced its points 2 s apart, a quarter of its best time-to-target). The
-target is only ever declared on the whole set; the subset can only miss a crossing while its
-metric is more than ``CUSTOM_MARGIN`` off the whole set's."""
+MIN_QUICK = 250
+"""...and at least this many examples; a set under QUICK_FRACTION x MIN_QUICK is read whole."""
 CUSTOM_MARGIN = 0.05
 """A task's own metric: the whole set is read within this fraction of the target's
 magnitude."""
