@@ -63,10 +63,10 @@ takes ~0.5-0.9 s (not counted in time-to-target). A set of 256 is read whole at 
 (a task's own metric is subsampled from 1,000 examples: ``autotune.train.evaluation``), so the
 quarter cap on evaluation spaces this task's points ~2 s apart. A fixed quarter (64 blocks,
 ~0.3 s) read 1.4-2.8% of the target above the whole set here (2026-12-05, 20 points along a
-bf16 run: ``python -m benchmarks.eval_subset --task gpt``), inside the 5% margin; but a
-subset of 64 made the toy loss task's searches miss their target (its margin, 5% of 0.235, is
-smaller than such a subset's error), so the rule is unchanged until it can use the subset's
-own spread.
+bf16 run: ``python -m benchmarks.eval_subset --task gpt``), inside the 5% margin; but the
+test suite's toy loss task (256 examples too) read 20-44% of its target above its whole set
+from such a quarter, and its searches missed their target, so the rule is unchanged until it
+can use the subset's own spread.
 
 On a busy machine the same task is 2-3x slower: measured with ``--threads 1 --target 2.9
 --eval-every 2`` at load 2-6 (two threads were pathologically slow there, see ``--threads``),
