@@ -52,26 +52,13 @@ def plain_loop_seconds(task: Task, recipe: Recipe, steps: int, seed: int,
     model = task.build_model().to(dev)
     model.train()
     data = move_batch(task.train, dev)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
-
-    def step(net: torch.nn.Module, opt: torch.optim.Optimizer, batch: list) -> None:
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            loss = task.loss(net, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def adamw(net: torch.nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(net.parameters(), lr=recipe.lr,
-                                 weight_decay=recipe.weight_decay)
-
     spare = copy.deepcopy(model)
-    spare_opt = adamw(spare)
+    spare_opt = _adamw(spare, recipe)
     for i in range(warmup):
-        step(spare, spare_opt, [t[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-                                for t in data])
+        _plain_step(task, recipe, spare, spare_opt,
+                    [[t[i * recipe.batch_size:(i + 1) * recipe.batch_size] for t in data]])
     del spare, spare_opt
-    opt = adamw(model)
+    opt = _adamw(model, recipe)
     gen = torch.Generator().manual_seed(seed)
     n = data[0].shape[0]
     order = torch.randperm(n, generator=gen).to(dev)
@@ -83,7 +70,7 @@ def plain_loop_seconds(task: Task, recipe: Recipe, steps: int, seed: int,
             order, pos = torch.randperm(n, generator=gen).to(dev), 0
         idx = order[pos: pos + recipe.batch_size]
         pos += recipe.batch_size
-        step(model, opt, [t.index_select(0, idx) for t in data])
+        _plain_step(task, recipe, model, opt, [[t.index_select(0, idx) for t in data]])
     _sync(dev)
     return time.perf_counter() - start
 
@@ -171,17 +158,10 @@ def _step_seconds(task: Task, recipe: Recipe, steps: int, blocks: int,
     batches.close()
     prepared = prepare(copy.deepcopy(model), recipe, dev, task=task)
     plain_model = copy.deepcopy(model)
-    plain_opt = torch.optim.AdamW(plain_model.parameters(), lr=recipe.lr,
-                                  weight_decay=recipe.weight_decay)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
+    plain_opt = _adamw(plain_model, recipe)
 
     def plain_step(micro: list) -> None:
-        for batch in micro:
-            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                loss = task.loss(plain_model, batch)
-            (loss / len(micro) if len(micro) > 1 else loss).backward()
-        plain_opt.step()
-        plain_opt.zero_grad(set_to_none=True)
+        _plain_step(task, recipe, plain_model, plain_opt, micro)
 
     def ours_step(micro: list) -> None:
         prepared.step(task, micro, strict=False, lazy=True)
@@ -206,6 +186,24 @@ def default_recipes(task: Task) -> list[Recipe]:
     """The task's baseline in fp32, and in bf16 (the two precisions the goal names)."""
     base = baseline_recipe(task.default_batch_size, task.default_lr)
     return [base, base.replace(precision="bf16")]
+
+
+def _plain_step(task: Task, recipe: Recipe, net: torch.nn.Module,
+                opt: torch.optim.Optimizer, micro: list) -> None:
+    """The hand-written step: autocast, the loss (divided over the micro-batches when there
+    are several), backward, ``opt.step``, ``zero_grad``; nothing read back."""
+    dev_type = next(net.parameters()).device.type
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
+    for batch in micro:
+        with torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
+            loss = task.loss(net, batch)
+        (loss / len(micro) if len(micro) > 1 else loss).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _adamw(net: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
 def _sync(dev: torch.device) -> None:

@@ -168,11 +168,11 @@ def screen(task: Task, recipe: Recipe, device: str | None = None, *,
         result.setup_seconds = time.perf_counter() - setup_start
         _run_steps(task, recipe, prepared, batches, dev, result, seconds, warmup_steps,
                    (min_steps, max(min_steps, max_steps)), floor)
+        del prepared, model  # freed before the memory measurement and the cache's release
         if result.status == SLOW:
             return result
         tracked = None
         if dev.type == "cpu":  # after the timed steps: a slow configuration skips it
-            del prepared, model
             memory_start = time.perf_counter()
             phases = measure_step_memory(task, recipe, dev, seed, teacher=teacher)
             tracked = max(p["total"] for p in phases.values())
