@@ -23,10 +23,24 @@ reached by the full validation set, so time-to-target means what it always meant
   after four below 0.731: its majority-class plateau (0.564) costs 1/8 of a full read. A point
   whose full set is exactly at the target stops early at one in 10 (the seven looks add up;
   simulated), one 0.01 above it at one in 70; the crossing is then caught one interval later.
-- **A task's own metric** (``Task.evaluate``) has no known variance and need not be a mean
-  over examples: a fixed subset of 1/``QUICK_FRACTION`` of the set (at least ``MIN_QUICK``) is
-  read first, and the whole set only when the subset's metric is within ``CUSTOM_MARGIN`` of
-  the target's magnitude.
+- **A task's own metric, read in pieces** (``Task.evaluate``: no known variance, and not
+  necessarily a mean over examples). The set is split once into up to ``CUSTOM_PIECES`` pieces
+  of random examples (at least ``MIN_CUSTOM_PIECE`` each; a set of fewer than
+  ``MIN_CUSTOM_PIECES`` such pieces is read whole). A point reads piece after piece, from
+  ``FIRST_LOOK`` pieces on asks whether the pieces' mean is short of the target by more than
+  its own spread says it could be (``spread_margin``: the one-sided 2-sigma Student-t bound on
+  the mean of the set's pieces from those read, so three pieces that disagree need a wide
+  margin and three that agree a narrow one), and stops there: the point records that mean,
+  which cannot reach the target. When half the pieces have not said so, the point reads the
+  whole set (``evaluate`` on all of it, so a metric that is not a mean is still the set's).
+  Each point starts at the next piece (the pieces rotate), so that one unlucky draw of pieces
+  cannot hide a crossing at every point. Why the spread, not a fixed margin: a quarter of
+  ``gpt``'s 256 blocks read 1.4-2.8% of its target off the whole set, but a quarter of the test
+  suite's toy loss task (256 examples, one number each) read 20-44% off, and a fixed 5% margin
+  let its searches miss their target. A point whose full set is exactly at the target stops
+  early about one time in 30 (simulated: ``tests/test_evaluation.py``). A set read whole in
+  under ``CHEAP_READ_S`` is always read whole, and a trial's first point reads it whole to
+  find out.
 - **The trial's last point** reads the whole set.
 - **Intervals.** Evaluation points fall every ``eval_every_seconds`` of training, on that
   grid, as long as the trial's evaluations so far took at most ``MAX_EVAL_SHARE`` of its
@@ -46,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import torch
 from torch import nn
@@ -61,13 +76,23 @@ from autotune.tasks import (
 
 SIGMAS = 2.0
 """Standard errors below the target at which a partial read of accuracy stops."""
-QUICK_FRACTION = 4
-"""A task's own metric: its subset is 1/QUICK_FRACTION of the validation set..."""
-MIN_QUICK = 250
-"""...and at least this many examples; a set under QUICK_FRACTION x MIN_QUICK is read whole."""
-CUSTOM_MARGIN = 0.05
-"""A task's own metric: the whole set is read within this fraction of the target's
-magnitude."""
+CUSTOM_PIECES = 8
+"""A task's own metric: its validation set is split into this many pieces..."""
+MIN_CUSTOM_PIECE = 16
+"""...of at least this many examples each..."""
+MIN_CUSTOM_PIECES = 6
+"""...and a set of fewer such pieces is read whole (the first look needs three, and half of
+the pieces at least that many)."""
+FIRST_LOOK = 3
+"""A task's own metric: pieces read before the first decision (two pieces' spread is one
+difference: its Student-t bound is 14 standard errors, no use)."""
+CHEAP_READ_S = 0.05
+"""A task's own metric whose whole set was last read in less than this is read whole: its
+pieces would cost their calls' overhead (a few milliseconds each) for less than they save. So
+a trial's first point reads the whole set, and tells how long that takes."""
+T_QUANTILES = {2: 4.527, 3: 3.307, 4: 2.869, 5: 2.649, 6: 2.517, 7: 2.429}
+"""One-sided Student-t quantiles at the normal's ``SIGMAS`` = 2 (0.97725), by degrees of
+freedom (pieces read minus one)."""
 MAX_EVAL_SHARE = 0.25
 """Evaluation seconds allowed per training second, over a trial."""
 SUBSET_SEED = 0
@@ -88,17 +113,12 @@ def _shuffled(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def validation_subset(task: Task, size: int, seed: int = SUBSET_SEED) -> Task:
-    """``task`` with its validation data cut to ``size`` examples drawn at random (seeded),
-    kept in the set's own order (a set sorted by length stays sorted)."""
-    return validation_rows(task, _shuffled(task.num_validation, seed)[:size].sort().values)
-
-
-def validation_pieces(task: Task, seed: int = SUBSET_SEED) -> list[Task]:
-    """``task``'s validation set split into pieces of random examples (seeded), each in the
-    set's own order; together they hold every example once. One piece when the set is under
-    twice ``MIN_PIECE``."""
-    count = piece_count(task)
+def validation_pieces(task: Task, count: int | None = None,
+                      seed: int = SUBSET_SEED) -> list[Task]:
+    """``task``'s validation set split into ``count`` pieces of random examples (seeded), each
+    in the set's own order; together they hold every example once. ``count`` None: accuracy's
+    (``piece_count``: one piece when the set is under twice ``MIN_PIECE``)."""
+    count = piece_count(task) if count is None else count
     order = _shuffled(task.num_validation, seed)
     # Read in smaller batches (``evaluation_batch_size``): a piece of a set sorted by length
     # (bert's) spans every length, and one batch of it would pad every sentence to the
@@ -108,12 +128,27 @@ def validation_pieces(task: Task, seed: int = SUBSET_SEED) -> list[Task]:
                                 eval_batch_size=batch) for chunk in order.chunk(count)]
 
 
-def quick_size(num_validation: int) -> int | None:
-    """A task's own metric: the subset's size for a set of ``num_validation`` examples; None:
-    too small to subsample."""
-    if num_validation < QUICK_FRACTION * MIN_QUICK:
-        return None
-    return max(MIN_QUICK, num_validation // QUICK_FRACTION)
+def custom_piece_count(num_validation: int) -> int:
+    """A task's own metric: how many pieces its set of ``num_validation`` examples is read in
+    (0: it is read whole)."""
+    count = min(CUSTOM_PIECES, num_validation // MIN_CUSTOM_PIECE)
+    return count if count >= MIN_CUSTOM_PIECES else 0
+
+
+def last_look(pieces: int) -> int:
+    """Pieces read at most before a point of a task's own metric reads the whole set."""
+    return max(FIRST_LOOK, pieces // 2)
+
+
+def spread_margin(values: list[float], pieces: int) -> float:
+    """How far the mean of the first ``len(values)`` of ``pieces`` pieces' metrics may lie
+    from the mean over all of them, at one-sided 2 sigma: the Student-t quantile times the
+    standard error of the values read, corrected for drawing pieces without replacement."""
+    k = len(values)
+    mean = sum(values) / k
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+    correction = math.sqrt((pieces - k) / (pieces - 1))
+    return T_QUANTILES[k - 1] * sd / math.sqrt(k) * correction
 
 
 def accuracy_margin(target: float, size: int, total: int, sigmas: float = SIGMAS) -> float:
@@ -132,15 +167,17 @@ class Evaluator:
                  quick: bool = True) -> None:
         self.task, self.target, self.higher_is_better = task, target, higher_is_better
         self.pieces: list[Task] = []
-        self.quick: Task | None = None
+        self.metric_pieces: list[Task] = []
         if quick and task.evaluate is None:
             pieces = validation_pieces(task)
             self.pieces = pieces if len(pieces) > 1 else []
         elif quick:
-            size = quick_size(task.num_validation)
-            self.quick = validation_subset(task, size) if size else None
+            count = custom_piece_count(task.num_validation)
+            self.metric_pieces = validation_pieces(task, count) if count else []
         self.full_points = 0
         self.quick_points = 0
+        self.whole_seconds: float | None = None
+        """How long the latest read of the whole set took (a task's own metric)."""
 
     def _below(self, metric: float, margin: float) -> bool:
         """Whether ``metric`` is more than ``margin`` short of the target."""
@@ -153,13 +190,36 @@ class Evaluator:
         False), else the whole set's."""
         if self.pieces:
             return self._by_pieces(model, device, final)
-        if self.quick is not None and not final:
-            metric = evaluate_metric(self.quick, model, device)
-            if self._below(metric, CUSTOM_MARGIN * abs(self.target)):
+        if self.metric_pieces and not final and self.whole_seconds is not None \
+                and self.whole_seconds >= CHEAP_READ_S:
+            short = self._metric_by_pieces(model, device)
+            if short is not None:
                 self.quick_points += 1
-                return metric, False
+                return short, False
         self.full_points += 1
-        return evaluate_metric(self.task, model, device), True
+        start = time.perf_counter()
+        metric = evaluate_metric(self.task, model, device)
+        self.whole_seconds = time.perf_counter() - start
+        return metric, True
+
+    def _metric_by_pieces(self, model: nn.Module, device: torch.device) -> float | None:
+        """The mean of the pieces read when they say the metric is short of the target (see
+        the module docstring), else None (the whole set must be read)."""
+        pieces = self.metric_pieces
+        # This point's first piece: each point starts FIRST_LOOK pieces on (8 pieces: a
+        # cycle through every piece), so consecutive points first read different pieces.
+        start = (self.full_points + self.quick_points) * FIRST_LOOK
+        values: list[float] = []
+        sizes: list[int] = []
+        for k in range(last_look(len(pieces))):
+            piece = pieces[(start + k) % len(pieces)]
+            values.append(evaluate_metric(piece, model, device))
+            sizes.append(piece.num_validation)
+            if len(values) >= FIRST_LOOK:
+                mean = sum(v * n for v, n in zip(values, sizes, strict=True)) / sum(sizes)
+                if self._below(mean, spread_margin(values, len(pieces))):
+                    return mean
+        return None
 
     def _by_pieces(self, model: nn.Module, device: torch.device,
                    final: bool) -> tuple[float, bool]:

@@ -305,7 +305,7 @@ def _evaluate(task: Task, recipe: Recipe, limits: TrialLimits, prepared: Prepare
               dev: torch.device, result: TrialResult, elapsed: float, out_of_time: bool,
               out_of_steps: bool, evaluator: Evaluator) -> bool:
     """One evaluation point at ``elapsed`` training seconds, off the clock: records the
-    metric (the validation subset's while far from the target, else the full set's:
+    metric (a part of the validation set's while far from the target, else the full set's:
     ``autotune.train.evaluation``) and returns True when the trial ends here (target reached
     on the full set, or out of time or steps)."""
     eval_start = time.perf_counter()
