@@ -58,15 +58,13 @@ recipe gets the transformer to learn from context. Other targets, same baseline:
 sooner by every recipe (less to tell them apart); 2.4 was not reached within 40 s by seed 0
 (best 2.409; seeds 1 and 2 at 31.9 and 26.3 s, lr2x+warmup100 at 23-26 s), too long for a
 search of 8 minutes. lr 2e-3 without warmup stayed on the plateau for 40 s in one run (with a
-loss spike at step 8), hence the baseline's 1e-3. One evaluation of the 256 validation blocks
-takes ~0.5-0.9 s (not counted in time-to-target). A set of 256 is read whole at every point
-(a task's own metric is subsampled from 1,000 examples: ``autotune.train.evaluation``), so the
-quarter cap on evaluation spaces this task's points ~2 s apart. A fixed quarter (64 blocks,
-~0.3 s) read 1.4-2.8% of the target above the whole set here (2026-12-05, 20 points along a
-bf16 run: ``python -m benchmarks.eval_subset --task gpt``), inside the 5% margin; but the
-test suite's toy loss task (256 examples too) read 20-44% of its target above its whole set
-from such a quarter, and its searches missed their target, so the rule is unchanged until it
-can use the subset's own spread.
+loss spike at step 8), hence the baseline's 1e-3. One evaluation of the 256 validation blocks takes ~0.5-0.9 s (not counted in time-to-target).
+A trial reads them in 8 pieces of 32 while the pieces' spread says the loss is clearly above
+the target (``autotune.train.evaluation``): along a bf16 run (2026-12-05, idle, ``python -m
+benchmarks.eval_subset --task gpt``) three pieces took 0.26-0.38 s against 0.71-0.88 s for the
+whole set, their mean lay within 1.6% of the target of the whole set's, and every one of the
+8 points before the crossing (the last at 2.774, 2.7% above 2.7) stopped there, none wrongly;
+at and past the crossing a point read four pieces and then the whole set (1.06-1.28 s).
 
 On a busy machine the same task is 2-3x slower: measured with ``--threads 1 --target 2.9
 --eval-every 2`` at load 2-6 (two threads were pathologically slow there, see ``--threads``),
