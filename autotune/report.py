@@ -97,7 +97,8 @@ def screened_line(record: ScreenRecord) -> str:
     """One screened configuration: its speed and peak memory, or why none."""
     name = "baseline" if record.is_baseline else record.label
     if record.status != "ok":
-        return f"  screened {name}: {record.status} {record.message}".rstrip()
+        why = f" ({record.message})" if record.message else ""
+        return f"  screened {name}: {record.status}{why}"
     compile_text = f", compile {format_duration(record.compile_seconds)}" \
         if record.compile_seconds else ""
     return (f"  screened {name}: {record.examples_per_second:.0f} examples/s, step "

@@ -508,3 +508,14 @@ def test_the_plan_line_says_the_warm_start_waits_for_screening(screened_search):
                                                                        screen=False))
     assert not screens(unscreened)
     assert "chosen after screening" not in "\n".join(plan_lines(unscreened))
+
+
+def test_the_line_of_a_configuration_that_was_not_timed_says_why_apart_from_its_status():
+    from autotune.report import screened_line
+
+    slow = ScreenRecord(label="precision=fp16", config={"precision": "fp16"}, status="slow",
+                        order=3, message="a warm-up step ran 39.7 examples/s")
+    assert screened_line(slow) == \
+        "  screened precision=fp16: slow (a warm-up step ran 39.7 examples/s)"
+    cut = ScreenRecord(label="baseline", config={}, status=CUT, is_baseline=True)
+    assert screened_line(cut) == "  screened baseline: cut"
