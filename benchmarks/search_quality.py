@@ -351,6 +351,8 @@ def run_searches(bench: BenchTask, args: argparse.Namespace, oracle: dict[str, A
     budget = parse_duration(args.budget)
     task = load_task(bench.model, "cpu")
     workdir = Path(tempfile.mkdtemp(prefix=f"search_quality_{bench.name}_"))
+    print(f"{bench.name}: each search's run directory is kept under {workdir} (remove it when "
+          "done)", flush=True)
     best = oracle["best"]["median"]
     runs = []
     for seed in args.search_seeds:
