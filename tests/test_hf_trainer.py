@@ -21,9 +21,11 @@ from autotune.cli import main
 from autotune.integrations import trainer_task
 from autotune.integrations.hf_args import hf_training_arguments
 from autotune.integrations.hf_trainer import (
+    TRAINER_DIR_PREFIX,
     recipe_from_training_arguments,
     run_trainer,
     trainer_arguments,
+    trainer_output_dir,
 )
 from autotune.knobs import deepspeed_config, lr_factor
 from autotune.memory import predict_peak
@@ -222,3 +224,26 @@ def test_the_users_arguments_become_the_baseline_recipe():
     hf = transformers.TrainingArguments(output_dir="unused", report_to="none")
     assert (defaults.batch_size, defaults.lr, defaults.grad_clip) == (
         hf.per_device_train_batch_size, hf.learning_rate, hf.max_grad_norm)
+
+
+def test_a_trial_removes_the_trainer_directories_of_dead_trial_processes(tmp_path, monkeypatch):
+    """A trial process killed by Ray leaves its Trainer's temporary directory behind; the next
+    trial on the machine removes those whose process is gone, and only those."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f"{TRAINER_DIR_PREFIX}{int(gone.stdout)}-abc"
+    (dead / "checkpoint").mkdir(parents=True)
+    mine = tmp_path / f"{TRAINER_DIR_PREFIX}{os.getpid()}-def"
+    mine.mkdir()
+    unnamed = tmp_path / f"{TRAINER_DIR_PREFIX}xyz"  # not ours to judge: no process id
+    unnamed.mkdir()
+    with trainer_output_dir() as out:
+        assert os.path.basename(out).startswith(f"{TRAINER_DIR_PREFIX}{os.getpid()}-")
+        assert not dead.exists() and mine.exists() and unnamed.exists()
+    assert not os.path.exists(out)

@@ -48,6 +48,9 @@ import copy
 import json
 import logging
 import math
+import os
+import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -199,7 +202,7 @@ def run_trainer(factory: TrainerFactory, spec: str, metric: str, recipe: Recipe,
         return session.finish()
     seed_everything(limits.seed)
     session.begin()
-    with tempfile.TemporaryDirectory(prefix="autotune-trainer-") as out:
+    with trainer_output_dir() as out:
         try:
             args = trainer_arguments(recipe, out, dev.type, seed=limits.seed,
                                      eval_batch_size=eval_batch_size)
@@ -227,6 +230,34 @@ def run_trainer(factory: TrainerFactory, spec: str, metric: str, recipe: Recipe,
     result = session.finish()
     session.leave_if_failed_alone()
     return result
+
+
+TRAINER_DIR_PREFIX = "autotune-trainer-"
+
+
+def trainer_output_dir() -> tempfile.TemporaryDirectory[str]:
+    """The Trainer's ``output_dir`` for one trial: a temporary directory named with this
+    process's id (``autotune-trainer-<pid>-...``). A trial process that Ray kills (a stopped or
+    timed-out trial) never cleans its own up, so those of processes no longer alive on this
+    machine are removed first."""
+    root = Path(tempfile.gettempdir())
+    pattern = re.compile(re.escape(TRAINER_DIR_PREFIX) + r"(\d+)-")
+    for path in root.glob(f"{TRAINER_DIR_PREFIX}*"):
+        match = pattern.match(path.name)
+        if match and path.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{TRAINER_DIR_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists here (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def trainer_refusal(recipe: Recipe, device_type: str) -> str | None:
