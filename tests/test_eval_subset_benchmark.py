@@ -21,11 +21,11 @@ def test_it_reports_each_point_and_the_rules_cost(capsys, monkeypatch):
     assert "256 validation examples in 8 pieces of 32-32, target 0.05" in out
     lines = re.findall(r"step (\d+): whole ([\d.]+) .*; rule ([\d.]+) (short|whole set)", out)
     assert [int(s) for s, *_ in lines] == [10, 20, 30, 40]
-    # far above a target of 0.05 (the loss stays over 0.2): the first point reads the whole
-    # set (its time decides); then pieces, which say short (rightly) where they agree enough
+    # far above a target of 0.05 (the loss stays over 0.2): the pieces say short (rightly)
+    # where they agree enough, and the point reads the whole set where they do not
     verdicts = [v for *_, v in lines]
     short = verdicts.count("short")
-    assert verdicts[0] == "whole set" and short >= 1 and "WRONG" not in out
+    assert short >= 1 and "WRONG" not in out
     assert f"4 points, {short} called short, 0 of them wrongly" in out
     for _, whole, rule, verdict in lines:  # a point read whole records the whole set's metric
         assert verdict == "short" or whole == rule

@@ -226,20 +226,23 @@ def test_a_task_metric_at_its_target_reads_the_whole_set_and_points_rotate_the_p
         int(p.validation[0].min()) for p in ev.metric_pieces)
 
 
-def test_a_task_metric_reads_the_whole_set_first_and_always_when_that_is_cheap(monkeypatch):
+def test_a_task_metric_is_read_whole_once_its_pieces_show_the_set_is_cheap(monkeypatch):
     seen: list[torch.Tensor] = []
     cpu = torch.device("cpu")
     far = Values(spread_values(256, 0.1, 0.01))
     ev = Evaluator(metric_task(evaluated=seen), 0.6, True)
-    for _ in range(3):  # the toy set reads whole in well under CHEAP_READ_S: never in pieces
+    # the first point reads pieces (their time, x 8/3, estimates the whole set's)...
+    assert ev(far, cpu, final=False)[1] is False
+    assert 0 < ev.whole_seconds < CHEAP_READ_S
+    for _ in range(2):  # ...which reads in well under CHEAP_READ_S: whole from then on
         assert ev(far, cpu, final=False)[1] is True
-    assert [len(r) for r in seen] == [256] * 3 and 0 < ev.whole_seconds < CHEAP_READ_S
+    assert [len(r) for r in seen] == [32] * FIRST_LOOK + [256] * 2
     seen.clear()
     monkeypatch.setattr(evaluation, "CHEAP_READ_S", 0.0)  # every read is "slow" now
     ev = Evaluator(metric_task(evaluated=seen), 0.6, True)
-    assert ev(far, cpu, final=False)[1] is True  # the first point: whole, and timed
-    assert ev(far, cpu, final=False)[1] is False  # then pieces
-    assert [len(r) for r in seen] == [256] + [32] * FIRST_LOOK
+    for _ in range(2):
+        assert ev(far, cpu, final=False)[1] is False  # pieces, point after point
+    assert [len(r) for r in seen] == [32] * FIRST_LOOK * 2
 
 
 def test_a_task_metric_exactly_at_its_target_is_called_short_about_one_time_in_30():

@@ -58,13 +58,14 @@ recipe gets the transformer to learn from context. Other targets, same baseline:
 sooner by every recipe (less to tell them apart); 2.4 was not reached within 40 s by seed 0
 (best 2.409; seeds 1 and 2 at 31.9 and 26.3 s, lr2x+warmup100 at 23-26 s), too long for a
 search of 8 minutes. lr 2e-3 without warmup stayed on the plateau for 40 s in one run (with a
-loss spike at step 8), hence the baseline's 1e-3. One evaluation of the 256 validation blocks takes ~0.5-0.9 s (not counted in time-to-target).
-A trial reads them in 8 pieces of 32 while the pieces' spread says the loss is clearly above
-the target (``autotune.train.evaluation``): along a bf16 run (2026-12-05, idle, ``python -m
-benchmarks.eval_subset --task gpt``) three pieces took 0.26-0.38 s against 0.71-0.88 s for the
-whole set, their mean lay within 1.6% of the target of the whole set's, and every one of the
-8 points before the crossing (the last at 2.774, 2.7% above 2.7) stopped there, none wrongly;
-at and past the crossing a point read four pieces and then the whole set (1.06-1.28 s).
+loss spike at step 8), hence the baseline's 1e-3. One evaluation of the 256 validation blocks
+takes ~0.5-0.9 s (not counted in time-to-target). A trial reads them in 8 pieces of 32 while
+the pieces' spread says the loss is clearly above the target (``autotune.train.evaluation``):
+along a bf16 run (2026-12-05, idle, ``python -m benchmarks.eval_subset --task gpt``) three
+pieces took 0.26-0.38 s against 0.71-0.88 s for the whole set, their mean lay within 1.6% of
+the target of the whole set's, and every one of the 8 points before the crossing (the last at
+2.774, 2.7% above 2.7) stopped there, none wrongly; at and past the crossing a point read four
+pieces and then the whole set (1.06-1.28 s).
 
 On a busy machine the same task is 2-3x slower: measured with ``--threads 1 --target 2.9
 --eval-every 2`` at load 2-6 (two threads were pathologically slow there, see ``--threads``),
