@@ -27,22 +27,22 @@ reached by the full validation set, so time-to-target means what it always meant
   necessarily a mean over examples). The set is split once into up to ``CUSTOM_PIECES`` pieces
   of random examples (at least ``MIN_CUSTOM_PIECE`` each; a set of fewer than
   ``MIN_CUSTOM_PIECES`` such pieces is read whole). A point reads piece after piece, from
-  ``FIRST_LOOK`` pieces on asks whether the pieces' mean is short of the target by more than
-  its own spread says it could be (``spread_margin``: the one-sided 2-sigma Student-t bound on
-  the mean of the set's pieces from those read, so three pieces that disagree need a wide
-  margin and three that agree a narrow one), and stops there: the point records that mean,
-  which cannot reach the target. When half the pieces have not said so, the point reads the
-  whole set (``evaluate`` on all of it, so a metric that is not a mean is still the set's).
-  Each point starts at the next piece (the pieces rotate), so that one unlucky draw of pieces
-  cannot hide a crossing at every point. Why the spread, not a fixed margin: a quarter of
+  ``FIRST_LOOK`` pieces on asks whether the pieces' mean is short of the target by more than its
+  own spread says it could be (``spread_margin``: the one-sided 2-sigma Student-t bound on the
+  mean of the set's pieces from those read, so three pieces that disagree need a wide margin and
+  three that agree a narrow one), and stops there: the point records that mean, which cannot
+  reach the target. When half the pieces have not said so, the point reads the whole set
+  (``evaluate`` on all of it, so a metric that is not a mean is still the set's). Each point
+  starts ``FIRST_LOOK`` pieces further on (the pieces rotate), so that one unlucky draw of
+  pieces cannot hide a crossing at every point. Why the spread, not a fixed margin: a quarter of
   ``gpt``'s 256 blocks read 1.4-2.8% of its target off the whole set, but a quarter of the test
   suite's toy loss task (256 examples, one number each) read 20-44% off, and a fixed 5% margin
   let its searches miss their target. A point whose full set is exactly at the target stops
   early about one time in 30 (simulated: ``tests/test_evaluation.py``). A set read whole in
-  under ``CHEAP_READ_S`` is always read whole; until a trial has read it whole, the pieces'
-  own time estimates that (a first point read whole cost ``gpt`` 0.8 s against 0.3 s, and
-  under the quarter cap pushed its next point from 2 s to 3.2 s of training, where its fastest
-  recipes reach the target).
+  under ``CHEAP_READ_S`` is always read whole; until a trial has read it whole, the pieces' own
+  time estimates that (a first point read whole cost ``gpt`` 0.8 s against 0.3 s, and under the
+  quarter cap pushed its next point from 2 s to 3.2 s of training, where its fastest recipes
+  reach the target).
 - **The trial's last point** reads the whole set.
 - **Intervals.** Evaluation points fall every ``eval_every_seconds`` of training, on that
   grid, as long as the trial's evaluations so far took at most ``MAX_EVAL_SHARE`` of its
