@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotune import objective
+from autotune.memory import NOT_MEASURED
 from autotune.recipe import Recipe
 from autotune.results import ScreenRecord, TrialRecord
 from autotune.search import SearchOutcome, SearchPlan
@@ -257,10 +258,18 @@ def verdict_lines(outcome: SearchOutcome) -> list[str]:
     return [
         f"best recipe (trial #{best.record.trial}): {describe_recipe(best.record.recipe)}",
         f"  time-to-target {best.tta_seconds:.1f}s{runs} to {metric} {target}, peak memory "
-        f"{format_bytes(best.record.peak_memory_bytes)}",
+        f"{_memory_text(best.record)}",
         f"  baseline time-to-target {base_text}; speedup {summary.speedup_text()}",
         f"wrote {outcome.best_recipe_path}",
     ]
+
+
+def _memory_text(record: TrialRecord) -> str:
+    """A trial's peak memory, or why there is none: a CPU search without a memory budget does
+    not measure it (``autotune.train.TrialLimits.track_memory``)."""
+    if record.peak_memory_bytes is None and record.peak_memory_source == NOT_MEASURED:
+        return "not measured (a CPU search measures it only under --budget)"
+    return format_bytes(record.peak_memory_bytes)
 
 
 def leaderboard(records: list[TrialRecord], limit: int = 10) -> str:

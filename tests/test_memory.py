@@ -16,6 +16,7 @@ from torch import nn
 from autotune import objective
 from autotune.knobs import apply_checkpointing
 from autotune.memory import (
+    NOT_MEASURED,
     SAFETY_MARGIN,
     TensorTracker,
     TraceCache,
@@ -474,6 +475,41 @@ def test_a_trial_records_predicted_and_measured_peaks(blocks):
     assert result.memory_breakdown["total"] == result.peak_memory_bytes
     assert result.peak_rss_bytes > result.peak_memory_bytes  # RSS holds the interpreter too
     assert result.memory_cap_fraction is None  # no GPU to cap
+
+
+def test_a_cpu_trial_asked_not_to_track_skips_the_prediction_and_the_tracked_steps(blocks):
+    """A search without a memory budget asks its CPU trials not to measure memory (0.4-1.5 s
+    of each trial's setup): nothing predicted, nothing tracked, and the record says so rather
+    than passing the process's RSS off as the peak."""
+    result = run_trial(blocks, Recipe(batch_size=32, lr=1e-2), quick(blocks, track_memory=False))
+    assert result.status in (objective.REACHED, objective.NOT_REACHED)
+    assert result.peak_memory_source == NOT_MEASURED and result.peak_memory_bytes is None
+    assert result.tracked_peak_bytes is None and result.memory_breakdown is None
+    assert result.predicted_peak_bytes is None and result.prediction_error is None
+    assert result.peak_rss_bytes > 0
+    # a budget needs the measurement, whatever the flag says
+    budget = quick(blocks, track_memory=False, budget_bytes=10**12)
+    kept = run_trial(blocks, Recipe(batch_size=32, lr=1e-2), budget)
+    assert kept.peak_memory_source == "cpu_tracked" and kept.peak_memory_bytes > 0
+    assert kept.predicted_peak_bytes and abs(kept.prediction_error) < 0.01
+
+
+def test_a_trial_whose_tracker_fails_records_its_rss_and_no_prediction_error(blocks,
+                                                                             monkeypatch):
+    """Should the tracker fail on some model, a single-worker trial goes on with the process's
+    RSS as its peak and says so; RSS holds the interpreter too, so it is no measure of the
+    estimator's error."""
+    import autotune.train.loop as loop
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracker broke")
+
+    monkeypatch.setattr(loop, "measure_step_memory", broken)
+    result = run_trial(blocks, Recipe(batch_size=32, lr=1e-2), quick(blocks))
+    assert result.status in (objective.REACHED, objective.NOT_REACHED), result.message
+    assert "tracked memory unavailable (RuntimeError: tracker broke)" in result.message
+    assert result.peak_memory_source == "cpu_rss" and result.peak_memory_bytes > 0
+    assert result.predicted_peak_bytes and result.prediction_error is None
 
 
 def test_over_budget_trial_names_the_estimators_miss(blocks):

@@ -138,6 +138,18 @@ def test_a_warm_up_step_under_the_floor_ends_the_measurement_before_memory(toy_t
     assert measured.peak_memory_bytes and measured.peak_memory_source == "cpu_tracked"
 
 
+def test_screening_without_a_budget_may_skip_the_memory_measurement(toy_task):
+    """``track_memory=False`` (a search without a budget) skips a CPU configuration's tracked
+    steps; with a budget they run regardless, since the budget is checked against them."""
+    skipped = screen(toy_task, Recipe(batch_size=16), "cpu", seconds=0.1, track_memory=False)
+    assert skipped.status == OK and skipped.steps >= 3
+    assert skipped.peak_memory_bytes is None and skipped.peak_memory_source == "not_measured"
+    kept = screen(toy_task, Recipe(batch_size=16), "cpu", seconds=0.1, track_memory=False,
+                  budget_bytes=10**12)
+    assert kept.status == OK and kept.peak_memory_source == "cpu_tracked"
+    assert kept.peak_memory_bytes > 0
+
+
 def test_the_floor_is_a_share_of_the_fastest_measured_so_far():
     assert abandon_floor([]) is None
     records = [_rec(0, 32, 400.0, 10), _rec(1, 64, 1000.0, 20),

@@ -83,6 +83,7 @@ def test_every_trial_is_on_disk_with_recipe_and_measurements(search_run):
         Recipe.from_dict(r["recipe"])
         assert r["status"] in (objective.REACHED, objective.STOPPED, objective.NOT_REACHED)
         assert r["peak_memory_bytes"] > 0
+        assert r["peak_memory_source"] == "cpu_tracked"  # a budget needs the measurement
         assert r["train_seconds"] > 0
     assert len({json.dumps(r["recipe"], sort_keys=True) for r in records}) == 4
 
@@ -182,6 +183,12 @@ def test_unreachable_target_says_so_exits_3_and_keeps_what_was_measured(tmp_path
     assert "no trial reached the target accuracy >= 1.01" in err and "trials.jsonl" in err
     records = _records(results)
     assert len(records) == 2 and all(r["best_metric"] > 0.5 for r in records)
+    # no memory budget: neither trials nor screening spent their setup measuring memory
+    assert all(r["peak_memory_source"] == "not_measured" and r["peak_memory_bytes"] is None
+               and r["predicted_peak_bytes"] is None for r in records)
+    measured = [r for r in map(json.loads, (results / "screening.jsonl").open())
+                if r["status"] == "ok"]
+    assert measured and all(r["peak_memory_source"] == "not_measured" for r in measured)
     assert not (results / "best_recipe.yaml").exists()
     assert (results / "search.yaml").exists()
 

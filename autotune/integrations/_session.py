@@ -54,7 +54,13 @@ import torch.distributed as dist
 
 from autotune import objective
 from autotune.knobs import Diverged
-from autotune.memory import cap_device_memory, is_out_of_memory, read_peak, reset_peak
+from autotune.memory import (
+    CPU_RSS,
+    cap_device_memory,
+    is_out_of_memory,
+    read_peak,
+    reset_peak,
+)
 from autotune.train.clock import TrainingClock
 from autotune.train.distributed import WorkerFailed
 from autotune.train.evaluation import paced_point
@@ -320,7 +326,7 @@ class Session:
             peak = dataclasses.replace(peak, peak_bytes=trial_rss, rss_bytes=trial_rss)
         r.peak_memory_bytes, r.peak_memory_source = peak.peak_bytes, peak.source
         r.peak_reserved_bytes, r.peak_rss_bytes = peak.reserved_bytes, peak.rss_bytes
-        if r.predicted_peak_bytes and peak.source != "cpu_rss":  # RSS is not tensor memory
+        if r.predicted_peak_bytes and peak.source != CPU_RSS:  # RSS is not tensor memory
             r.prediction_error = round(peak.peak_bytes / r.predicted_peak_bytes - 1, 4)
         return peak.peak_bytes
 

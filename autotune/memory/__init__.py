@@ -10,8 +10,10 @@ This package knows nothing of Ray or Optuna.
 """
 
 from autotune.memory._measured import (
+    CPU_RSS,
     CPU_TRACKED,
     CUDA_ALLOCATED,
+    NOT_MEASURED,
     MemoryPeak,
     TensorTracker,
     cap_device_memory,
@@ -34,8 +36,10 @@ from autotune.memory._predict import (
 from autotune.memory._trace import StepTrace, largest_batch, largest_validation, trace_step
 
 __all__ = [
+    "CPU_RSS",
     "CPU_TRACKED",
     "CUDA_ALLOCATED",
+    "NOT_MEASURED",
     "MemoryPeak",
     "SAFETY_MARGIN",
     "Prediction",

@@ -23,17 +23,24 @@ CPU_TRACKED = "cpu_tracked"
 """``MemoryPeak.source`` of a CPU peak: tracked tensor memory of a training step."""
 CUDA_ALLOCATED = "cuda_allocated"
 """``MemoryPeak.source`` of a GPU peak: ``torch.cuda.max_memory_allocated``."""
+CPU_RSS = "cpu_rss"
+"""``MemoryPeak.source`` of a CPU peak that fell back to the process's peak RSS."""
+NOT_MEASURED = "not_measured"
+"""``MemoryPeak.source`` of a CPU run that was not asked to measure its tensor memory (a search
+without a memory budget, ``TrialLimits.track_memory``): ``peak_bytes`` is None."""
 
 
 @dataclass(frozen=True)
 class MemoryPeak:
     """Peaks since ``reset_peak``: ``peak_bytes`` is what the budget is checked against."""
 
-    peak_bytes: int
+    peak_bytes: int | None
+    """None: not measured (``NOT_MEASURED``)."""
     reserved_bytes: int | None
     rss_bytes: int
     source: str
-    """``cuda_allocated``, ``cpu_tracked`` or ``cpu_rss``: what ``peak_bytes`` measures."""
+    """``cuda_allocated``, ``cpu_tracked``, ``cpu_rss`` or ``not_measured``: what ``peak_bytes``
+    measures."""
 
 
 def reset_peak(device: torch.device) -> None:
@@ -49,9 +56,12 @@ def peak_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def read_peak(device: torch.device, tracked_bytes: int | None = None) -> MemoryPeak:
+def read_peak(device: torch.device, tracked_bytes: int | None = None,
+              measured: bool = True) -> MemoryPeak:
     """The peaks since ``reset_peak``. On the CPU, ``tracked_bytes`` (a ``TensorTracker``
-    peak) is the peak when given; without it the CPU peak falls back to the process's RSS."""
+    peak) is the peak when given; without it the CPU peak falls back to the process's RSS,
+    unless ``measured`` is False (nothing was tracked on purpose): then it is None,
+    ``NOT_MEASURED``, with the RSS beside it."""
     rss = peak_rss_bytes()
     if device.type == "cuda":
         return MemoryPeak(
@@ -63,7 +73,10 @@ def read_peak(device: torch.device, tracked_bytes: int | None = None) -> MemoryP
     if tracked_bytes is not None:
         return MemoryPeak(peak_bytes=int(tracked_bytes), reserved_bytes=None, rss_bytes=rss,
                           source=CPU_TRACKED)
-    return MemoryPeak(peak_bytes=rss, reserved_bytes=None, rss_bytes=rss, source="cpu_rss")
+    if not measured:
+        return MemoryPeak(peak_bytes=None, reserved_bytes=None, rss_bytes=rss,
+                          source=NOT_MEASURED)
+    return MemoryPeak(peak_bytes=rss, reserved_bytes=None, rss_bytes=rss, source=CPU_RSS)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

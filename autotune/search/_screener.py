@@ -48,7 +48,8 @@ def measure(setup: TrialSetup, recipe: dict[str, Any], seconds: float,
     device = pick_device(setup.device)
     task = task_for(setup.model, device.type, setup.task_options)
     result = screen(task, Recipe.from_dict(recipe), str(device), seconds=seconds,
-                    seed=setup.seed, budget_bytes=setup.budget_bytes, floor=floor).to_dict()
+                    seed=setup.seed, budget_bytes=setup.budget_bytes, floor=floor,
+                    track_memory=setup.budget_bytes is not None).to_dict()
     result["node_id"] = ray.get_runtime_context().get_node_id()
     return result
 

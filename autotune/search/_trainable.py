@@ -90,6 +90,8 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         max_train_seconds=max_train, eval_every_seconds=task.eval_every_seconds,
         target=setup.target, higher_is_better=task.higher_is_better,
         budget_bytes=setup.budget_bytes, seed=seed, predicted_peak_bytes=predicted,
+        # No budget, nothing to check a CPU's costly memory measurement against: skipped.
+        track_memory=setup.budget_bytes is not None,
     )
     reporter = ThrottledReport(setup.report_interval_s)
     node = ray.get_runtime_context().get_node_id()

@@ -43,7 +43,11 @@ tracker's overhead to time-to-target or hand the trial steps its clock did not c
 peak of a step is reached by its second step (optimizer state exists from the first), and the
 largest micro-batch is the worst a step meets, so this is the peak a budget must hold. The
 copy is built from the same seed and the RNG is reseeded after it, so the timed run is the
-same run as without the measurement (its first steps run on warmed-up kernels).
+same run as without the measurement (its first steps run on warmed-up kernels). The CPU's
+prediction and tracked steps cost 0.4-1.5 s of a trial's setup on the built-in tasks (a
+FakeTensor trace of about 0.5 s, and the steps); a search without a memory budget asks its CPU
+trials to skip both (``TrialLimits.track_memory``, ``tracks_memory``): their records say
+``not_measured``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from autotune.knobs import (
     unsupported_reason,
 )
 from autotune.memory import (
+    CPU_RSS,
     TensorTracker,
     cap_device_memory,
     is_out_of_memory,
@@ -158,11 +163,12 @@ def train_in_process(
             raise _Unsupported(reason)
         teacher = load_teacher(task, recipe)  # a recipe that distils; setup, off the clock
         result.predicted_peak_bytes = limits.predicted_peak_bytes
-        if result.predicted_peak_bytes is None and rank == 0:
+        tracking = tracks_memory(limits, dev)
+        if result.predicted_peak_bytes is None and rank == 0 and tracking:
             result.predicted_peak_bytes = _predict(task, recipe, dev, result)
         result.memory_cap_fraction = cap_device_memory(dev, limits.budget_bytes)
         reset_peak(dev)
-        if dev.type == "cpu":
+        if dev.type == "cpu" and tracking:
             _measure_cpu_peak(task, recipe, dev, limits.seed, result, world, teacher)
         result.inactive_knobs = inactive_data_knobs(task, recipe, dev.type)
         seed_everything(limits.seed)
@@ -188,6 +194,12 @@ def train_in_process(
     if report is not None and rank == 0:
         report({**result.to_dict(), "final": True})
     return result
+
+
+def tracks_memory(limits: TrialLimits, dev: torch.device) -> bool:
+    """Whether a trial predicts and measures its peak memory (``TrialLimits.track_memory``):
+    always with a budget or on a GPU; on a CPU without a budget, as asked."""
+    return limits.track_memory or limits.budget_bytes is not None or dev.type != "cpu"
 
 
 def _record_failure(result: TrialResult, exc: Exception, dev: torch.device,
@@ -347,16 +359,18 @@ def _finish(
     result: TrialResult, limits: TrialLimits, dev: torch.device, final: bool = True
 ) -> None:
     """Fill in memory peaks, the budget verdict and the score."""
-    peak = read_peak(dev, result.tracked_peak_bytes)
+    peak = read_peak(dev, result.tracked_peak_bytes, measured=tracks_memory(limits, dev))
     result.peak_memory_bytes = peak.peak_bytes
     result.peak_memory_source = peak.source
     result.peak_reserved_bytes = peak.reserved_bytes
     result.peak_rss_bytes = peak.rss_bytes
-    if result.predicted_peak_bytes:
+    if result.predicted_peak_bytes and peak.peak_bytes is not None \
+            and peak.source != CPU_RSS:  # RSS is not tensor memory
         result.prediction_error = round(peak.peak_bytes / result.predicted_peak_bytes - 1, 4)
     if (
         final
         and limits.budget_bytes is not None
+        and peak.peak_bytes is not None
         and peak.peak_bytes > limits.budget_bytes
         and result.status not in objective.FAILED_STATES
     ):

@@ -41,9 +41,16 @@ class TrialLimits:
     """The peak the search predicted for this recipe (``autotune.memory.check_budget``);
     None: the trial predicts it itself (cached per process)."""
     quick_eval: bool = True
-    """Evaluate a fixed subset of the validation data while the metric is far from the
-    target, the full set near it (``autotune.train.evaluation``); False: the full set at every
-    evaluation point."""
+    """Read the validation data a piece at a time while the pieces say the metric is short of
+    the target, the whole set otherwise (``autotune.train.evaluation``); False: the whole set
+    at every evaluation point."""
+    track_memory: bool = True
+    """On a CPU, predict the peak (``predicted_peak_bytes`` unset) and measure it with two
+    tracked steps: 0.4-1.5 s of setup per trial on the built-in tasks (this CPU). False,
+    without a budget: neither, and the peak is recorded as not measured (``NOT_MEASURED``;
+    the process's RSS is still recorded): a search without a memory budget has nothing to
+    check it against. Ignored with a budget and on a GPU, whose allocator's peak costs
+    nothing."""
 
     @classmethod
     def for_task(
