@@ -76,6 +76,7 @@ from autotune.default_space import default_space_yaml
 from autotune.errors import ConfigError
 from autotune.hardware import bf16_is_fast
 from autotune.recipe import Recipe, baseline_recipe
+from autotune.results import SCREENING_FILE
 from autotune.search import SearchRequest, search
 from autotune.search.documents import device_description, library_versions
 from autotune.space import SearchSpace, load_space, parse_space, shipped_space_path
@@ -312,9 +313,17 @@ def run_one_search(bench: BenchTask, method: str, seed: int, budget_s: float, wo
             "search_wall_s": outcome.wall_seconds, "budget_s": budget_s,
             "within_budget": wall <= budget_s * (1 + BUDGET_SLACK),
             "records": [r.to_json() for r in outcome.records],
+            "screening": screen_lines(Path(str(request.results_dir))),
             "trials": len(outcome.records),
             "winner": None if best is None else best.record.recipe,
             "winner_search_tta": None if best is None else best.tta_seconds}
+
+
+def screen_lines(run_dir: Path) -> list[dict[str, Any]]:
+    """The search's screening records (``screening.jsonl``; none when it did not screen)."""
+    path = run_dir / SCREENING_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.exists() else []
 
 
 def first_near_best(run: dict[str, Any], best: float) -> float | None:
@@ -334,6 +343,13 @@ def overhead(run: dict[str, Any]) -> dict[str, float]:
     setup = sum(r.get("setup_seconds") or 0.0 for r in records)
     trial_wall = sum(r["finished_at"] - r["started_at"] for r in records
                      if r.get("started_at") and r.get("finished_at"))
+    screened = run.get("screening") or []
+    # Screening's own steps (warm-up and timed), and its phase: from the search's start (Ray's
+    # start-up included) to its last measurement's end.
+    screen_steps = sum((r.get("timed_seconds") or 0.0) + (r.get("warmup_seconds") or 0.0)
+                       for r in screened)
+    ends = [r["finished_at"] for r in screened if r.get("finished_at")]
+    screen_phase = max(ends) - run["start"] if ends and "start" in run else 0.0
     return {
         "wall_s": wall,
         "training_steps": train / wall,
@@ -341,6 +357,8 @@ def overhead(run: dict[str, Any]) -> dict[str, float]:
         "model_and_data_setup": setup / wall,
         "trial_start_and_reporting": max(0.0, trial_wall - train - evals - setup) / wall,
         "driver_screening_and_ray": max(0.0, wall - trial_wall) / wall,
+        "screening_steps": screen_steps / wall,
+        "start_and_screening_phase": screen_phase / wall,
         "not_training": max(0.0, 1.0 - train / wall),
     }
 
@@ -372,7 +390,9 @@ def run_searches(bench: BenchTask, args: argparse.Namespace, oracle: dict[str, A
                   f"{fmt(run.get('winner_remeasured', {}).get('median'))}; trials "
                   f"{len(run['records'])}; first within {NEAR_BEST}x of the oracle at "
                   f"{fmt(run['first_near_best_s'])}; wall {run['wall_s']:.0f}s of "
-                  f"{budget:.0f}s; not training {run['overhead']['not_training']:.0%}",
+                  f"{budget:.0f}s; not training {run['overhead']['not_training']:.0%} "
+                  f"(start-up and screening "
+                  f"{run['overhead']['start_and_screening_phase']:.0%})",
                   flush=True)
             runs.append(run)
     return runs
@@ -583,7 +603,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 runs = kept_runs(previous, bench.name, args) + run_searches(bench, args, oracle)
                 entry["searches"] = summarize_task(runs, oracle)
                 entry["budget"] = args.budget
-                entry["runs"] = [{k: v for k, v in r.items() if k != "records"} for r in runs]
+                entry["runs"] = [{k: v for k, v in r.items() if k not in ("records", "screening")}
+                                  for r in runs]
                 print_task(bench.name, entry["searches"], oracle, args.budget)
             out["tasks"][bench.name] = entry
     if args.part in ("all", "overhead"):

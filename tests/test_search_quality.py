@@ -197,6 +197,21 @@ def test_overhead_is_the_wall_time_not_in_training_steps():
     assert parts["not_training"] == pytest.approx(14.0 / 50.0)
     assert parts["evaluation"] == pytest.approx(1.0 / 50.0)
     assert parts["driver_screening_and_ray"] == pytest.approx(10.0 / 50.0)
+    assert parts["screening_steps"] == parts["start_and_screening_phase"] == 0.0  # none ran
+
+
+def test_overhead_names_screenings_steps_and_phase():
+    run = _run("autotune", 8.0, wall=50.0)
+    run["start"] = 994.0  # screening from 994 to 1000, then the trials (1000-1040)
+    run["screening"] = [{"status": "ok", "timed_seconds": 1.0, "warmup_seconds": 0.5,
+                         "finished_at": 997.0},
+                        {"status": "ok", "timed_seconds": 1.5, "warmup_seconds": 0.5,
+                         "finished_at": 999.5},
+                        {"status": "cut", "timed_seconds": 0.0, "warmup_seconds": 0.0,
+                         "finished_at": 999.6}]
+    parts = sq.overhead(run)
+    assert parts["screening_steps"] == pytest.approx(3.5 / 50.0)
+    assert parts["start_and_screening_phase"] == pytest.approx(5.6 / 50.0)
 
 
 def test_a_task_table_compares_the_winners_and_counts_a_search_without_one_as_the_limit():
