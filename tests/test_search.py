@@ -18,6 +18,8 @@ from autotune.errors import UserError
 from autotune.recipe import Recipe
 from autotune.results import RunDirectory
 from autotune.search import SearchRequest, search
+from autotune.search.reporting import load_run
+from autotune.search.reporting._figures import memory_plot
 
 SPACE = """\
 model: toy
@@ -189,6 +191,9 @@ def test_unreachable_target_says_so_exits_3_and_keeps_what_was_measured(tmp_path
     measured = [r for r in map(json.loads, (results / "screening.jsonl").open())
                 if r["status"] == "ok"]
     assert measured and all(r["peak_memory_source"] == "not_measured" for r in measured)
+    # and the report says why its memory plot is empty
+    note = memory_plot(load_run(results)).note
+    assert note and "not measured" in note and "--budget" in note, note
     assert not (results / "best_recipe.yaml").exists()
     assert (results / "search.yaml").exists()
 

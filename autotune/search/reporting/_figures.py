@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import objective
+from autotune.memory import NOT_MEASURED
 from autotune.results import TrialRecord
 from autotune.search.reporting._data import RunData, describe_recipe
 from autotune.search.winner import Candidate
@@ -227,6 +228,11 @@ def memory_plot(run: RunData) -> Plot:
     pool = [(c, _peak(c.record)) for c in run.candidates]
     pool = [(c, peak) for c, peak in pool if peak is not None]
     if not pool:
+        launched = [c.record for c in run.candidates if c.record.launched]
+        if launched and all(r.peak_memory_source == NOT_MEASURED for r in launched):
+            return Plot("memory", title, caption, note=(
+                "Memory was not measured: on a CPU a search measures it only under a memory "
+                "budget (--budget), since it costs each trial a second of setup."))
         return Plot("memory", title, caption, note="No trial has measured its memory yet.")
     import plotly.graph_objects as go  # heavy optional import (see the module docstring)
 

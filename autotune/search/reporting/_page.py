@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 
 from autotune import objective
+from autotune.memory import NOT_MEASURED
 from autotune.search.reporting._data import RunData, describe_recipe, stamp
 from autotune.search.reporting._figures import Plot, all_plots
 from autotune.search.winner import Candidate
@@ -306,6 +307,8 @@ def _number(value: float | None) -> str:
 
 
 def _bytes(value: int | None, source: str | None = None) -> str:
+    if not value and source == NOT_MEASURED:
+        return "not measured (a CPU search measures it only under --budget)"
     if not value:
         return "-"
     return escape(format_bytes(value) + (f" ({source})" if source else ""))
