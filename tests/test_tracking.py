@@ -56,6 +56,8 @@ def test_quiet_prints_only_the_result_and_a_winner_exits_0(tracked_run):
     assert lines[0].startswith("best recipe (trial #"), done.stdout
     # no --budget on a CPU: memory not measured, said so (not an RSS passed off as the peak)
     assert "peak memory not measured" in lines[1], done.stdout
+    verdict = (results / "report.html").read_text()
+    assert "not measured (a CPU search measures it only under --budget)" in verdict
     assert lines[-1] == f"wrote {results / 'best_recipe.yaml'}", done.stdout
     assert len(lines) == 4, done.stdout  # the verdict only: no plan, trial or status lines
     assert len(records) == 3 and all(r.curve for r in records)
