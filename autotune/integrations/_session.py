@@ -320,7 +320,8 @@ class Session:
     def _read_memory(self) -> int:
         """The measured peaks so far into the result; returns the peak the budget holds."""
         r = self.result
-        peak = read_peak(self.device)
+        peak = read_peak(self.device)  # measured: a user's loop is never asked to skip it
+        assert peak.peak_bytes is not None
         trial_rss = trial_peak_rss() if self._rss_reset else None
         if trial_rss is not None:  # this trial's, not the process's since it started
             peak = dataclasses.replace(peak, peak_bytes=trial_rss, rss_bytes=trial_rss)
