@@ -14,6 +14,7 @@ from autotune.recipe import Recipe
 from autotune.results import ScreenRecord, TrialRecord
 from autotune.search import SearchOutcome, SearchPlan
 from autotune.search.progress import Snapshot
+from autotune.search.reporting._data import NOT_MEASURED_TEXT
 from autotune.search.screening import screens
 from autotune.search.winner import Candidate, candidates
 from autotune.units import format_bytes, format_duration
@@ -268,7 +269,7 @@ def _memory_text(record: TrialRecord) -> str:
     """A trial's peak memory, or why there is none: a CPU search without a memory budget does
     not measure it (``autotune.train.TrialLimits.track_memory``)."""
     if record.peak_memory_bytes is None and record.peak_memory_source == NOT_MEASURED:
-        return "not measured (a CPU search measures it only under --budget)"
+        return NOT_MEASURED_TEXT
     return format_bytes(record.peak_memory_bytes)
 
 

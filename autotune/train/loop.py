@@ -163,7 +163,7 @@ def train_in_process(
             raise _Unsupported(reason)
         teacher = load_teacher(task, recipe)  # a recipe that distils; setup, off the clock
         result.predicted_peak_bytes = limits.predicted_peak_bytes
-        tracking = tracks_memory(limits, dev)
+        tracking = tracks_memory(limits.track_memory, limits.budget_bytes, dev)
         if result.predicted_peak_bytes is None and rank == 0 and tracking:
             result.predicted_peak_bytes = _predict(task, recipe, dev, result)
         result.memory_cap_fraction = cap_device_memory(dev, limits.budget_bytes)
@@ -196,10 +196,11 @@ def train_in_process(
     return result
 
 
-def tracks_memory(limits: TrialLimits, dev: torch.device) -> bool:
-    """Whether a trial predicts and measures its peak memory (``TrialLimits.track_memory``):
-    always with a budget or on a GPU; on a CPU without a budget, as asked."""
-    return limits.track_memory or limits.budget_bytes is not None or dev.type != "cpu"
+def tracks_memory(asked: bool, budget_bytes: int | None, dev: torch.device) -> bool:
+    """Whether a run (a trial, a screening) measures its peak memory, and a trial predicts it
+    (``TrialLimits.track_memory``): always with a budget or on a GPU; on a CPU without a
+    budget, as ``asked``."""
+    return asked or budget_bytes is not None or dev.type != "cpu"
 
 
 def _record_failure(result: TrialResult, exc: Exception, dev: torch.device,
@@ -359,7 +360,8 @@ def _finish(
     result: TrialResult, limits: TrialLimits, dev: torch.device, final: bool = True
 ) -> None:
     """Fill in memory peaks, the budget verdict and the score."""
-    peak = read_peak(dev, result.tracked_peak_bytes, measured=tracks_memory(limits, dev))
+    measured = tracks_memory(limits.track_memory, limits.budget_bytes, dev)
+    peak = read_peak(dev, result.tracked_peak_bytes, measured=measured)
     result.peak_memory_bytes = peak.peak_bytes
     result.peak_memory_source = peak.source
     result.peak_reserved_bytes = peak.reserved_bytes

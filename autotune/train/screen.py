@@ -73,7 +73,12 @@ from autotune.memory import cap_device_memory, is_out_of_memory, read_peak, rese
 from autotune.recipe import Recipe
 from autotune.tasks import Task
 from autotune.train.data import make_batches
-from autotune.train.loop import measure_step_memory, pick_device, seed_everything
+from autotune.train.loop import (
+    measure_step_memory,
+    pick_device,
+    seed_everything,
+    tracks_memory,
+)
 from autotune.train.parallel import prepare
 
 OK = "ok"
@@ -174,7 +179,7 @@ def screen(task: Task, recipe: Recipe, device: str | None = None, *,
         if result.status == SLOW:
             return result
         tracked = None
-        tracking = track_memory or budget_bytes is not None
+        tracking = tracks_memory(track_memory, budget_bytes, dev)
         if dev.type == "cpu" and tracking:  # after the timed steps: a slow one skips it
             memory_start = time.perf_counter()
             phases = measure_step_memory(task, recipe, dev, seed, teacher=teacher)

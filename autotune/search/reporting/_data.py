@@ -23,6 +23,10 @@ from autotune.results import BEST_FILE, SEARCH_FILE, RunDirectory, TrialRecord
 from autotune.search.documents import library_versions
 from autotune.search.winner import Candidate, Summary, candidates, summarize
 
+NOT_MEASURED_TEXT = "not measured (a CPU search measures it only under --budget)"
+"""A trial's peak memory in words when it was not measured (``autotune.memory.NOT_MEASURED``:
+a CPU search without a memory budget); the CLI's verdict and the report both say it."""
+
 
 @dataclass(frozen=True)
 class RunData:

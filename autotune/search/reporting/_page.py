@@ -15,7 +15,7 @@ from typing import Any
 
 from autotune import objective
 from autotune.memory import NOT_MEASURED
-from autotune.search.reporting._data import RunData, describe_recipe, stamp
+from autotune.search.reporting._data import NOT_MEASURED_TEXT, RunData, describe_recipe, stamp
 from autotune.search.reporting._figures import Plot, all_plots
 from autotune.search.winner import Candidate
 from autotune.units import format_bytes, format_duration
@@ -308,7 +308,7 @@ def _number(value: float | None) -> str:
 
 def _bytes(value: int | None, source: str | None = None) -> str:
     if not value and source == NOT_MEASURED:
-        return "not measured (a CPU search measures it only under --budget)"
+        return NOT_MEASURED_TEXT
     if not value:
         return "-"
     return escape(format_bytes(value) + (f" ({source})" if source else ""))
